@@ -1,0 +1,39 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace VarGpt.Torch;
+
+/// <summary>Device and dtype parsing shared by the library and the CLI, plus libtorch thread control.</summary>
+public static class TorchRuntime
+{
+    /// <summary>Parses "cpu", "cuda", "cuda:1"; throws with the accepted names otherwise.</summary>
+    public static Device ParseDevice(string name)
+    {
+        var n = name.Trim().ToLowerInvariant();
+        if (n == "cpu") return CPU;
+        if (n == "cuda" || n.StartsWith("cuda:"))
+        {
+            if (!cuda.is_available())
+                throw new ArgumentException($"device '{name}' requested but CUDA is not available (this build uses the CPU libtorch package; see README 'Platform notes').");
+            return new Device(n);
+        }
+        throw new ArgumentException($"unknown device '{name}'; expected cpu, cuda or cuda:N");
+    }
+
+    /// <summary>Parses float32|fp32|bfloat16|bf16|float16|fp16.</summary>
+    public static ScalarType ParseDType(string name) => name.Trim().ToLowerInvariant() switch
+    {
+        "float32" or "fp32" or "float" or "f32" => ScalarType.Float32,
+        "bfloat16" or "bf16" => ScalarType.BFloat16,
+        "float16" or "fp16" or "half" or "f16" => ScalarType.Float16,
+        _ => throw new ArgumentException($"unknown dtype '{name}'; expected float32, bfloat16 or float16"),
+    };
+
+    public static string DTypeName(ScalarType t) => t switch
+    {
+        ScalarType.Float32 => "float32",
+        ScalarType.BFloat16 => "bfloat16",
+        ScalarType.Float16 => "float16",
+        _ => t.ToString(),
+    };
+}
