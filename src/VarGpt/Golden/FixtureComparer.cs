@@ -62,7 +62,7 @@ public sealed class FixtureComparer
         Results.Add(new(name, bad == 0, maxAbs, bad == 0 ? 0 : double.PositiveInfinity, detail));
     }
 
-    public void Exact(string name, IReadOnlyList<long> actual, IReadOnlyList<long> expected)
+    public void ExactList(string name, IReadOnlyList<long> actual, IReadOnlyList<long> expected)
     {
         int n = Math.Min(actual.Count, expected.Count);
         int first = -1;
