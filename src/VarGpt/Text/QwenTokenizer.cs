@@ -378,6 +378,9 @@ static class ByteLevel
 
     /// <summary>The byte a byte-level character stands for, or -1.</summary>
     public static int CharToByte(char c) => c < _charToByte.Length ? _charToByte[c] : -1;
+
+    /// <summary>The byte-level character of a byte.</summary>
+    public static char ByteToChar(byte b) => (char)Array.IndexOf(_charToByte, b);
 }
 
 /// <summary>
