@@ -24,13 +24,19 @@ public sealed class BitwiseSelfCorrectionFixture : IFixtureKind
         };
         using var vae = BsqVaeFixture.LoadVae(f);
         string pn = p.GetProperty("pn").GetString()!;
+        var expSched = BsqVaeFixture.ParseSchedule(p.GetProperty("scale_schedule"));
+        double template = p.GetProperty("h_div_w_template").GetDouble();
+        // a non-standard pn is registered under its template like the official table extension (README-var "fx" entries)
+        if (!ScaleSchedules.PnsOf(template).Contains(pn))
+        {
+            var hw = p.GetProperty("image_hw");
+            ScaleSchedules.Register(template, pn, (hw[0].GetInt32(), hw[1].GetInt32()), expSched);
+        }
 
         var (targets, schedule) = bsc.GetVaeGtXin(vae, f.In("image"), pn);
         using (targets)
         {
-            cmp.Check("h_div_w_template", schedule.Template == p.GetProperty("h_div_w_template").GetDouble(),
-                $"template {schedule.Template}");
-            var expSched = BsqVaeFixture.ParseSchedule(p.GetProperty("scale_schedule"));
+            cmp.Check("h_div_w_template", schedule.Template == template, $"template {schedule.Template}");
             cmp.Check("scale_schedule", schedule.Scales.SequenceEqual(expSched),
                 $"got [{string.Join(" ", schedule.Scales)}] expected [{string.Join(" ", expSched)}]");
             cmp.Check("seq_len", schedule.SequenceLength == p.GetProperty("seq_len").GetInt32(), $"got {schedule.SequenceLength}");
