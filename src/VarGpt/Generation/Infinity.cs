@@ -53,7 +53,8 @@ public sealed class Infinity : nn.Module
 
     public IReadOnlyList<CrossAttnBlock> Blocks => _blocks;
 
-    public Infinity(InfinityConfig config, Device? device = null, ScalarType dtype = ScalarType.Float32) : base("Infinity")
+    /// <summary>Builds the module in the current default device/dtype (see TorchRuntime.DefaultsScope), then moves it if asked.</summary>
+    public Infinity(InfinityConfig config, Device? device = null, ScalarType? dtype = null) : base("Infinity")
     {
         Config = config;
         int c = config.EmbedDim, d = c, ct5 = config.TextChannels; // VARGPT: D = C, cross-attention kv_dim = D
@@ -91,7 +92,7 @@ public sealed class Infinity : nn.Module
         head_nm = new AdaLNBeforeHead(c, d, config.NormEps);
         head = nn.Linear(c, V);
         RegisterComponents();
-        if (dtype != ScalarType.Float32) this.to(dtype);
+        if (dtype is { } dt) this.to(dt);
         if (device != null) this.to(device);
     }
 

@@ -138,6 +138,14 @@ public class InfinityTests
         Assert.Equal(new long[] { 256, 128 }, m.state_dict()["block_chunks.0.module.0.ffn.fc1.weight"].shape);
         using var single = new Infinity(Tiny with { BlockChunks = 1 });
         Assert.Contains("blocks.1.sa.mat_qkv.weight", single.state_dict().Keys);
+        // buildable without memory (META) for key/shape enumeration
+        using (VarGpt.Torch.TorchRuntime.DefaultsScope(META))
+        {
+            using var meta = new Infinity(Tiny);
+            var sd = meta.state_dict();
+            Assert.Equal(keys.Order(), sd.Keys.Order());
+            Assert.All(sd.Values, t => Assert.Equal(TorchSharp.DeviceType.META, t.device_type));
+        }
     }
 
     [Fact]
