@@ -44,10 +44,9 @@ public sealed class ChatTemplateFixture : IFixtureKind
     {
         var messages = lf.GetProperty("messages").EnumerateArray()
             .Select(m => new LlamaFactoryMessage(m.GetProperty("role").GetString()!, m.GetProperty("content").GetString()!)).ToList();
-        // grid of the input image: LLaMA-Factory's own resize (only when above image_resolution = 512*512 pixels) and the
-        // Qwen2-VL processor's smart_resize with the checkpoint limits from the fixture config
-        int w = lf.GetProperty("input_image_wh")[0].GetInt32(), h = lf.GetProperty("input_image_wh")[1].GetInt32();
-        if ((long)w * h > 512 * 512) throw new InvalidDataException($"{f.Id}: input image {w}x{h} needs LLaMA-Factory's pre-resize, which this runner does not model");
+        // grid of the input image: LLaMA-Factory's own resize, then the Qwen2-VL processor's smart_resize with the
+        // checkpoint limits from the fixture config
+        var (w, h) = LlamaFactoryImageSize(lf.GetProperty("input_image_wh")[0].GetInt32(), lf.GetProperty("input_image_wh")[1].GetInt32());
         var ip = f.Config.GetProperty("image_processor");
         var (rh, rw) = SmartResize(h, w, 28, ip.GetProperty("min_pixels").GetInt64(), ip.GetProperty("max_pixels").GetInt64());
         var grid = (1, rh / 14, rw / 14);
@@ -65,6 +64,24 @@ public sealed class ChatTemplateFixture : IFixtureKind
         cmp.Equal("llamafactory.answer_decoded", tok.Decode(answerIds, skipSpecialTokens: false), expAnswer);
         int padId = tok.TokenToId(SpecialTokens.ImageGenPad);
         cmp.ExactList("llamafactory.answer_num_image_gen_pad", [answerIds.Count(i => i == padId)], [nGen]);
+    }
+
+    /// <summary>
+    /// Image size after LLaMA-Factory's BasePlugin._preprocess_image (shrink to at most image_resolution = 512*512 pixels,
+    /// the model_args default) and VargptQwen2vlPlugin._preprocess_image (sides below 28 raised to 28, aspect ratios
+    /// above 200 cut to 180). Only the size matters here; the pixels are resampled with PIL NEAREST by the training side.
+    /// </summary>
+    static (int W, int H) LlamaFactoryImageSize(int width, int height, long imageResolution = 512 * 512)
+    {
+        if ((long)width * height > imageResolution)
+        {
+            double factor = Math.Sqrt(imageResolution / (double)((long)width * height));
+            (width, height) = ((int)(width * factor), (int)(height * factor));
+        }
+        if (Math.Min(width, height) < 28) (width, height) = (Math.Max(width, 28), Math.Max(height, 28));
+        if (width / (double)height > 200) width = height * 180;
+        if (height / (double)width > 200) height = width * 180;
+        return (width, height);
     }
 
     /// <summary>
