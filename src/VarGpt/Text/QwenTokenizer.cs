@@ -74,10 +74,10 @@ public sealed class QwenTokenizer
         foreach (var (content, a) in _addedByContent.ToList())
             if (!a.Special && namedSpecial.Contains(content)) _addedByContent[content] = a with { Special = true };
 
+        if (_addedByContent.Values.GroupBy(a => a.Id).FirstOrDefault(g => g.Count() > 1) is { } dup)
+            throw new InvalidDataException($"{source}: added tokens {string.Join(", ", dup.Select(a => $"'{a.Content}'"))} share id {dup.Key}");
         _addedById = _addedByContent.Values.ToDictionary(a => a.Id);
         AddedTokens = _addedById.Values.OrderBy(a => a.Id).ToList();
-        if (_addedById.Count != _addedByContent.Count)
-            throw new InvalidDataException($"{source}: two added tokens share an id");
 
         int maxId = Math.Max(vocab.Count == 0 ? -1 : vocab.Values.Max(), _addedById.Count == 0 ? -1 : _addedById.Keys.Max());
         _idToToken = new string?[maxId + 1];
