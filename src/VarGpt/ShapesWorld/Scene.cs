@@ -115,12 +115,15 @@ public static class ShapesText
     public static string Ref(ObjectSpec o) => Word(o.Color) + " " + Word(o.Shape);
     public static string Ref(ShapeObject o) => Word(o.Color) + " " + Word(o.Shape);
 
+    /// <summary>Indefinite article: "a red circle", "an orange star".</summary>
+    public static string A(string phrase) => ("aeiou".Contains(phrase[0]) ? "an " : "a ") + phrase;
+
     /// <summary>"a large red circle on the left" (omitting unrequested attributes).</summary>
     public static string Describe(ObjectSpec o)
     {
         var s = o.Size is { } size ? Word(size) + " " : "";
         var where = o.Position is { } p ? " " + Where(p) : "";
-        return "a " + s + Ref(o) + where;
+        return A(s + Ref(o)) + where;
     }
 
     /// <summary>Objects joined with "and", without capital or period: "a red circle and a small blue star at the top".</summary>

@@ -183,7 +183,7 @@ public sealed class ShapesWorldGenerator
                     var (s, c) = (o.Shape, o.Color);
                     while (!yes && objs.Any(x => x.Shape == s && x.Color == c)) (s, c) = (rng.Pick(ShapesPalette.Shapes), rng.Pick(ShapesPalette.Colors));
                     var r = ShapesText.Word(c) + " " + ShapesText.Word(s);
-                    question = rng.Next(2) == 0 ? $"Is there a {r} in the image?" : $"Does the image contain a {r}?";
+                    question = rng.Next(2) == 0 ? $"Is there {ShapesText.A(r)} in the image?" : $"Does the image contain {ShapesText.A(r)}?";
                     answer = yes ? "yes" : "no"; break;
                 }
             case QuestionKind.ShapeOf:
