@@ -1,9 +1,9 @@
 namespace VarGpt.ShapesWorld;
 
 /// <summary>One object found in an image.</summary>
-/// <param name="CenterX">Box centre, fraction of the width.</param>
-/// <param name="Extent">Longer box side, fraction of the shorter image side (small ≈ 0.14, large ≈ 0.24).</param>
-/// <param name="ShapeIoU">IoU of the mask with the best shape template fitted to its box.</param>
+/// <param name="CenterX">Centre of the fitted box, fraction of the width.</param>
+/// <param name="Extent">Longer side of the fitted box, fraction of the shorter image side (small ≈ 0.14, large ≈ 0.24).</param>
+/// <param name="ShapeIoU">IoU of the mask with the best shape template (placed by moment matching).</param>
 /// <param name="ColorShare">Share of the object's solid pixels voting for the chosen colour.</param>
 public sealed record DetectedObject(Shape Shape, ShapeColor Color, ObjectSize Size, Position Position,
     int Area, float CenterX, float CenterY, float Extent, float ShapeIoU, float ColorShare)
@@ -101,7 +101,9 @@ public static class ShapesScorer
         if (comps.Count > MaxObjects) comps.RemoveRange(MaxObjects, comps.Count - MaxObjects);
 
         // Step 4: attributes; objects listed in reading order (top-to-bottom, left-to-right by box centre).
-        var objs = comps.Select(c => Describe(c, width, height, alpha, label)).ToList();
+        var owner = new int[n];
+        for (int k = 0; k < comps.Count; k++) foreach (int i in comps[k]) owner[i] = k + 1;
+        var objs = comps.Select((c, k) => Describe(c, k + 1, owner, width, height, alpha, label)).ToList();
         objs.Sort((a, b) => a.CenterY != b.CenterY && Math.Abs(a.CenterY - b.CenterY) > 0.1f ? a.CenterY.CompareTo(b.CenterY) : a.CenterX.CompareTo(b.CenterX));
         return new SceneAnalysis(width, height, objs);
     }
@@ -186,7 +188,7 @@ public static class ShapesScorer
         return (cv, suu / sum - cu * cu, svv / sum - cv * cv);
     });
 
-    static DetectedObject Describe(int[] comp, int w, int h, float[] alpha, byte[] label)
+    static DetectedObject Describe(int[] comp, int id, int[] owner, int w, int h, float[] alpha, byte[] label)
     {
         // Mask moments at pixel centres.
         double mx = 0, my = 0, mxx = 0, myy = 0;
@@ -206,7 +208,6 @@ public static class ShapesScorer
 
         // Shape: place each template by moment matching (robust to blunted tips, unlike the extreme-point box), then
         // compare by IoU with the mask at pixel centres.
-        var member = new HashSet<int>(comp);
         Shape best = Shape.Circle; float bestIoU = -1;
         (double Cx, double Cy, double Rx, double Ry) bestBox = default;
         foreach (var s in ShapesPalette.Shapes)
@@ -222,7 +223,7 @@ public static class ShapesScorer
                 double v = (y + 0.5 - cy) / ry;
                 for (int x = bx0; x <= bx1; x++)
                 {
-                    bool t = Math.Abs(v) <= 1 && ShapesRenderer.Contains(s, (x + 0.5 - cx) / rx, v), m = member.Contains(y * w + x);
+                    bool t = Math.Abs(v) <= 1 && ShapesRenderer.Contains(s, (x + 0.5 - cx) / rx, v), m = owner[y * w + x] == id;
                     if (t && m) inter++;
                     if (t || m) union++;
                 }
