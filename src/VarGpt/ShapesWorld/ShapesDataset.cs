@@ -15,7 +15,10 @@ public static class ShapesDataset
 {
     public const string TrainName = "shapesworld_train", EvalName = "shapesworld_eval";
 
-    public static readonly JsonSerializerOptions TruthJson = new() { PropertyNamingPolicy = JsonNamingPolicy.CamelCase, WriteIndented = false };
+    public static readonly JsonSerializerOptions TruthJson = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.CamelCase, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    };
 
     /// <summary>Writes trainCount training and evalCount held-out samples (kind = null: the generator's task mix).</summary>
     public static void Write(string folder, ShapesWorldGenerator generator, int trainCount, int evalCount, ShapesTaskKind? kind = null)
@@ -52,7 +55,8 @@ public static class ShapesDataset
             t["descriptions"] = new JsonArray(s.Images.Select(im => (JsonNode)im.Describe()).ToArray());
             truth.Add(t);
         }
-        var indented = new JsonSerializerOptions { WriteIndented = true };
+        // Relaxed escaping keeps "<image>" readable (as in the official demo files) instead of "\u003Cimage\u003E".
+        var indented = new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
         File.WriteAllText(Path.Combine(folder, name + ".json"), records.ToJsonString(indented));
         File.WriteAllText(Path.Combine(folder, name + "_truth.json"), truth.ToJsonString(indented));
 
