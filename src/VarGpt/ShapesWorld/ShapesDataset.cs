@@ -1,0 +1,83 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace VarGpt.ShapesWorld;
+
+/// <summary>
+/// Writes ShapesWorld samples as a LLaMA-Factory dataset folder (the layout of the official VARGPT demo data):
+/// <c>dataset_info.json</c> (one sharegpt entry per dataset), <c>NAME.json</c> (records
+/// <c>{"messages":[user, assistant], "images":[...], "id":n}</c>), PNG images under <c>images/NAME/</c> with paths
+/// relative to the folder (LLaMA-Factory resolves them against its media_dir = dataset_dir), and
+/// <c>NAME_truth.json</c>: the ground truth of every record (scenes with their canonical descriptions, requested
+/// spec, edit, question kind and exact answer), aligned by "id".
+/// </summary>
+public static class ShapesDataset
+{
+    public const string TrainName = "shapesworld_train", EvalName = "shapesworld_eval";
+
+    public static readonly JsonSerializerOptions TruthJson = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.CamelCase, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    };
+
+    /// <summary>Writes trainCount training and evalCount held-out samples (kind = null: the generator's task mix).</summary>
+    public static void Write(string folder, ShapesWorldGenerator generator, int trainCount, int evalCount, ShapesTaskKind? kind = null)
+    {
+        WriteDataset(folder, TrainName, generator.Samples(ShapesSplit.Train, trainCount, kind), generator.Options.ImageSize);
+        WriteDataset(folder, EvalName, generator.Samples(ShapesSplit.Eval, evalCount, kind), generator.Options.ImageSize);
+    }
+
+    /// <summary>Writes one dataset and adds (or replaces) its entry in folder/dataset_info.json.</summary>
+    public static void WriteDataset(string folder, string name, IEnumerable<ShapesSample> samples, int imageSize = 128)
+    {
+        var imageDir = Path.Combine(folder, "images", name);
+        Directory.CreateDirectory(imageDir);
+        var records = new JsonArray();
+        var truth = new JsonArray();
+        foreach (var s in samples)
+        {
+            var paths = new JsonArray();
+            for (int k = 0; k < s.Images.Count; k++)
+            {
+                var rel = $"images/{name}/{s.Index:D6}_{k}.png";
+                ShapesRenderer.SavePng(s.Images[k], Path.Combine(folder, rel), imageSize);
+                paths.Add(rel);
+            }
+            records.Add(new JsonObject
+            {
+                ["messages"] = new JsonArray(
+                    new JsonObject { ["role"] = "user", ["content"] = s.User },
+                    new JsonObject { ["role"] = "assistant", ["content"] = s.Assistant }),
+                ["images"] = paths,
+                ["id"] = s.Index,
+            });
+            var t = JsonSerializer.SerializeToNode(s, TruthJson)!.AsObject();
+            t["descriptions"] = new JsonArray(s.Images.Select(im => (JsonNode)im.Describe()).ToArray());
+            truth.Add(t);
+        }
+        // Relaxed escaping keeps "<image>" readable (as in the official demo files) instead of "\u003Cimage\u003E".
+        var indented = new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+        File.WriteAllText(Path.Combine(folder, name + ".json"), records.ToJsonString(indented));
+        File.WriteAllText(Path.Combine(folder, name + "_truth.json"), truth.ToJsonString(indented));
+
+        var infoPath = Path.Combine(folder, "dataset_info.json");
+        var info = File.Exists(infoPath) ? JsonNode.Parse(File.ReadAllText(infoPath))!.AsObject() : new JsonObject();
+        info[name] = new JsonObject
+        {
+            ["file_name"] = name + ".json",
+            ["formatting"] = "sharegpt",
+            ["columns"] = new JsonObject { ["messages"] = "messages", ["images"] = "images" },
+            ["tags"] = new JsonObject { ["role_tag"] = "role", ["content_tag"] = "content", ["user_tag"] = "user", ["assistant_tag"] = "assistant" },
+        };
+        File.WriteAllText(infoPath, info.ToJsonString(indented));
+    }
+
+    /// <summary>Reads NAME_truth.json back into samples (for scoring a model's outputs on a written dataset).</summary>
+    public static IReadOnlyList<ShapesSample> ReadTruth(string folder, string name)
+    {
+        var path = Path.Combine(folder, name + "_truth.json");
+        if (!File.Exists(path)) throw new FileNotFoundException($"ShapesWorld ground truth {path} not found", path);
+        return JsonSerializer.Deserialize<List<ShapesSample>>(File.ReadAllText(path), TruthJson)
+            ?? throw new InvalidDataException($"{path}: empty ground truth");
+    }
+}
