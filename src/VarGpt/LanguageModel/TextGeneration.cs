@@ -165,7 +165,14 @@ public sealed class TextGeneration : IDisposable
     public async IAsyncEnumerable<GenerationStep> RunAsync([EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         using var e = Run(cancellationToken).GetEnumerator();
-        while (await Task.Run(e.MoveNext, cancellationToken).ConfigureAwait(false)) yield return e.Current;
+        while (true)
+        {
+            bool more;
+            try { more = await Task.Run(e.MoveNext, cancellationToken).ConfigureAwait(false); }
+            catch (OperationCanceledException) { StopReason = StopReason.Cancelled; throw; }
+            if (!more) yield break;
+            yield return e.Current;
+        }
     }
 
     /// <summary>
