@@ -42,6 +42,7 @@ public sealed class KVCache : IDisposable
     /// <summary>Drops cached tokens beyond <paramref name="length"/> in every layer.</summary>
     public void Truncate(long length)
     {
+        if (length < 0 || length > Length) throw new ArgumentOutOfRangeException(nameof(length), $"cannot truncate a KV cache of length {Length} to {length}");
         foreach (var b in _keys) b.Truncate(Math.Min(length, b.Length));
         foreach (var b in _values) b.Truncate(Math.Min(length, b.Length));
     }

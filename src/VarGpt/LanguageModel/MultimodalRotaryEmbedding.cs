@@ -25,11 +25,13 @@ public static class MultimodalRotaryEmbedding
         var device = positionIds.device;
         var invFreq = InvFreq(headDim, theta, device);                                   // [D/2] float32
 
-        // row of each frequency: the first half of mrope_section*2 covers dims 0..D/2 with rows 0,1,2,... (i mod 3)
-        var rowOf = new long[headDim / 2];
-        for (int s = 0, j = 0; s < mropeSection.Length; s++)
-            for (int k = 0; k < mropeSection[s]; k++) rowOf[j++] = s % 3;
-        var rows = tensor(rowOf, device: device);
+        // row of each frequency: the first half of mrope_section*2 covers dims 0..D/2 with rows 0,1,2,... (i mod 3).
+        // Built on the device (no host-to-device copy in the decoding loop).
+        var j = arange(headDim / 2, ScalarType.Int64, device);
+        var section = zeros_like(j);
+        for (int s = 1, start = mropeSection[0]; s < mropeSection.Length; start += mropeSection[s++])
+            section = section + j.ge(start).to(ScalarType.Int64);
+        var rows = section.remainder(3);
         var pos = positionIds.index_select(0, rows).permute(1, 2, 0).to(ScalarType.Float32); // [B, L, D/2]
         var freqs = pos * invFreq;
         var emb = cat([freqs, freqs], -1);                                                  // [B, L, D]
@@ -43,7 +45,7 @@ public static class MultimodalRotaryEmbedding
     {
         using var scope = NewDisposeScope();
         var exps = arange(0, headDim, 2, ScalarType.Int64, device).to(ScalarType.Float32) / (float)headDim;
-        var baseT = tensor((float)theta, ScalarType.Float32, device);
+        var baseT = full(1, (float)theta, ScalarType.Float32, device);
         return pow(baseT, exps).reciprocal().MoveToOuterDisposeScope();
     }
 

@@ -108,7 +108,8 @@ public sealed class TextGeneration : IDisposable
         BatchSize = (int)inputs.InputIds.shape[0];
         PromptLength = inputs.InputIds.shape[1];
         MaxLength = config.MaxNewTokens is int n ? PromptLength + n : config.MaxLength;
-        Cache = new KVCache(model.Config.NumHiddenLayers, MaxLength + 2);
+        // room for the prompt and up to 512 new tokens; longer runs grow the storage by doubling
+        Cache = new KVCache(model.Config.NumHiddenLayers, Math.Min(MaxLength, PromptLength + 512) + 2);
         if (_options.Seed is long seed) _generator = new Generator((ulong)seed, model.Device);
     }
 
