@@ -6,7 +6,7 @@ namespace VarGpt.LanguageModel;
 
 /// <summary>Prompt tensors of one generate call (what the official processor returns).</summary>
 /// <param name="InputIds">[B, L] token ids, left-padded when B &gt; 1.</param>
-/// <param name="AttentionMask">[B, L], 1 = token, 0 = padding; null = all ones (what transformers builds when the pad token is also an EOS token).</param>
+/// <param name="AttentionMask">[B, L], 1 = token, 0 = padding; null = what transformers infers (ids != pad if the pad token occurs and is not an EOS id, else all ones).</param>
 /// <param name="ImageEmbeds">[N, H] vision-tower features for the N &lt;|image_pad|&gt; tokens, in order; null = plain embeddings.</param>
 /// <param name="ImageGridThw">[n, 3] one row per image (for the M-RoPE positions); may be given without ImageEmbeds.</param>
 public sealed record GenerationInputs(Tensor InputIds, Tensor? AttentionMask = null, Tensor? ImageEmbeds = null, Tensor? ImageGridThw = null);
@@ -226,7 +226,7 @@ public sealed class TextGeneration : IDisposable
         using var scope = NewDisposeScope();
         var device = _model.Device;
         var ids = _inputs.InputIds.to(ScalarType.Int64, device);
-        var mask = _inputs.AttentionMask is null ? ones_like(ids) : _inputs.AttentionMask.to(ScalarType.Int64, device);
+        var mask = _inputs.AttentionMask?.to(ScalarType.Int64, device) ?? DefaultAttentionMask(ids);
         if (!mask.shape.SequenceEqual(ids.shape))
             throw new ArgumentException($"attention_mask [{string.Join(",", mask.shape)}] must match input_ids [{string.Join(",", ids.shape)}]");
         var embeds = _model.EmbedInputs(ids, _inputs.ImageEmbeds);
@@ -242,6 +242,18 @@ public sealed class TextGeneration : IDisposable
         _eosTensor = tensor(_eos, ScalarType.Int64, device).DetachFromDisposeScope();
         _finished = new bool[BatchSize];
         return Forward(embeds, positions, mask);
+    }
+
+    /// <summary>
+    /// transformers' _prepare_attention_mask_for_generation: ids != pad when the pad token occurs in the prompt and is
+    /// not an EOS id, otherwise all ones (the VARGPT case: pad &lt;|endoftext|&gt; is an EOS id).
+    /// </summary>
+    Tensor DefaultAttentionMask(Tensor ids)
+    {
+        bool padIsEos = Array.IndexOf(_eos, _pad) >= 0;
+        if (_config.PadTokenId is long pad && !padIsEos && ids.eq(pad).any().item<bool>())
+            return ids.ne(pad).to(ScalarType.Int64);
+        return ones_like(ids);
     }
 
     /// <summary>One decoding step on the tokens [B] chosen last: position = cache_position + rope_deltas on all rows.</summary>
