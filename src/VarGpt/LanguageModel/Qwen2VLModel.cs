@@ -21,7 +21,7 @@ public sealed class Qwen2RMSNorm : Module<Tensor, Tensor>
     public readonly Parameter weight;
     readonly double _eps;
 
-    public Qwen2RMSNorm(long hiddenSize, double eps, Device? device = null, ScalarType dtype = ScalarType.Float32) : base(nameof(Qwen2RMSNorm))
+    public Qwen2RMSNorm(long hiddenSize, double eps, Device? device = null, ScalarType? dtype = null) : base(nameof(Qwen2RMSNorm))
     {
         weight = new Parameter(ones(hiddenSize, dtype, device));
         _eps = eps;
@@ -44,7 +44,7 @@ public sealed class Qwen2MLP : Module<Tensor, Tensor>
 {
     public readonly Linear gate_proj, up_proj, down_proj;
 
-    public Qwen2MLP(VargptConfig c, Device? device = null, ScalarType dtype = ScalarType.Float32) : base(nameof(Qwen2MLP))
+    public Qwen2MLP(VargptConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(Qwen2MLP))
     {
         if (c.HiddenAct != "silu") throw new NotSupportedException($"language model hidden_act '{c.HiddenAct}' is not supported (expected silu)");
         gate_proj = Linear(c.HiddenSize, c.IntermediateSize, hasBias: false, device: device, dtype: dtype);
@@ -69,7 +69,7 @@ public sealed class Qwen2VLAttention : Module
     public readonly Linear q_proj, k_proj, v_proj, o_proj;
     readonly int _numHeads, _numKvHeads, _headDim, _layerIdx;
 
-    public Qwen2VLAttention(VargptConfig c, int layerIdx, Device? device = null, ScalarType dtype = ScalarType.Float32) : base(nameof(Qwen2VLAttention))
+    public Qwen2VLAttention(VargptConfig c, int layerIdx, Device? device = null, ScalarType? dtype = null) : base(nameof(Qwen2VLAttention))
     {
         _numHeads = c.NumAttentionHeads;
         _numKvHeads = c.NumKeyValueHeads;
@@ -133,7 +133,7 @@ public sealed class Qwen2VLDecoderLayer : Module
     public readonly Qwen2MLP mlp;
     public readonly Qwen2RMSNorm input_layernorm, post_attention_layernorm;
 
-    public Qwen2VLDecoderLayer(VargptConfig c, int layerIdx, Device? device = null, ScalarType dtype = ScalarType.Float32) : base(nameof(Qwen2VLDecoderLayer))
+    public Qwen2VLDecoderLayer(VargptConfig c, int layerIdx, Device? device = null, ScalarType? dtype = null) : base(nameof(Qwen2VLDecoderLayer))
     {
         self_attn = new Qwen2VLAttention(c, layerIdx, device, dtype);
         mlp = new Qwen2MLP(c, device, dtype);
@@ -165,7 +165,7 @@ public sealed class Qwen2VLModel : Module
     public VargptConfig Config { get; }
     public AttentionImplementation AttentionImplementation { get; set; } = AttentionImplementation.Sdpa;
 
-    public Qwen2VLModel(VargptConfig c, Device? device = null, ScalarType dtype = ScalarType.Float32) : base(nameof(Qwen2VLModel))
+    public Qwen2VLModel(VargptConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(Qwen2VLModel))
     {
         Config = c;
         embed_tokens = Embedding(c.VocabSize, c.HiddenSize, device: device, dtype: dtype);

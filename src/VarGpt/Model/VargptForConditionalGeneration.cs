@@ -22,7 +22,11 @@ public sealed class VargptForConditionalGeneration : Module
 
     public VargptConfig Config { get; }
 
-    public VargptForConditionalGeneration(VargptConfig config, Device? device = null, ScalarType dtype = ScalarType.Float32) : base(nameof(VargptForConditionalGeneration))
+    /// <summary>
+    /// Builds the model with parameters on <paramref name="device"/> in <paramref name="dtype"/>; null means the current
+    /// defaults (TorchRuntime.DefaultsScope, e.g. META to enumerate keys without memory).
+    /// </summary>
+    public VargptForConditionalGeneration(VargptConfig config, Device? device = null, ScalarType? dtype = null) : base(nameof(VargptForConditionalGeneration))
     {
         if (config.TieWordEmbeddings)
             throw new NotSupportedException("tie_word_embeddings = true: VARGPT-v1.1 has an untied lm_head and this port only supports that layout");

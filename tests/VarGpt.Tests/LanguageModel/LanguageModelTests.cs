@@ -23,6 +23,14 @@ public class LanguageModelTests
         Assert.DoesNotContain("model.layers.0.self_attn.o_proj.bias", names);
         Assert.DoesNotContain("lm_head.bias", names);
         Assert.Equal(2 + 2 * 12 + 1, names.Count);
+        // buildable without memory (META) for key/shape enumeration, with the same keys
+        using (VarGpt.Torch.TorchRuntime.DefaultsScope(META))
+        {
+            using var meta = new VargptForConditionalGeneration(TinyLm.Config());
+            var sd = meta.state_dict();
+            Assert.Equal(names.Order(), sd.Keys.Order());
+            Assert.All(sd.Values, t => Assert.Equal(TorchSharp.DeviceType.META, t.device_type));
+        }
     }
 
     [Fact]
