@@ -1,0 +1,93 @@
+using VarGpt.Checkpoint;
+using VarGpt.LanguageModel;
+using VarGpt.Model;
+using static TorchSharp.torch;
+
+namespace VarGpt.Golden.Kinds;
+
+/// <summary>
+/// Fixture "qwen2_lm_forward": one cached-free forward of the language model with left padding (padded query rows
+/// included: the finfo.min mask is reproduced), eager and SDPA attention, and the bf16 weights widened to float32.
+/// </summary>
+public sealed class Qwen2LmForwardFixture : IFixtureKind
+{
+    public string Kind => "qwen2_lm_forward";
+
+    public void Run(Fixture f, FixtureComparer cmp)
+    {
+        double atol = f.Atol("atol", 1e-4), rtol = f.Atol("rtol", 1e-4);
+        var config = VargptConfig.Parse(f.Config, f.Id + "/fixture.json config");
+        var ids = f.In("input_ids");
+        var mask = f.In("attention_mask");
+        var positions = f.In("position_ids");
+
+        if (f.Has("in.image_grid_thw"))
+        {
+            var (pos, deltas) = RopeIndex.GetRopeIndex(ids, f.In("image_grid_thw"), mask, config);
+            cmp.Exact("position_ids(get_rope_index)", pos, positions);
+            if (f.Has("out.rope_deltas")) cmp.Exact("rope_deltas", deltas, f.Out("rope_deltas"));
+        }
+
+        using var model = new VargptForConditionalGeneration(config);
+        FixtureWeights.LoadStrict(model, f, f.WeightsFile!);
+        foreach (var impl in new[] { AttentionImplementation.Eager, AttentionImplementation.Sdpa })
+        {
+            using var scope = NewDisposeScope();
+            model.AttentionImplementation = impl;
+            string p = impl == AttentionImplementation.Eager ? "" : "sdpa.";
+            var hidden = new List<Tensor>();
+            var output = model.Forward(model.EmbedInputs(ids), positions, mask, null, allHiddenStates: hidden);
+            cmp.Close(p + "logits", output.Logits, f.Out("logits"), atol, rtol);
+            cmp.Close(p + "last_hidden_state", output.LastHiddenState, f.Out("last_hidden_state"), atol, rtol);
+            cmp.Close(p + "hidden_states", stack(hidden), f.Out("hidden_states"), atol, rtol);
+        }
+
+        string bf16File = f.Params.TryGetProperty("bf16_weights", out var b) ? b.GetString()! : "weights.bf16.safetensors";
+        if (f.Has("out.bf16.logits"))
+        {
+            FixtureWeights.LoadStrict(model, f, bf16File);       // widened to float32 on copy, as torch_dtype=float32 loading does
+            foreach (var impl in new[] { AttentionImplementation.Eager, AttentionImplementation.Sdpa })
+            {
+                using var scope = NewDisposeScope();
+                model.AttentionImplementation = impl;
+                string p = impl == AttentionImplementation.Eager ? "bf16." : "sdpa.bf16.";
+                var output = model.Forward(model.EmbedInputs(ids), positions, mask, null);
+                cmp.Close(p + "logits", output.Logits, f.Out("bf16.logits"), atol, rtol);
+                cmp.Close(p + "last_hidden_state", output.LastHiddenState, f.Out("bf16.last_hidden_state"), atol, rtol);
+            }
+        }
+        else cmp.Check("bf16.logits", false, "out.bf16.logits missing from io.safetensors");
+    }
+}
+
+/// <summary>
+/// Strict copy of a fixture weights file into a module: every key used, every parameter filled, shapes equal; values
+/// converted to the parameter dtype (bf16 files widen to float32). Interim helper until the shared strict loader lands.
+/// </summary>
+internal static class FixtureWeights
+{
+    public static void LoadStrict(TorchSharp.torch.nn.Module module, Fixture f, string file)
+    {
+        var weights = f.LoadWeights(file);
+        try
+        {
+            var target = module.state_dict();
+            var missing = target.Keys.Where(k => !weights.ContainsKey(k)).ToList();
+            var unexpected = weights.Keys.Where(k => !target.ContainsKey(k)).ToList();
+            if (missing.Count > 0 || unexpected.Count > 0)
+                throw new InvalidDataException($"{f.Id}/{file}: missing keys [{string.Join(", ", missing)}]; unexpected keys [{string.Join(", ", unexpected)}]");
+            using var noGrad = no_grad();
+            foreach (var (name, dst) in target)
+            {
+                var src = weights[name];
+                if (!src.shape.SequenceEqual(dst.shape))
+                    throw new InvalidDataException($"{f.Id}/{file}: {name} has shape [{string.Join(",", src.shape)}], the model expects [{string.Join(",", dst.shape)}]");
+                dst.copy_(src);
+            }
+        }
+        finally
+        {
+            foreach (var t in weights.Values) t.Dispose();
+        }
+    }
+}

@@ -1,0 +1,246 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using VarGpt.Checkpoint;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace VarGpt.LanguageModel;
+
+/// <summary>How the decoder computes attention. Both reproduce the official finfo.min mask semantics.</summary>
+public enum AttentionImplementation
+{
+    /// <summary>scaled_dot_product_attention with the additive float mask (the official default, "sdpa").</summary>
+    Sdpa,
+    /// <summary>matmul + float32 softmax + matmul, line by line the official Qwen2VLAttention ("eager", used by the fixtures).</summary>
+    Eager,
+}
+
+/// <summary>Official Qwen2RMSNorm: float32 x * rsqrt(mean(x^2) + eps), cast back to the input dtype, then times weight.</summary>
+public sealed class Qwen2RMSNorm : Module<Tensor, Tensor>
+{
+    public readonly Parameter weight;
+    readonly double _eps;
+
+    public Qwen2RMSNorm(long hiddenSize, double eps, Device? device = null, ScalarType? dtype = null) : base(nameof(Qwen2RMSNorm))
+    {
+        weight = new Parameter(ones(hiddenSize, dtype, device));
+        _eps = eps;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var inputDtype = x.dtype;
+        var h = x.to(ScalarType.Float32);
+        var variance = h.pow(2).mean([-1], keepdim: true);
+        h = h * rsqrt(variance + _eps);
+        return (weight * h.to(inputDtype)).MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>Official Qwen2MLP: down(silu(gate(x)) * up(x)), no biases.</summary>
+public sealed class Qwen2MLP : Module<Tensor, Tensor>
+{
+    public readonly Linear gate_proj, up_proj, down_proj;
+
+    public Qwen2MLP(VargptConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(Qwen2MLP))
+    {
+        if (c.HiddenAct != "silu") throw new NotSupportedException($"language model hidden_act '{c.HiddenAct}' is not supported (expected silu)");
+        gate_proj = Linear(c.HiddenSize, c.IntermediateSize, hasBias: false, device: device, dtype: dtype);
+        up_proj = Linear(c.HiddenSize, c.IntermediateSize, hasBias: false, device: device, dtype: dtype);
+        down_proj = Linear(c.IntermediateSize, c.HiddenSize, hasBias: false, device: device, dtype: dtype);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        return down_proj.forward(functional.silu(gate_proj.forward(x)) * up_proj.forward(x)).MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>
+/// Official Qwen2VLAttention / Qwen2VLSdpaAttention: q/k/v projections with bias, o_proj without; M-RoPE on q and k;
+/// keys cached after the rotary; grouped-query attention with K/V heads repeated (head j uses kv head j / group).
+/// </summary>
+public sealed class Qwen2VLAttention : Module
+{
+    public readonly Linear q_proj, k_proj, v_proj, o_proj;
+    readonly int _numHeads, _numKvHeads, _headDim, _layerIdx;
+
+    public Qwen2VLAttention(VargptConfig c, int layerIdx, Device? device = null, ScalarType? dtype = null) : base(nameof(Qwen2VLAttention))
+    {
+        _numHeads = c.NumAttentionHeads;
+        _numKvHeads = c.NumKeyValueHeads;
+        _headDim = c.HeadDim;
+        _layerIdx = layerIdx;
+        q_proj = Linear(c.HiddenSize, _numHeads * _headDim, hasBias: true, device: device, dtype: dtype);
+        k_proj = Linear(c.HiddenSize, _numKvHeads * _headDim, hasBias: true, device: device, dtype: dtype);
+        v_proj = Linear(c.HiddenSize, _numKvHeads * _headDim, hasBias: true, device: device, dtype: dtype);
+        o_proj = Linear(_numHeads * _headDim, c.HiddenSize, hasBias: false, device: device, dtype: dtype);
+        RegisterComponents();
+    }
+
+    /// <summary>x [B, L, H]; cos/sin [B, 1, L, D]; mask [B|1, 1, L, K] additive (K = cached + L) or null.</summary>
+    public Tensor forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool isCausal, KVCache? cache, AttentionImplementation impl)
+    {
+        using var scope = NewDisposeScope();
+        long B = x.shape[0], L = x.shape[1];
+        int groups = _numHeads / _numKvHeads;
+        var q = q_proj.forward(x).view(B, L, _numHeads, _headDim).transpose(1, 2);
+        var k = k_proj.forward(x).view(B, L, _numKvHeads, _headDim).transpose(1, 2);
+        var v = v_proj.forward(x).view(B, L, _numKvHeads, _headDim).transpose(1, 2);
+        q = MultimodalRotaryEmbedding.Apply(q, cos, sin);
+        k = MultimodalRotaryEmbedding.Apply(k, cos, sin);
+        if (cache is not null) (k, v) = cache.Update(_layerIdx, k, v);
+
+        Tensor o;                                                                       // [B, heads, L, D]
+        if (impl == AttentionImplementation.Eager)
+        {
+            var w = matmul(q, RepeatKv(k, groups).transpose(2, 3)) / Math.Sqrt(_headDim);
+            if (mask is not null) w = w + mask;
+            w = w.softmax(-1, ScalarType.Float32).to(q.dtype);
+            o = matmul(w, RepeatKv(v, groups));
+        }
+        else if (L == 1 && groups > 1)
+        {
+            // one query: put the query heads of a kv head side by side instead of copying K/V `groups` times
+            var qg = q.reshape(B, _numKvHeads, groups, _headDim);
+            o = functional.scaled_dot_product_attention(qg, k, v, mask).reshape(B, _numHeads, 1, _headDim);
+        }
+        else
+        {
+            o = functional.scaled_dot_product_attention(q, RepeatKv(k, groups), RepeatKv(v, groups), mask, is_casual: isCausal);
+        }
+        o = o.transpose(1, 2).reshape(B, L, _numHeads * _headDim);
+        return o_proj.forward(o).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>[B, Hkv, T, D] -> [B, Hkv * n, T, D] with each kv head repeated n times in place (official repeat_kv).</summary>
+    public static Tensor RepeatKv(Tensor x, int n)
+    {
+        if (n == 1) return x.alias();
+        long B = x.shape[0], H = x.shape[1], T = x.shape[2], D = x.shape[3];
+        return x.unsqueeze(2).expand(B, H, n, T, D).reshape(B, H * n, T, D);
+    }
+}
+
+/// <summary>Official Qwen2VLDecoderLayer: pre-norm attention and MLP blocks with residuals.</summary>
+public sealed class Qwen2VLDecoderLayer : Module
+{
+    public readonly Qwen2VLAttention self_attn;
+    public readonly Qwen2MLP mlp;
+    public readonly Qwen2RMSNorm input_layernorm, post_attention_layernorm;
+
+    public Qwen2VLDecoderLayer(VargptConfig c, int layerIdx, Device? device = null, ScalarType? dtype = null) : base(nameof(Qwen2VLDecoderLayer))
+    {
+        self_attn = new Qwen2VLAttention(c, layerIdx, device, dtype);
+        mlp = new Qwen2MLP(c, device, dtype);
+        input_layernorm = new Qwen2RMSNorm(c.HiddenSize, c.RmsNormEps, device, dtype);
+        post_attention_layernorm = new Qwen2RMSNorm(c.HiddenSize, c.RmsNormEps, device, dtype);
+        RegisterComponents();
+    }
+
+    public Tensor forward(Tensor h, Tensor cos, Tensor sin, Tensor? mask, bool isCausal, KVCache? cache, AttentionImplementation impl)
+    {
+        using var scope = NewDisposeScope();
+        h = h + self_attn.forward(input_layernorm.forward(h), cos, sin, mask, isCausal, cache, impl);
+        h = h + mlp.forward(post_attention_layernorm.forward(h));
+        return h.MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>
+/// Official Qwen2VLModel: embed_tokens, decoder layers, final RMSNorm. The forward takes embeddings (image features
+/// are scattered in by the caller), 3D M-RoPE positions and an optional 2D padding mask and KV cache, and returns the
+/// post-final-norm hidden states.
+/// </summary>
+public sealed class Qwen2VLModel : Module
+{
+    public readonly Embedding embed_tokens;
+    public readonly ModuleList<Qwen2VLDecoderLayer> layers;
+    public readonly Qwen2RMSNorm norm;
+
+    public VargptConfig Config { get; }
+    public AttentionImplementation AttentionImplementation { get; set; } = AttentionImplementation.Sdpa;
+
+    public Qwen2VLModel(VargptConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(Qwen2VLModel))
+    {
+        Config = c;
+        embed_tokens = Embedding(c.VocabSize, c.HiddenSize, device: device, dtype: dtype);
+        layers = new ModuleList<Qwen2VLDecoderLayer>(Enumerable.Range(0, c.NumHiddenLayers).Select(i => new Qwen2VLDecoderLayer(c, i, device, dtype)).ToArray());
+        norm = new Qwen2RMSNorm(c.HiddenSize, c.RmsNormEps, device, dtype);
+        RegisterComponents();
+    }
+
+    /// <summary>
+    /// inputsEmbeds [B, L, H]; positionIds [3, B, L] (or [B, L], broadcast to the three rows; null = the cache
+    /// positions past..past+L-1 on all rows, as the official forward does); attentionMask [B, K] with 1 = keep covering
+    /// the cached and the new tokens (null = no padding); cache appended in place. If <paramref name="allHiddenStates"/>
+    /// is given it receives the embeddings, each layer's output except the last, then the final-norm output
+    /// (transformers' output_hidden_states convention). Returns the final-norm hidden states [B, L, H].
+    /// </summary>
+    public Tensor forward(Tensor inputsEmbeds, Tensor? positionIds = null, Tensor? attentionMask = null, KVCache? cache = null, List<Tensor>? allHiddenStates = null)
+    {
+        if (inputsEmbeds.dim() != 3) throw new ArgumentException($"inputs_embeds must be [B, L, H], got [{string.Join(",", inputsEmbeds.shape)}]");
+        if (cache is not null && cache.NumLayers != layers.Count)
+            throw new ArgumentException($"KV cache has {cache.NumLayers} layers, the model {layers.Count}");
+        using var scope = NewDisposeScope();
+        long B = inputsEmbeds.shape[0], L = inputsEmbeds.shape[1];
+        long past = cache?.Length ?? 0;
+        var device = inputsEmbeds.device;
+        var dtype = inputsEmbeds.dtype;
+
+        if (positionIds is null)
+            positionIds = arange(past, past + L, ScalarType.Int64, device).view(1, 1, L).expand(3, B, L);
+        else if (positionIds.dim() == 2)
+            positionIds = positionIds.unsqueeze(0).expand(3, B, L);
+        if (!positionIds.shape.SequenceEqual(new[] { 3, B, L }))
+            throw new ArgumentException($"position_ids must be [3, {B}, {L}], got [{string.Join(",", positionIds.shape)}]");
+
+        var (cos, sin) = MultimodalRotaryEmbedding.CosSin(positionIds, Config.HeadDim, Config.RopeTheta, Config.MropeSection, dtype);
+        var (mask, isCausal) = UpdateCausalMask(attentionMask, B, L, past, dtype, device,
+            Config.SlidingWindow > 0 ? Config.SlidingWindow : null, AttentionImplementation == AttentionImplementation.Eager);
+
+        var h = inputsEmbeds;
+        foreach (var layer in layers)
+        {
+            if (allHiddenStates is not null) allHiddenStates.Add(h.alias().MoveToOuterDisposeScope());
+            h = layer.forward(h, cos, sin, mask, isCausal, cache, AttentionImplementation);
+        }
+        h = norm.forward(h);
+        if (allHiddenStates is not null) allHiddenStates.Add(h.alias().MoveToOuterDisposeScope());
+        return h.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The additive attention mask of the official _update_causal_mask / _prepare_4d_causal_attention_mask_with_cache_position,
+    /// already sliced to the K = past + q keys: finfo(dtype).min (not -inf) for future keys, keys more than
+    /// sliding_window behind the query, and keys whose 2D mask is 0; 0 elsewhere. A fully padded query row is all
+    /// finfo.min, so its softmax is uniform over all keys as in the official code. Returns (null, false) when nothing is
+    /// masked (one query, no padding) and (null, true) when SDPA's is_causal is exactly the mask.
+    /// </summary>
+    public static (Tensor? Mask, bool IsCausal) UpdateCausalMask(Tensor? attentionMask, long batch, long q, long past, ScalarType dtype, Device device, long? slidingWindow, bool eager)
+    {
+        long kvLen = past + q;
+        bool windowInactive = slidingWindow is null || kvLen <= slidingWindow;
+        if (attentionMask is null && windowInactive)
+        {
+            if (q == 1) return (null, false);
+            if (!eager && past == 0) return (null, true);
+        }
+        if (attentionMask is not null && (attentionMask.dim() != 2 || attentionMask.shape[0] != batch || attentionMask.shape[1] < kvLen))
+            throw new ArgumentException($"attention_mask must be [B={batch}, K>={kvLen}] (cached + new tokens), got [{string.Join(",", attentionMask.shape)}]");
+        using var scope = NewDisposeScope();
+        var cachePos = arange(past, kvLen, ScalarType.Int64, device).unsqueeze(1);       // [q, 1]
+        var keys = arange(kvLen, ScalarType.Int64, device).unsqueeze(0);                  // [1, K]
+        var masked = keys > cachePos;
+        if (slidingWindow is long sw) masked = masked.logical_or(keys <= cachePos - sw);
+        masked = masked.unsqueeze(0).unsqueeze(0);                                           // [1, 1, q, K]
+        if (attentionMask is not null)
+            masked = masked.logical_or(attentionMask.narrow(1, 0, kvLen).to(device).eq(0).unsqueeze(1).unsqueeze(2)); // [B, 1, q, K]
+        var mask = zeros(masked.shape, dtype, device).masked_fill_(masked, finfo(dtype).min);
+        return (mask.MoveToOuterDisposeScope(), false);
+    }
+}
