@@ -1,5 +1,6 @@
 using TorchSharp.Modules;
 using VarGpt.Checkpoint;
+using VarGpt.Generation;
 using VarGpt.LanguageModel;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
@@ -11,14 +12,24 @@ public sealed record CausalLMOutput(Tensor Logits, Tensor LastHiddenState);
 
 /// <summary>
 /// The whole VARGPT-v1.1 model (official VARGPTQwen2VLForConditionalGeneration). Field names are the checkpoint's
-/// top-level prefixes. So far: the Qwen2 decoder (model.*) and the untied lm_head; the vision tower (visual.*),
-/// Infinity (vargpt_gen.*), the BSQ-VAE (vae_local.*), image_gen_projector(_out) and sos_embedding are added as
-/// further fields next to these (each registered by RegisterComponents in the constructor).
+/// top-level prefixes, declared in the official constructor order: the Qwen2 decoder (model.*), the untied lm_head,
+/// the BSQ-VAE (vae_local.*), Infinity (vargpt_gen.*), the two glue projectors and the sos embedding whose row
+/// image_gen_start_token_id conditions every generated image.
 /// </summary>
 public sealed class VargptForConditionalGeneration : Module
 {
+#pragma warning disable IDE1006 // field names = official state-dict prefixes
     public readonly Qwen2VLModel model;
     public readonly Linear lm_head;
+    public readonly BsqVae vae_local;
+    public readonly Infinity vargpt_gen;
+    /// <summary>Infinity width C → LLM width H (official GenPatchMerger(dim=H, image_gen_dim=C)).</summary>
+    public readonly GenPatchMerger image_gen_projector;
+    /// <summary>LLM width H → Infinity width C.</summary>
+    public readonly GenPatchMerger image_gen_projector_out;
+    /// <summary>Embedding(image_gen_start_token_id + 1, C); only row image_gen_start_token_id is ever used.</summary>
+    public readonly Embedding sos_embedding;
+#pragma warning restore IDE1006
 
     public VargptConfig Config { get; }
 
@@ -30,9 +41,21 @@ public sealed class VargptForConditionalGeneration : Module
     {
         if (config.TieWordEmbeddings)
             throw new NotSupportedException("tie_word_embeddings = true: VARGPT-v1.1 has an untied lm_head and this port only supports that layout");
+        if (config.Infinity.TextChannels != config.Infinity.EmbedDim)
+            throw new InvalidDataException($"vargpt_gen_config: text_channels {config.Infinity.TextChannels} must equal embed_dim {config.Infinity.EmbedDim} (VARGPT feeds the sos embedding as Infinity's text)");
+        if (config.Infinity.CodebookDim != config.Vae.CodebookDim)
+            throw new InvalidDataException($"vargpt_gen_config.codebook_dim {config.Infinity.CodebookDim} != vae_config.codebook_dim {config.Vae.CodebookDim}");
         Config = config;
         model = new Qwen2VLModel(config, device, dtype);
         lm_head = Linear(config.HiddenSize, config.VocabSize, hasBias: false, device: device, dtype: dtype);
+        vae_local = dtype is { } vt ? new BsqVae(config.Vae, device, vt) : new BsqVae(config.Vae, device, get_default_dtype());
+        vargpt_gen = new Infinity(config.Infinity, device, dtype);
+        using (Torch.TorchRuntime.DefaultsScope(device, dtype))
+        {
+            image_gen_projector = new GenPatchMerger(config.HiddenSize, config.Infinity.EmbedDim);
+            image_gen_projector_out = new GenPatchMerger(config.Infinity.EmbedDim, config.HiddenSize);
+            sos_embedding = Embedding(config.ImageGen.StartId + 1, config.Infinity.EmbedDim);
+        }
         RegisterComponents();
     }
 
