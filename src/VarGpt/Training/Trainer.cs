@@ -115,7 +115,10 @@ public sealed class TrainingDivergedException(string message, int step, string? 
 /// <summary>
 /// Model-agnostic training loop (HF Trainer semantics where they matter): AdamW with decoupled weight decay (no decay for
 /// names containing "bias" and for LayerNorm parameters, as get_decay_parameter_names), LR schedule per optimizer step,
-/// gradient accumulation (each micro-batch loss scaled by 1/GA), global-norm clipping, atomic resumable checkpoints.
+/// gradient accumulation (each micro-batch loss scaled by 1/GA, also in a partial last group of an epoch, as accelerate
+/// does), global-norm clipping, atomic resumable checkpoints. Updates per epoch = ceil(batches / GA) and total steps =
+/// max_steps or ceil(epochs · updates per epoch); HF uses floor(batches / GA) for the total, which only differs when
+/// batches is not a multiple of GA (then HF ends before the last epoch is complete).
 /// <para>Mixed precision: TorchSharp has no autocast, so when trainable parameters are bf16/fp16 the trainer keeps an
 /// fp32 master copy of each, converts the gradients into it after backward, clips and steps the fp32 copy and writes
 /// it back (rounded) into the model. AdamW moments are fp32. The forward/backward run in the model dtype.</para>
