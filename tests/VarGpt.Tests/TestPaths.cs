@@ -46,6 +46,8 @@ public static class TorchTestSetup
     public static void Init()
     {
         if (Interlocked.Exchange(ref _done, 1) == 1) return;
+        // Before any tensor math: MKL sgemm is alignment-dependent (1-ulp run-to-run noise in fp32) unless MKL_CBWR is set.
+        VarGpt.Training.TrainerReproducibility.RequestStrictBlas();
         torch.set_num_threads(1);
     }
 }

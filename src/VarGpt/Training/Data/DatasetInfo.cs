@@ -1,0 +1,146 @@
+using System.Text.Json;
+
+namespace VarGpt.Training.Data;
+
+/// <summary>
+/// One entry of LLaMA-Factory's <c>dataset_info.json</c> (mirrors <c>data/parser.py</c> <c>DatasetAttr</c>):
+/// where the records live, their formatting and which JSON columns/tags hold what. Only local files in the
+/// "sharegpt" formatting are supported; everything else is rejected by name so a user is never surprised.
+/// </summary>
+public sealed record DatasetAttr
+{
+    public required string Name { get; init; }
+    /// <summary>file_name: a .json/.jsonl file or a folder of them, relative to dataset_dir.</summary>
+    public required string FileName { get; init; }
+    public string Formatting { get; init; } = "alpaca";
+    public bool Ranking { get; init; }
+    public int? NumSamples { get; init; }
+
+    // columns (parser.py defaults for sharegpt)
+    public string Messages { get; init; } = "conversations";
+    public string? System { get; init; }
+    public string? Images { get; init; }
+    public string? Chosen { get; init; }
+    public string? Rejected { get; init; }
+
+    // tags
+    public string RoleTag { get; init; } = "from";
+    public string ContentTag { get; init; } = "value";
+    public string UserTag { get; init; } = "human";
+    public string AssistantTag { get; init; } = "gpt";
+    public string ObservationTag { get; init; } = "observation";
+    public string FunctionTag { get; init; } = "function_call";
+    public string SystemTag { get; init; } = "system";
+}
+
+/// <summary>Reads <c>dataset_info.json</c> and resolves the requested dataset names (parser.get_dataset_list).</summary>
+public static class DatasetInfo
+{
+    public const string FileName = "dataset_info.json";
+
+    static readonly HashSet<string> KnownEntryKeys =
+        ["file_name", "formatting", "ranking", "columns", "tags", "num_samples", "split", "subset", "folder", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url"];
+    static readonly HashSet<string> KnownColumns = ["messages", "images", "chosen", "rejected", "system", "tools", "videos", "kto_tag", "prompt", "query", "response", "history"];
+    static readonly HashSet<string> KnownTags = ["role_tag", "content_tag", "user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag"];
+
+    /// <summary>Parses the entries for <paramref name="names"/> from <c>{datasetDir}/dataset_info.json</c>.</summary>
+    public static IReadOnlyList<DatasetAttr> Load(string datasetDir, IReadOnlyList<string> names)
+    {
+        var path = Path.Combine(datasetDir, FileName);
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path} not found (dataset_dir must contain {FileName})", path);
+        JsonDocument doc;
+        try { doc = JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { AllowTrailingCommas = true }); }
+        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})"); }
+        using var _ = doc;
+        if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{path}: the root must be an object of dataset entries");
+        var result = new List<DatasetAttr>();
+        foreach (var name in names)
+        {
+            if (!doc.RootElement.TryGetProperty(name, out var entry))
+                throw new InvalidDataException($"{path}: undefined dataset '{name}' (defined: {string.Join(", ", doc.RootElement.EnumerateObject().Select(p => p.Name).Take(20))}...)");
+            result.Add(Parse(entry, name, path));
+        }
+        return result;
+    }
+
+    static DatasetAttr Parse(JsonElement e, string name, string path)
+    {
+        string where = $"{path}: dataset '{name}'";
+        if (e.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{where}: entry must be an object");
+        foreach (var p in e.EnumerateObject())
+            if (!KnownEntryKeys.Contains(p.Name)) throw new InvalidDataException($"{where}: unknown key '{p.Name}'");
+        foreach (var remote in new[] { "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url" })
+            if (e.TryGetProperty(remote, out _) && !e.TryGetProperty("file_name", out _))
+                throw new NotSupportedException($"{where}: '{remote}' datasets are not supported; download the files and point 'file_name' at them");
+        string fileName = Str(e, "file_name", where) ?? throw new InvalidDataException($"{where}: missing 'file_name'");
+        string formatting = Str(e, "formatting", where) ?? "alpaca";
+        if (formatting != "sharegpt")
+            throw new NotSupportedException($"{where}: formatting '{formatting}' is not supported (VARGPT data uses \"formatting\": \"sharegpt\")");
+        foreach (var k in new[] { "subset", "folder" })
+            if (e.TryGetProperty(k, out var v) && v.ValueKind != JsonValueKind.Null)
+                throw new NotSupportedException($"{where}: '{k}' only applies to hub datasets and is not supported");
+        if (e.TryGetProperty("split", out var split) && split.GetString() != "train")
+            throw new NotSupportedException($"{where}: split '{split.GetString()}' is not supported for local files (only 'train')");
+
+        bool ranking = false;
+        if (e.TryGetProperty("ranking", out var r))
+        {
+            if (r.ValueKind is not (JsonValueKind.True or JsonValueKind.False)) throw new InvalidDataException($"{where}: 'ranking' must be true or false");
+            ranking = r.GetBoolean();
+        }
+        int? numSamples = null;
+        if (e.TryGetProperty("num_samples", out var ns) && ns.ValueKind != JsonValueKind.Null)
+        {
+            if (!ns.TryGetInt32(out int n) || n <= 0) throw new InvalidDataException($"{where}: 'num_samples' must be a positive integer");
+            numSamples = n;
+        }
+
+        var attr = new DatasetAttr { Name = name, FileName = fileName, Formatting = formatting, Ranking = ranking, NumSamples = numSamples };
+        if (e.TryGetProperty("columns", out var cols))
+        {
+            if (cols.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{where}: 'columns' must be an object");
+            foreach (var c in cols.EnumerateObject())
+            {
+                if (!KnownColumns.Contains(c.Name)) throw new InvalidDataException($"{where}: unknown column key '{c.Name}'");
+                if (c.Name is "tools" or "videos" or "kto_tag")
+                    throw new NotSupportedException($"{where}: column '{c.Name}' is not supported by VARGPT training");
+                if (c.Name is "prompt" or "query" or "response" or "history")
+                    throw new InvalidDataException($"{where}: column '{c.Name}' belongs to the alpaca formatting, not sharegpt");
+            }
+            attr = attr with
+            {
+                Messages = Str(cols, "messages", where) ?? attr.Messages,
+                System = Str(cols, "system", where),
+                Images = Str(cols, "images", where),
+                Chosen = Str(cols, "chosen", where),
+                Rejected = Str(cols, "rejected", where),
+            };
+        }
+        if (e.TryGetProperty("tags", out var tags))
+        {
+            if (tags.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{where}: 'tags' must be an object");
+            foreach (var t in tags.EnumerateObject())
+                if (!KnownTags.Contains(t.Name)) throw new InvalidDataException($"{where}: unknown tag key '{t.Name}'");
+            attr = attr with
+            {
+                RoleTag = Str(tags, "role_tag", where) ?? attr.RoleTag,
+                ContentTag = Str(tags, "content_tag", where) ?? attr.ContentTag,
+                UserTag = Str(tags, "user_tag", where) ?? attr.UserTag,
+                AssistantTag = Str(tags, "assistant_tag", where) ?? attr.AssistantTag,
+                ObservationTag = Str(tags, "observation_tag", where) ?? attr.ObservationTag,
+                FunctionTag = Str(tags, "function_tag", where) ?? attr.FunctionTag,
+                SystemTag = Str(tags, "system_tag", where) ?? attr.SystemTag,
+            };
+        }
+        if (ranking && (attr.Chosen == null || attr.Rejected == null))
+            throw new InvalidDataException($"{where}: a ranking dataset needs columns 'chosen' and 'rejected'");
+        return attr;
+    }
+
+    static string? Str(JsonElement obj, string key, string where)
+    {
+        if (!obj.TryGetProperty(key, out var v) || v.ValueKind == JsonValueKind.Null) return null;
+        if (v.ValueKind != JsonValueKind.String) throw new InvalidDataException($"{where}: '{key}' must be a string, found {v.GetRawText()}");
+        return v.GetString();
+    }
+}
