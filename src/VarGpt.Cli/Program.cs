@@ -1,3 +1,28 @@
-using static TorchSharp.torch;
-var a = ones(2, 2);
-Console.WriteLine(a.matmul(a).sum().item<float>());
+using System.CommandLine;
+using VarGpt.Cli.Commands;
+
+namespace VarGpt.Cli;
+
+/// <summary>Composes the vargpt commands; each command lives in Commands/&lt;Name&gt;Command.cs.</summary>
+public static class Program
+{
+    public static RootCommand BuildRoot()
+    {
+        var root = new RootCommand(
+            """
+            VarGpt.NET: a C#/TorchSharp port of VARGPT-v1.1 (Qwen2-VL understanding + Infinity next-scale image
+            generation). Point it at a Hugging Face checkpoint folder (config.json + safetensors files).
+            Run 'vargpt COMMAND --help' for a command's options and examples.
+            """)
+        {
+            InfoCommand.Create(),
+            FixturesCommand.Create(),
+        };
+        root.WithExamples(
+            "vargpt info ~/models/VARGPT-v1.1          # what a checkpoint folder holds",
+            "vargpt fixtures check ../shared/golden    # numerical checks against the official code");
+        return root;
+    }
+
+    public static int Main(string[] args) => CliRunner.Run(BuildRoot(), args, Console.Out, Console.Error);
+}

@@ -34,8 +34,23 @@ public readonly struct JsonFields(JsonElement obj, string source)
     public string Str(string key, string dflt) => Has(key) ? Str(key) : dflt;
     public int[] Ints(string key) => Conv(key, Need(key), e => e.EnumerateArray().Select(x => x.GetInt32()).ToArray(), "a list of integers");
     public int[] Ints(string key, int[] dflt) => Has(key) ? Ints(key) : dflt;
+    public double[] Doubles(string key) => Conv(key, Need(key), e => e.EnumerateArray().Select(x => x.GetDouble()).ToArray(), "a list of numbers");
+    public double[] Doubles(string key, double[] dflt) => Has(key) ? Doubles(key) : dflt;
+    public int? OptInt(string key) => Has(key) ? Int(key) : null;
+    public bool Bool(string key) => Conv(key, Need(key), e => e.GetBoolean(), "true or false");
     /// <summary>An int or a list of ints (e.g. eos_token_id).</summary>
     public int[] IntOrInts(string key) => Need(key).ValueKind == JsonValueKind.Array ? Ints(key) : [Int(key)];
+    /// <summary>An int or a list of ints, or the default when absent.</summary>
+    public int[] IntOrInts(string key, int[] dflt) => Has(key) ? IntOrInts(key) : dflt;
+
+    /// <summary>Parses a JSON file; a syntax error names the file (and line) instead of surfacing a bare JsonException.</summary>
+    public static JsonDocument ParseFile(string path, string what)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"{what} not found: {path}", path);
+        try { return JsonDocument.Parse(File.ReadAllText(path), new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip }); }
+        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})"); }
+    }
+
     public JsonFields Obj(string key)
     {
         var v = Need(key);

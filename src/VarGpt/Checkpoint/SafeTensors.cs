@@ -8,8 +8,9 @@ namespace VarGpt.Checkpoint;
 /// <summary>One tensor entry of a safetensors header.</summary>
 public sealed record SafeTensorInfo(string Name, string DType, long[] Shape, long Begin, long End)
 {
-    public long ElementCount => Shape.Aggregate(1L, (a, b) => a * b);
+    public long ElementCount => Shape.Aggregate(1L, (a, b) => checked(a * b));
     public long ByteLength => End - Begin;
+    public string ShapeText => "[" + string.Join(", ", Shape) + "]";
 }
 
 /// <summary>Thrown for any malformed checkpoint file; the message names the file and the problem.</summary>
@@ -19,6 +20,8 @@ public sealed class CheckpointFormatException(string message) : Exception(messag
 /// Reader for the safetensors format: 8-byte little-endian header length N, N bytes of JSON
 /// ({name: {dtype, shape, data_offsets:[begin,end]}, "__metadata__": {...}}), then the raw little-endian data.
 /// The header is fully validated on open so that no later read can run off the file.
+/// Tensors are read with FileStream straight into the destination tensor's memory (chunked when a dtype/device
+/// conversion needs a staging buffer); docs/notes/checkpoint-io.md has the measurements against a from_file mmap path.
 /// </summary>
 public sealed class SafeTensorsFile : IDisposable
 {
@@ -32,7 +35,12 @@ public sealed class SafeTensorsFile : IDisposable
     readonly Dictionary<string, string> _metadata = new(StringComparer.Ordinal);
     readonly FileStream _stream;
 
-    /// <summary>Bytes per element of each safetensors dtype name.</summary>
+    /// <summary>Staging buffer size when converting dtype/device (bounds the extra memory of a load).</summary>
+    const long ConvertChunkBytes = 16L << 20;
+    /// <summary>Direct reads go in pieces below Span's 2 GB limit.</summary>
+    const long DirectChunkBytes = 1L << 30;
+
+    /// <summary>Bytes per element of each safetensors dtype name; -1 for names we do not know.</summary>
     public static int DTypeSize(string dtype) => dtype switch
     {
         "F64" or "I64" or "U64" => 8,
@@ -75,7 +83,7 @@ public sealed class SafeTensorsFile : IDisposable
     SafeTensorsFile(string path)
     {
         Path = path;
-        _stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16, FileOptions.RandomAccess);
+        _stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete, 1 << 16, FileOptions.RandomAccess);
         try
         {
             FileLength = _stream.Length;
@@ -110,7 +118,7 @@ public sealed class SafeTensorsFile : IDisposable
     {
         JsonDocument doc;
         try { doc = JsonDocument.Parse(header); }
-        catch (JsonException e) { throw Bad($"header is not valid JSON ({e.Message})"); }
+        catch (Exception e) when (e is JsonException or ArgumentException) { throw Bad($"header is not valid JSON ({e.Message})"); }
         using var _ = doc;
         if (doc.RootElement.ValueKind != JsonValueKind.Object) throw Bad("header JSON is not an object");
         long dataLength = FileLength - DataStart;
@@ -144,62 +152,132 @@ public sealed class SafeTensorsFile : IDisposable
             {
                 throw Bad($"tensor '{prop.Name}': shape and data_offsets must be non-negative integers");
             }
-            if (shape.Any(d => d < 0)) throw Bad($"tensor '{prop.Name}': negative dimension in shape [{string.Join(",", shape)}]");
-            if (begin < 0 || end < begin) throw Bad($"tensor '{prop.Name}': data_offsets [{begin},{end}] are not an increasing pair");
+            if (shape.Any(d => d < 0)) throw Bad($"tensor '{prop.Name}': negative dimension in shape [{string.Join(", ", shape)}]");
+            if (begin < 0 || end < begin) throw Bad($"tensor '{prop.Name}': data_offsets [{begin}, {end}] are not an increasing pair");
             if (end > dataLength)
-                throw Bad($"tensor '{prop.Name}': data_offsets [{begin},{end}] run beyond the data section ({dataLength} bytes; truncated?)");
+                throw Bad($"tensor '{prop.Name}': data_offsets [{begin}, {end}] run beyond the data section ({dataLength} bytes; truncated?)");
             var info = new SafeTensorInfo(prop.Name, dtype, shape, begin, end);
-            long expected = checked(info.ElementCount * size);
+            long expected;
+            try { expected = checked(info.ElementCount * size); }
+            catch (OverflowException) { throw Bad($"tensor '{prop.Name}': shape {info.ShapeText} is too large"); }
             if (info.ByteLength != expected)
-                throw Bad($"tensor '{prop.Name}': byte length {info.ByteLength} != shape [{string.Join(",", shape)}] x {dtype} size {size} = {expected}");
+                throw Bad($"tensor '{prop.Name}': byte length {info.ByteLength} != shape {info.ShapeText} x {dtype} size {size} = {expected}");
             if (!_tensors.TryAdd(prop.Name, info)) throw Bad($"tensor '{prop.Name}' appears twice in the header");
         }
-        // Overlap check: sort by begin, each must start at or after the previous end.
+        // Overlap check: sorted by begin, each non-empty tensor must start at or after the previous one's end.
+        // Gaps are tolerated (the official writer never makes them, and our writer test checks contiguity).
         SafeTensorInfo? prev = null;
-        foreach (var t in _tensors.Values.OrderBy(t => t.Begin).ThenBy(t => t.End))
+        foreach (var t in _tensors.Values.Where(t => t.ByteLength > 0).OrderBy(t => t.Begin).ThenBy(t => t.End))
         {
-            if (prev != null && t.Begin < prev.End && t.ByteLength > 0 && prev.ByteLength > 0)
-                throw Bad($"tensors '{prev.Name}' [{prev.Begin},{prev.End}] and '{t.Name}' [{t.Begin},{t.End}] overlap");
-            if (t.ByteLength > 0) prev = t;
+            if (prev != null && t.Begin < prev.End)
+                throw Bad($"tensors '{prev.Name}' [{prev.Begin}, {prev.End}] and '{t.Name}' [{t.Begin}, {t.End}] overlap");
+            prev = t;
         }
     }
 
-    /// <summary>Reads one tensor (CPU, its stored dtype), optionally converting dtype and moving to a device.</summary>
+    public SafeTensorInfo Info(string name) =>
+        _tensors.TryGetValue(name, out var info) ? info : throw new KeyNotFoundException($"{Path}: no tensor named '{name}'");
+
+    /// <summary>Reads one tensor into new memory (default: CPU, its stored dtype), converting dtype and device if asked.</summary>
     public Tensor Load(string name, ScalarType? dtype = null, Device? device = null)
     {
-        if (!_tensors.TryGetValue(name, out var info)) throw new KeyNotFoundException($"{Path}: no tensor named '{name}'");
-        var t = torch.empty(info.Shape, ToScalarType(info.DType));
-        if (info.ByteLength > 0)
+        var info = Info(name);
+        var t = torch.empty(info.Shape, dtype ?? ToScalarType(info.DType), device: device ?? CPU);
+        try { ReadInto(info, t); }
+        catch { t.Dispose(); throw; }
+        return t;
+    }
+
+    /// <summary>
+    /// Copies one tensor into an existing tensor of the same shape (any dtype/device; e.g. a module parameter).
+    /// Same dtype on CPU: bytes go straight from the file into the target. Otherwise through a 16 MB staging buffer.
+    /// </summary>
+    public void LoadInto(string name, Tensor target)
+    {
+        var info = Info(name);
+        if (!info.Shape.SequenceEqual(target.shape))
+            throw new ArgumentException($"{Path}: tensor '{name}' has shape {info.ShapeText}, target has [{string.Join(", ", target.shape)}]");
+        ReadInto(info, target);
+    }
+
+    void ReadInto(SafeTensorInfo info, Tensor target)
+    {
+        if (info.ByteLength == 0) return;
+        var stored = ToScalarType(info.DType);
+        int size = DTypeSize(info.DType);
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        if (!target.is_contiguous())
         {
-            var span = t.bytes;
-            lock (_stream)
+            // Rare (a strided view): read whole, then copy.
+            var whole = torch.empty(info.Shape, stored);
+            ReadBytes(info.Begin, whole.bytes);
+            target.copy_(whole);
+            return;
+        }
+        bool direct = target.device_type == DeviceType.CPU && target.dtype == stored;
+        var flat = target.view(-1);
+        long total = info.ElementCount, step = Math.Max(1, (direct ? DirectChunkBytes : ConvertChunkBytes) / size);
+        Tensor? staging = direct ? null : torch.empty(Math.Min(step, total), stored);
+        for (long start = 0; start < total; start += step)
+        {
+            long n = Math.Min(step, total - start);
+            using var dst = flat.narrow(0, start, n);
+            if (direct) ReadBytes(info.Begin + start * size, dst.bytes);
+            else
             {
-                _stream.Position = DataStart + info.Begin;
-                _stream.ReadExactly(span);
+                using var src = n == staging!.shape[0] ? staging.alias() : staging.narrow(0, 0, n);
+                ReadBytes(info.Begin + start * size, src.bytes);
+                dst.copy_(src);
             }
         }
-        if ((dtype == null || dtype == t.dtype) && (device == null || device.type == DeviceType.CPU)) return t;
-        using (t) return t.to(dtype ?? t.dtype, device ?? CPU);
+    }
+
+    void ReadBytes(long offset, Span<byte> dst)
+    {
+        lock (_stream)
+        {
+            _stream.Position = DataStart + offset;
+            _stream.ReadExactly(dst);
+        }
     }
 
     public void Dispose() => _stream.Dispose();
 }
 
-/// <summary>Writer producing files the official Python safetensors library reads (8-byte aligned header, contiguous offsets).</summary>
+/// <summary>
+/// Writer producing files the official Python safetensors library reads: header padded with spaces to a multiple
+/// of 8, offsets contiguous from 0 in the given order, {"format":"pt"} metadata. Writes are atomic (temp + rename).
+/// </summary>
 public static class SafeTensorsWriter
 {
+    /// <summary>Default shard size for <see cref="SaveSharded"/> (the Hugging Face save_pretrained default).</summary>
+    public const long DefaultMaxShardBytes = 5_000_000_000;
+
     /// <summary>Writes tensors atomically (temp file + rename) in the given order.</summary>
-    public static void Save(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    /// <param name="floatDType">If set, floating-point tensors are converted to it one at a time while writing.</param>
+    public static void Save(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors,
+        IReadOnlyDictionary<string, string>? metadata = null, ScalarType? floatDType = null)
     {
         var list = tensors.ToList();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (name, _) in list)
+        {
+            if (name == "__metadata__") throw new ArgumentException($"{path}: '__metadata__' cannot be used as a tensor name");
+            if (!seen.Add(name)) throw new ArgumentException($"{path}: tensor '{name}' given twice");
+        }
+
         var header = new Dictionary<string, object>(StringComparer.Ordinal);
-        var meta = new Dictionary<string, string>(metadata ?? new Dictionary<string, string>()) { ["format"] = "pt" };
+        var meta = new Dictionary<string, string>(StringComparer.Ordinal);
+        if (metadata != null) foreach (var (k, v) in metadata) meta[k] = v;
+        meta["format"] = "pt";
         header["__metadata__"] = meta;
         long offset = 0;
         foreach (var (name, t) in list)
         {
-            long n = t.numel() * SafeTensorsFile.DTypeSize(SafeTensorsFile.FromScalarType(t.dtype));
-            header[name] = new { dtype = SafeTensorsFile.FromScalarType(t.dtype), shape = t.shape, data_offsets = new[] { offset, offset + n } };
+            string dtype = FileDType(name, t, floatDType, path);
+            long n = checked(t.numel() * SafeTensorsFile.DTypeSize(dtype));
+            header[name] = new { dtype, shape = t.shape, data_offsets = new[] { offset, offset + n } };
             offset += n;
         }
         var json = Encoding.UTF8.GetBytes(JsonSerializer.Serialize(header));
@@ -210,18 +288,14 @@ public static class SafeTensorsWriter
 
         var dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path))!;
         Directory.CreateDirectory(dir);
-        var tmp = path + ".tmp-" + Environment.ProcessId;
+        var tmp = path + ".tmp-" + Environment.ProcessId + "-" + Guid.NewGuid().ToString("N")[..8];
         try
         {
             using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
             {
                 fs.Write(BitConverter.GetBytes((ulong)headerBytes.Length));
                 fs.Write(headerBytes);
-                foreach (var (_, t) in list)
-                {
-                    using var c = t.detach().cpu().contiguous();
-                    fs.Write(c.bytes);
-                }
+                foreach (var (name, t) in list) WriteData(fs, t, FileDType(name, t, floatDType, path));
                 fs.Flush(true);
             }
             File.Move(tmp, path, overwrite: true);
@@ -230,5 +304,82 @@ public static class SafeTensorsWriter
         {
             if (File.Exists(tmp)) File.Delete(tmp);
         }
+    }
+
+    static string FileDType(string name, Tensor t, ScalarType? floatDType, string path)
+    {
+        var dt = floatDType is { } f && t.is_floating_point() ? f : t.dtype;
+        try { return SafeTensorsFile.FromScalarType(dt); }
+        catch (NotSupportedException e) { throw new NotSupportedException($"{path}: tensor '{name}': {e.Message}"); }
+    }
+
+    static void WriteData(FileStream fs, Tensor t, string dtype)
+    {
+        using var scope = torch.NewDisposeScope();
+        var c = t.detach().to(SafeTensorsFile.ToScalarType(dtype), CPU).contiguous().view(-1);
+        long total = c.numel(), step = Math.Max(1, (1L << 30) / Math.Max(1, SafeTensorsFile.DTypeSize(dtype)));
+        for (long s = 0; s < total; s += step)
+        {
+            using var piece = c.narrow(0, s, Math.Min(step, total - s));
+            fs.Write(piece.bytes);
+        }
+    }
+
+    /// <summary>
+    /// Hugging Face style sharded save into <paramref name="dir"/>: model-0000k-of-0000N.safetensors plus
+    /// model.safetensors.index.json ({"metadata":{"total_size"}, "weight_map"}); a single model.safetensors when
+    /// everything fits in one shard. Shards fill greedily in the given order. Each file is written atomically and
+    /// the index last; weight files of an earlier save that the new one does not use are removed.
+    /// </summary>
+    public static IReadOnlyList<string> SaveSharded(string dir, IEnumerable<KeyValuePair<string, Tensor>> tensors,
+        long maxShardBytes = DefaultMaxShardBytes, IReadOnlyDictionary<string, string>? metadata = null, ScalarType? floatDType = null)
+    {
+        if (maxShardBytes <= 0) throw new ArgumentOutOfRangeException(nameof(maxShardBytes), "must be positive");
+        var list = tensors.ToList();
+        var shards = new List<List<KeyValuePair<string, Tensor>>> { new() };
+        long cur = 0, totalSize = 0;
+        foreach (var kv in list)
+        {
+            long n = checked(kv.Value.numel() * SafeTensorsFile.DTypeSize(FileDType(kv.Key, kv.Value, floatDType, dir)));
+            if (shards[^1].Count > 0 && cur + n > maxShardBytes) { shards.Add(new()); cur = 0; }
+            shards[^1].Add(kv);
+            cur += n;
+            totalSize += n;
+        }
+        Directory.CreateDirectory(dir);
+        var written = new List<string>();
+        string indexPath = System.IO.Path.Combine(dir, CheckpointReader.IndexFileName);
+        if (shards.Count == 1)
+        {
+            var p = System.IO.Path.Combine(dir, CheckpointReader.SingleFileName);
+            Save(p, shards[0], metadata, floatDType);
+            written.Add(p);
+            if (File.Exists(indexPath)) File.Delete(indexPath);
+        }
+        else
+        {
+            var weightMap = new SortedDictionary<string, string>(StringComparer.Ordinal);
+            for (int i = 0; i < shards.Count; i++)
+            {
+                var file = $"model-{i + 1:D5}-of-{shards.Count:D5}.safetensors";
+                Save(System.IO.Path.Combine(dir, file), shards[i], metadata, floatDType);
+                written.Add(System.IO.Path.Combine(dir, file));
+                foreach (var (name, _) in shards[i]) weightMap[name] = file;
+            }
+            var index = new { metadata = new { total_size = totalSize }, weight_map = weightMap };
+            var tmp = indexPath + ".tmp-" + Environment.ProcessId;
+            File.WriteAllText(tmp, JsonSerializer.Serialize(index, new JsonSerializerOptions { WriteIndented = true }) + "\n");
+            File.Move(tmp, indexPath, overwrite: true);
+            written.Add(indexPath);
+            var single = System.IO.Path.Combine(dir, CheckpointReader.SingleFileName);
+            if (File.Exists(single)) File.Delete(single);
+        }
+        // Stale shards of an earlier save with a different shard count would confuse readers that glob.
+        var keep = new HashSet<string>(written.Select(System.IO.Path.GetFileName)!, StringComparer.Ordinal);
+        foreach (var f in Directory.EnumerateFiles(dir, "model-*-of-*.safetensors"))
+            if (!keep.Contains(System.IO.Path.GetFileName(f)) &&
+                System.Text.RegularExpressions.Regex.IsMatch(System.IO.Path.GetFileName(f), @"^model-\d{5}-of-\d{5}\.safetensors$"))
+                File.Delete(f);
+        return written;
     }
 }

@@ -174,10 +174,11 @@ public sealed record VargptConfig
 
     public int HeadDim => HiddenSize / NumAttentionHeads;
 
+    /// <summary>Reads config.json (or DIR/config.json when given a folder).</summary>
     public static VargptConfig Load(string path)
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"config file not found: {path}", path);
-        using var doc = JsonDocument.Parse(File.ReadAllText(path), new JsonDocumentOptions { AllowTrailingCommas = true });
+        if (Directory.Exists(path)) path = Path.Combine(path, "config.json");
+        using var doc = JsonFields.ParseFile(path, "config file");
         return Parse(doc.RootElement, path);
     }
 

@@ -1,0 +1,136 @@
+using System.Text;
+using System.Text.RegularExpressions;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace VarGpt.Checkpoint;
+
+/// <summary>Options for <see cref="StateDict.Load(nn.Module, CheckpointReader, StateDictOptions?)"/>.</summary>
+public sealed record StateDictOptions
+{
+    /// <summary>Module keys that may be absent from the source. Glob ('*' any run of characters, '?' one) or "re:REGEX" (full match).</summary>
+    public IReadOnlyList<string> AllowMissing { get; init; } = [];
+    /// <summary>Source keys that may have no module counterpart (they are ignored). Same pattern syntax.</summary>
+    public IReadOnlyList<string> AllowUnexpected { get; init; } = [];
+    /// <summary>
+    /// Only source keys starting with this prefix take part, with the prefix removed: e.g. "vargpt_gen." loads the
+    /// Infinity part of a full checkpoint into a standalone Infinity module.
+    /// </summary>
+    public string Prefix { get; init; } = "";
+}
+
+public sealed record ShapeMismatch(string Name, long[] Expected, long[] Found)
+{
+    public override string ToString() => $"{Name}: module expects [{string.Join(", ", Expected)}], checkpoint has [{string.Join(", ", Found)}]";
+}
+
+/// <summary>What a load did: keys copied, and the missing/unexpected keys the options allowed.</summary>
+public sealed record StateDictReport(IReadOnlyList<string> Loaded, IReadOnlyList<string> Missing, IReadOnlyList<string> Unexpected)
+{
+    public override string ToString() =>
+        $"loaded {Loaded.Count} tensors; allowed missing {Missing.Count}{List(Missing)}; ignored unexpected {Unexpected.Count}{List(Unexpected)}";
+    static string List(IReadOnlyList<string> xs) => xs.Count == 0 ? "" : " (" + string.Join(", ", xs.Take(10)) + (xs.Count > 10 ? ", ..." : "") + ")";
+}
+
+/// <summary>Every key problem of one load, all listed in the message. Nothing was copied when this is thrown.</summary>
+public sealed class StateDictMismatchException(string source, IReadOnlyList<string> missing, IReadOnlyList<string> unexpected,
+    IReadOnlyList<ShapeMismatch> shapeMismatches) : Exception(Format(source, missing, unexpected, shapeMismatches))
+{
+    public IReadOnlyList<string> Missing { get; } = missing;
+    public IReadOnlyList<string> Unexpected { get; } = unexpected;
+    public IReadOnlyList<ShapeMismatch> ShapeMismatches { get; } = shapeMismatches;
+
+    static string Format(string source, IReadOnlyList<string> missing, IReadOnlyList<string> unexpected, IReadOnlyList<ShapeMismatch> shapes)
+    {
+        var sb = new StringBuilder($"state dict from {source} does not match the module: ");
+        sb.Append($"{missing.Count} missing, {unexpected.Count} unexpected, {shapes.Count} shape mismatches");
+        if (missing.Count > 0) sb.Append("\nmissing keys (in the module, not in the checkpoint):\n  ").AppendJoin("\n  ", missing);
+        if (unexpected.Count > 0) sb.Append("\nunexpected keys (in the checkpoint, not in the module):\n  ").AppendJoin("\n  ", unexpected);
+        if (shapes.Count > 0) sb.Append("\nshape mismatches:\n  ").AppendJoin("\n  ", shapes);
+        return sb.ToString();
+    }
+}
+
+/// <summary>
+/// Strict state-dict copy by exact official key names (torch's load_state_dict(strict=True) semantics, but every problem
+/// is reported at once). Values are copied in place into the module's parameters and persistent buffers under no_grad,
+/// converted to each parameter's dtype and device, one tensor at a time.
+/// </summary>
+public static class StateDict
+{
+    public static StateDictReport Load(nn.Module module, CheckpointReader source, StateDictOptions? options = null) =>
+        Load(module, source.Tensors.ToDictionary(kv => kv.Key, kv => kv.Value.Shape, StringComparer.Ordinal),
+            source.LoadInto, source.IndexPath ?? source.Files.FirstOrDefault() ?? source.Directory, options);
+
+    public static StateDictReport Load(nn.Module module, IReadOnlyDictionary<string, Tensor> source, StateDictOptions? options = null) =>
+        Load(module, source.ToDictionary(kv => kv.Key, kv => kv.Value.shape, StringComparer.Ordinal),
+            (name, target) => target.copy_(source[name]), "a tensor dictionary", options);
+
+    /// <summary>Opens a checkpoint (folder, file or index) and loads it.</summary>
+    public static StateDictReport Load(nn.Module module, string path, StateDictOptions? options = null)
+    {
+        using var reader = CheckpointReader.Open(path);
+        return Load(module, reader, options);
+    }
+
+    static StateDictReport Load(nn.Module module, Dictionary<string, long[]> sourceShapes, Action<string, Tensor> copy, string sourceName, StateDictOptions? options)
+    {
+        options ??= new StateDictOptions();
+        var allowMissing = options.AllowMissing.Select(Pattern).ToList();
+        var allowUnexpected = options.AllowUnexpected.Select(Pattern).ToList();
+        // Checkpoint key -> module key (prefix stripped).
+        var src = sourceShapes.Where(kv => kv.Key.StartsWith(options.Prefix, StringComparison.Ordinal))
+            .ToDictionary(kv => kv.Key[options.Prefix.Length..], kv => (Full: kv.Key, Shape: kv.Value), StringComparer.Ordinal);
+        var targets = module.state_dict();
+
+        var missing = new List<string>();
+        var allowedMissing = new List<string>();
+        var shapes = new List<ShapeMismatch>();
+        var plan = new List<(string Src, Tensor Dst, string Name)>();
+        foreach (var (name, t) in targets.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        {
+            if (!src.TryGetValue(name, out var s))
+            {
+                (allowMissing.Any(p => p.IsMatch(name)) ? allowedMissing : missing).Add(name);
+                continue;
+            }
+            if (!s.Shape.SequenceEqual(t.shape)) shapes.Add(new ShapeMismatch(name, t.shape, s.Shape));
+            else plan.Add((s.Full, t, name));
+        }
+        var unexpected = new List<string>();
+        var allowedUnexpected = new List<string>();
+        foreach (var (name, s) in src.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+            if (!targets.ContainsKey(name))
+                (allowUnexpected.Any(p => p.IsMatch(name) || p.IsMatch(s.Full)) ? allowedUnexpected : unexpected).Add(s.Full);
+
+        if (missing.Count > 0 || unexpected.Count > 0 || shapes.Count > 0)
+            throw new StateDictMismatchException(sourceName + (options.Prefix.Length > 0 ? $" (prefix '{options.Prefix}')" : ""), missing, unexpected, shapes);
+
+        using (torch.no_grad())
+            foreach (var (s, dst, _) in plan)
+                copy(s, dst);
+        return new StateDictReport(plan.Select(p => p.Name).ToList(), allowedMissing, allowedUnexpected);
+    }
+
+    /// <summary>Glob ('*', '?') or "re:REGEX", matched against the whole key.</summary>
+    internal static Regex Pattern(string p) => p.StartsWith("re:", StringComparison.Ordinal)
+        ? new Regex("^(?:" + p[3..] + ")$", RegexOptions.CultureInvariant)
+        : new Regex("^" + Regex.Escape(p).Replace(@"\*", ".*").Replace(@"\?", ".") + "$", RegexOptions.CultureInvariant);
+
+    /// <summary>
+    /// Saves the module's parameters and persistent buffers under their names. A path ending in .safetensors gives one
+    /// file; any other path is a folder receiving a (sharded if needed) Hugging Face layout. floatDType converts
+    /// floating-point tensors while writing (e.g. bfloat16 like the official release).
+    /// </summary>
+    public static IReadOnlyList<string> Save(nn.Module module, string path, ScalarType? floatDType = null,
+        long maxShardBytes = SafeTensorsWriter.DefaultMaxShardBytes, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        var sd = module.state_dict().OrderBy(kv => kv.Key, StringComparer.Ordinal).ToList();
+        if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+        {
+            SafeTensorsWriter.Save(path, sd, metadata, floatDType);
+            return [path];
+        }
+        return SafeTensorsWriter.SaveSharded(path, sd, maxShardBytes, metadata, floatDType);
+    }
+}
