@@ -14,14 +14,18 @@ public sealed record GenerationConfig
     public const string FileName = "generation_config.json";
 
     public int? BosTokenId { get; init; }
-    /// <summary>eos_token_id may be an int or a list in the file; always a list here.</summary>
-    public int[] EosTokenIds { get; init; } = [];
-    public int? PadTokenId { get; init; }
+    /// <summary>eos_token_id may be an int or a list in the file; always a list here. Generation stops for a row once it emits any of these.</summary>
+    public long[] EosTokenIds { get; init; } = [];
+    /// <summary>Written into rows that already finished (null: the first EOS id, as transformers does).</summary>
+    public long? PadTokenId { get; init; }
     public bool DoSample { get; init; }
     public double Temperature { get; init; } = 1.0;
+    /// <summary>0 disables top-k (transformers' default is 50 and applies whenever sampling).</summary>
     public int TopK { get; init; } = 50;
     public double TopP { get; init; } = 1.0;
+    /// <summary>Applied in greedy mode too (transformers builds the processor whenever it is not 1).</summary>
     public double RepetitionPenalty { get; init; } = 1.0;
+    /// <summary>New tokens per sequence; when null, <see cref="MaxLength"/> bounds prompt + new tokens.</summary>
     public int? MaxNewTokens { get; init; }
     public int MaxLength { get; init; } = 20;
     /// <summary>special_tokens (image_gen_start/_end/_pad and their ids); null when the file has none.</summary>
@@ -52,7 +56,7 @@ public sealed record GenerationConfig
         var cfg = new GenerationConfig
         {
             BosTokenId = j.OptInt("bos_token_id"),
-            EosTokenIds = j.IntOrInts("eos_token_id", []),
+            EosTokenIds = j.IntOrInts("eos_token_id", []).Select(x => (long)x).ToArray(),
             PadTokenId = j.OptInt("pad_token_id"),
             DoSample = j.Bool("do_sample", false),
             Temperature = j.Double("temperature", 1.0),
@@ -70,6 +74,29 @@ public sealed record GenerationConfig
         if (cfg.TopP is <= 0 or > 1) throw new InvalidDataException($"{source}: top_p must be in (0, 1], found {cfg.TopP}");
         if (cfg.RepetitionPenalty <= 0) throw new InvalidDataException($"{source}: repetition_penalty must be > 0, found {cfg.RepetitionPenalty}");
         return cfg;
+    }
+
+    /// <summary>EOS/pad from config.json (what transformers falls back to without a generation_config.json).</summary>
+    public static GenerationConfig FromModelConfig(VargptConfig c) => new()
+    {
+        EosTokenIds = c.EosTokenIds.Select(x => (long)x).ToArray(),
+        PadTokenId = c.PadTokenId,
+        BosTokenId = c.BosTokenId,
+        ImageGen = c.ImageGen,
+    };
+
+    /// <summary>Rejects values transformers rejects (temperature and penalty must be positive, top_p in [0, 1], ...).</summary>
+    public void Validate(string source = "generation config")
+    {
+        if (RepetitionPenalty <= 0) throw new ArgumentException($"{source}: repetition_penalty must be > 0, got {RepetitionPenalty}");
+        if (MaxNewTokens is <= 0) throw new ArgumentException($"{source}: max_new_tokens must be > 0, got {MaxNewTokens}");
+        if (MaxLength <= 0) throw new ArgumentException($"{source}: max_length must be > 0, got {MaxLength}");
+        if (DoSample)
+        {
+            if (Temperature <= 0) throw new ArgumentException($"{source}: temperature must be > 0 when sampling, got {Temperature}");
+            if (TopK < 0) throw new ArgumentException($"{source}: top_k must be >= 0, got {TopK}");
+            if (TopP < 0 || TopP > 1) throw new ArgumentException($"{source}: top_p must be in [0, 1], got {TopP}");
+        }
     }
 
     static string[] ReadStrings(JsonFields j, string key)

@@ -1,3 +1,4 @@
+using VarGpt.Checkpoint;
 using static TorchSharp.torch;
 
 namespace VarGpt.LanguageModel;

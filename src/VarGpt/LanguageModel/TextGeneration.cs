@@ -1,3 +1,4 @@
+using VarGpt.Checkpoint;
 using System.Runtime.CompilerServices;
 using VarGpt.Model;
 using static TorchSharp.torch;

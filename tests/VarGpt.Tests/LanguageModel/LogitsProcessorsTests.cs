@@ -1,3 +1,4 @@
+using VarGpt.Checkpoint;
 using VarGpt.LanguageModel;
 using static TorchSharp.torch;
 

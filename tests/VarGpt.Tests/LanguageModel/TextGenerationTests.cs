@@ -1,3 +1,4 @@
+using VarGpt.Checkpoint;
 using VarGpt.Golden;
 using VarGpt.Golden.Kinds;
 using VarGpt.LanguageModel;
