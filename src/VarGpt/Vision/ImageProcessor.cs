@@ -208,40 +208,45 @@ public sealed class ImageProcessor(PreprocessorSettings settings)
         grid = (1, gh, gw);
 
         // transformers rescale: float64 multiply then cast to float32; normalize: (x - mean) / std in float32.
-        var lut = new float[3, 256];
+        var lut = new float[3 * 256];
         for (int c = 0; c < 3; c++)
         {
             float mean = (float)s.ImageMean[c], std = (float)s.ImageStd[c];
             for (int v = 0; v < 256; v++)
             {
                 float x = (float)(v * s.RescaleFactor);
-                lut[c, v] = (x - mean) / std;
+                lut[c * 256 + v] = (x - mean) / std;
             }
         }
 
         // Official: reshape(gt, T, C, gh/m, m, p, gw/m, m, p).transpose(0,3,6,4,7,2,1,5,8): rows ordered
         // (merged row, merged col, inner row, inner col), features (C, T, py, px); the T frames are identical copies.
-        int rowLen = 3 * tp * p * p;
+        int rowLen = 3 * tp * p * p, block = p * p;
         var output = new float[checked((long)gh * gw * rowLen)];
         int W = img.Width;
         var data = img.Data;
         Parallel.For(0, gh / m, bh =>
         {
+            var o = output.AsSpan();
+            var d = data.AsSpan();
             for (int bw = 0; bw < gw / m; bw++)
                 for (int ih = 0; ih < m; ih++)
                     for (int iw = 0; iw < m; iw++)
                     {
                         long row = ((long)(bh * (gw / m) + bw) * m + ih) * m + iw;
-                        long o = row * rowLen;
                         int y0 = (bh * m + ih) * p, x0 = (bw * m + iw) * p;
                         for (int c = 0; c < 3; c++)
-                            for (int t = 0; t < tp; t++)
-                                for (int py = 0; py < p; py++)
-                                {
-                                    int src = ((y0 + py) * W + x0) * 3 + c;
-                                    for (int px = 0; px < p; px++, src += 3)
-                                        output[o++] = lut[c, data[src]];
-                                }
+                        {
+                            var frame0 = o.Slice((int)(row * rowLen + c * tp * block), block);
+                            var lc = lut.AsSpan(c * 256, 256);
+                            for (int py = 0; py < p; py++)
+                            {
+                                var srcRow = d.Slice(((y0 + py) * W + x0) * 3 + c);
+                                var dst = frame0.Slice(py * p, p);
+                                for (int px = 0; px < p; px++) dst[px] = lc[srcRow[px * 3]];
+                            }
+                            for (int t = 1; t < tp; t++) frame0.CopyTo(o.Slice((int)(row * rowLen + (c * tp + t) * block), block));
+                        }
                     }
         });
         return output;
