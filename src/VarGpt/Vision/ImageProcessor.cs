@@ -177,8 +177,8 @@ public sealed class ImageProcessor(PreprocessorSettings settings)
         }
         return new ProcessedImages
         {
-            PixelValues = tensor(all, [totalRows, rowLen], ScalarType.Float32),
-            ImageGridThw = tensor(grids, [images.Count, 3], ScalarType.Int64),
+            PixelValues = tensor(all, [totalRows, rowLen], ScalarType.Float32, CPU), // host data, like HF; the model moves it
+            ImageGridThw = tensor(grids, [images.Count, 3], ScalarType.Int64, CPU),
             TokenCounts = tokens,
             ResizedSizes = sizes,
             ShrunkForMaxPixels = shrunk,
@@ -195,7 +195,7 @@ public sealed class ImageProcessor(PreprocessorSettings settings)
     public Tensor Patchify(RgbImage resized, out (int T, int H, int W) grid)
     {
         var rows = NormalizeAndPatchify(resized, out grid);
-        return tensor(rows, [(long)grid.T * grid.H * grid.W, RowLength], ScalarType.Float32);
+        return tensor(rows, [(long)grid.T * grid.H * grid.W, RowLength], ScalarType.Float32, CPU);
     }
 
     float[] NormalizeAndPatchify(RgbImage img, out (int T, int H, int W) grid)

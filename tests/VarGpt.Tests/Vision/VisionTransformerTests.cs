@@ -35,6 +35,15 @@ public class VisionTransformerTests
         Assert.Equal(new long[] { 96, 32 }, sd["blocks.0.attn.qkv.weight"].shape);
         Assert.Equal(new long[] { 128, 128 }, sd["merger.mlp.0.weight"].shape);
         Assert.Equal(new long[] { 48, 128 }, sd["merger.mlp.2.weight"].shape);
+        // buildable without memory (META) and directly in bfloat16 under the default-device/dtype scope
+        using (VarGpt.Torch.TorchRuntime.DefaultsScope(META, ScalarType.BFloat16))
+        {
+            using var meta = new Qwen2VisionTransformerPretrainedModel(Tiny);
+            var msd = meta.state_dict();
+            Assert.Equal(sd.Keys.Order(StringComparer.Ordinal), msd.Keys.Order(StringComparer.Ordinal));
+            Assert.All(msd.Values, t => Assert.Equal(DeviceType.META, t.device_type));
+            Assert.All(msd.Values, t => Assert.Equal(ScalarType.BFloat16, t.dtype));
+        }
     }
 
     [Fact]
