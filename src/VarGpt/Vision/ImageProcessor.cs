@@ -21,6 +21,8 @@ public sealed record PreprocessorSettings
     /// <summary>OPENAI_CLIP_STD.</summary>
     public double[] ImageStd { get; init; } = [0.26862954, 0.26130258, 0.27577711];
     public double RescaleFactor { get; init; } = 1.0 / 255;
+    /// <summary>PIL resampling filter of the resize ("resample", PIL enum value; BICUBIC = 3).</summary>
+    public PilFilter Resample { get; init; } = PilFilter.Bicubic;
 
     /// <summary>smart_resize factor: one merged token covers (patch*merge)^2 pixels.</summary>
     public int Factor => PatchSize * MergeSize;
@@ -46,7 +48,14 @@ public sealed record PreprocessorSettings
             ImageMean = j.Has("image_mean") ? Doubles(j, "image_mean") : d.ImageMean,
             ImageStd = j.Has("image_std") ? Doubles(j, "image_std") : d.ImageStd,
             RescaleFactor = j.Double("rescale_factor", d.RescaleFactor),
+            Resample = (PilFilter)j.Int("resample", (int)d.Resample),
         };
+        if (!Enum.IsDefined(s.Resample))
+            throw new InvalidDataException($"{source}: field 'resample' = {(int)s.Resample} is not a PIL filter (0..5)");
+        // The released processor runs every step; switching one off is not implemented, so refuse instead of diverging.
+        foreach (var key in new[] { "do_resize", "do_rescale", "do_normalize", "do_convert_rgb" })
+            if (!j.Bool(key, true))
+                throw new NotSupportedException($"{source}: '{key}': false is not supported (the VARGPT processor always applies this step)");
         s.Validate(source);
         return s;
     }
@@ -161,7 +170,7 @@ public sealed class ImageProcessor(PreprocessorSettings settings)
             int h, w;
             try { (h, w, shrunk[i]) = SmartResize(img.Height, img.Width, s.Factor, s.MinPixels, s.MaxPixels); }
             catch (ArgumentException e) { throw new ArgumentException($"image {i} ({img.Width}x{img.Height}): {e.Message}", e); }
-            var resized = PilResize.Resize(img, w, h, PilFilter.Bicubic);
+            var resized = PilResize.Resize(img, w, h, s.Resample);
             rows.Add(NormalizeAndPatchify(resized, out var grid));
             grids[i * 3] = grid.T; grids[i * 3 + 1] = grid.H; grids[i * 3 + 2] = grid.W;
             tokens[i] = grid.T * grid.H * grid.W / (s.MergeSize * s.MergeSize);

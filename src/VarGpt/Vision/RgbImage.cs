@@ -110,14 +110,66 @@ public sealed class RgbImage
         if (result != SKCodecResult.Success)
             throw new ImageLoadException(name, $"corrupt {format} data: decoding failed ({result})");
 
+        // PIL opens a GIF's first frame as a palette image, so convert("RGB") shows the transparent index's palette
+        // colour where Skia decodes transparent black.
+        byte[]? transparent = format == "GIF" ? GifTransparentColor(bytes) : null;
         var rgb = new byte[3 * src.Width * src.Height];
         for (int i = 0, j = 0; j < rgb.Length; i += 4, j += 3)
         {
+            if (transparent != null && rgba[i + 3] == 0)
+            {
+                rgb[j] = transparent[0]; rgb[j + 1] = transparent[1]; rgb[j + 2] = transparent[2];
+                continue;
+            }
             rgb[j] = rgba[i];
             rgb[j + 1] = rgba[i + 1];
             rgb[j + 2] = rgba[i + 2];
         }
         return new RgbImage(src.Width, src.Height, rgb);
+    }
+
+    /// <summary>The palette colour of the first frame's transparent index (graphic control extension before the first
+    /// image descriptor; local palette if present, else global), or null.</summary>
+    static byte[]? GifTransparentColor(byte[] b)
+    {
+        try
+        {
+            int p = 13;
+            byte[]? palette = null;
+            if ((b[10] & 0x80) != 0)
+            {
+                int n = 3 << ((b[10] & 7) + 1);
+                palette = b[p..(p + n)];
+                p += n;
+            }
+            int transparentIndex = -1;
+            while (p < b.Length)
+            {
+                byte kind = b[p++];
+                if (kind == 0x21)
+                {
+                    byte label = b[p++];
+                    if (label == 0xF9 && b[p] >= 4) transparentIndex = (b[p + 1] & 1) != 0 ? b[p + 4] : -1;
+                    while (b[p] != 0) p += b[p] + 1; // skip sub-blocks
+                    p++;
+                }
+                else if (kind == 0x2C)
+                {
+                    byte packed = b[p + 8];
+                    if ((packed & 0x80) != 0)
+                    {
+                        int n = 3 << ((packed & 7) + 1);
+                        palette = b[(p + 9)..(p + 9 + n)];
+                    }
+                    break;
+                }
+                else return null;
+            }
+            if (transparentIndex < 0 || palette == null || 3 * transparentIndex + 3 > palette.Length) return null;
+            return palette[(3 * transparentIndex)..(3 * transparentIndex + 3)];
+        }
+        catch (IndexOutOfRangeException) { return null; } // Skia decoded it, so a malformed tail only loses this detail
+        catch (ArgumentOutOfRangeException) { return null; }
     }
 
     // ---------------------------------------------------------------- encoding

@@ -94,6 +94,10 @@ public class ImageProcessorTests
         using var bad = JsonDocument.Parse("""{"image_mean": [0.5, 0.5]}""");
         var e = Assert.Throws<InvalidDataException>(() => PreprocessorSettings.Parse(bad.RootElement, "pp.json"));
         Assert.Contains("pp.json", e.Message);
+        using var off = JsonDocument.Parse("""{"do_normalize": false}""");
+        Assert.Contains("do_normalize", Assert.Throws<NotSupportedException>(() => PreprocessorSettings.Parse(off.RootElement, "pp.json")).Message);
+        using var lanczos = JsonDocument.Parse("""{"resample": 1}""");
+        Assert.Equal(PilFilter.Lanczos, PreprocessorSettings.Parse(lanczos.RootElement, "pp.json").Resample);
         using var badType = JsonDocument.Parse("""{"min_pixels": "a lot"}""");
         Assert.Contains("min_pixels", Assert.Throws<InvalidDataException>(() => PreprocessorSettings.Parse(badType.RootElement, "pp.json")).Message);
     }

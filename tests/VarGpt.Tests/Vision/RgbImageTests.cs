@@ -61,6 +61,17 @@ public class RgbImageTests
     }
 
     [Fact]
+    public void Gif_transparent_index_shows_its_palette_colour_like_pil()
+    {
+        byte[][] palette = [[255, 0, 0], [0, 200, 0], [10, 20, 250], [90, 90, 90]];
+        var gif = TestImages.Gif(4, 1, palette, [0, 1, 2, 3]).ToList();
+        // graphic control extension with transparent index 2, before the image descriptor (after header + palette)
+        gif.InsertRange(13 + 12, new byte[] { 0x21, 0xF9, 4, 0x01, 0, 0, 2, 0 });
+        var img = RgbImage.Decode(gif.ToArray(), "t.gif");
+        Assert.Equal(new byte[] { 255, 0, 0, 0, 200, 0, 10, 20, 250, 90, 90, 90 }, img.Data);
+    }
+
+    [Fact]
     public void Grayscale_expands_and_alpha_is_dropped_without_compositing()
     {
         using var tmp = TestPaths.Temp();
