@@ -29,6 +29,7 @@ public sealed class PatchEmbed : Module
     {
         var w = proj.weight!;
         using var w2 = w.view(_embedDim, -1);
+        if (x.dtype == w.dtype) return functional.linear(x, w2);
         using var xc = x.to(w.dtype);
         return functional.linear(xc, w2);
     }
@@ -299,7 +300,7 @@ public sealed class Qwen2VisionTransformerPretrainedModel : Module<Tensor, Tenso
         var segments = CuSeqlens(grid);
 
         using var scope = NewDisposeScope();
-        var x = patch_embed.forward(pixelValues.to(Device));
+        var x = patch_embed.forward(pixelValues.to(Device)); // a new handle (if any) belongs to this scope
         var emb = RotPosEmb(grid);                                   // [N, head_dim/2] float32
         var full = cat([emb, emb], -1);                              // [N, head_dim]
         var cos = full.cos();
