@@ -2,6 +2,7 @@ using TorchSharp.Modules;
 using VarGpt.Checkpoint;
 using VarGpt.Generation;
 using VarGpt.LanguageModel;
+using VarGpt.Vision;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
 
@@ -12,13 +13,14 @@ public sealed record CausalLMOutput(Tensor Logits, Tensor LastHiddenState);
 
 /// <summary>
 /// The whole VARGPT-v1.1 model (official VARGPTQwen2VLForConditionalGeneration). Field names are the checkpoint's
-/// top-level prefixes, declared in the official constructor order: the Qwen2 decoder (model.*), the untied lm_head,
+/// top-level prefixes, declared in the official constructor order: the vision tower (visual.*), the Qwen2 decoder (model.*), the untied lm_head,
 /// the BSQ-VAE (vae_local.*), Infinity (vargpt_gen.*), the two glue projectors and the sos embedding whose row
 /// image_gen_start_token_id conditions every generated image.
 /// </summary>
 public sealed class VargptForConditionalGeneration : Module
 {
 #pragma warning disable IDE1006 // field names = official state-dict prefixes
+    public readonly Qwen2VisionTransformerPretrainedModel visual;
     public readonly Qwen2VLModel model;
     public readonly Linear lm_head;
     public readonly BsqVae vae_local;
@@ -46,6 +48,7 @@ public sealed class VargptForConditionalGeneration : Module
         if (config.Infinity.CodebookDim != config.Vae.CodebookDim)
             throw new InvalidDataException($"vargpt_gen_config.codebook_dim {config.Infinity.CodebookDim} != vae_config.codebook_dim {config.Vae.CodebookDim}");
         Config = config;
+        visual = new Qwen2VisionTransformerPretrainedModel(config.Vision, device, dtype);
         model = new Qwen2VLModel(config, device, dtype);
         lm_head = Linear(config.HiddenSize, config.VocabSize, hasBias: false, device: device, dtype: dtype);
         vae_local = dtype is { } vt ? new BsqVae(config.Vae, device, vt) : new BsqVae(config.Vae, device, get_default_dtype());
