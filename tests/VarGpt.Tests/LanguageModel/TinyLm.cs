@@ -20,7 +20,7 @@ internal static class TinyLm
     public static VargptForConditionalGeneration Load(ScalarType dtype = ScalarType.Float32, VargptConfig? config = null, string? weightsDir = null)
     {
         using var f = new Fixture(weightsDir ?? Dir);
-        var model = new VargptForConditionalGeneration(config ?? VargptConfig.Parse(f.Config, f.Id), CPU, dtype);
+        var model = new VargptForConditionalGeneration(config ?? VargptConfig.Parse(f.Config, f.Id), CPU, dtype, ModelParts.LanguageModel);
         FixtureWeights.LoadStrict(model, f, f.WeightsFile!);
         return model;
     }

@@ -28,7 +28,7 @@ public sealed class Qwen2LmForwardFixture : IFixtureKind
             if (f.Has("out.rope_deltas")) cmp.Exact("rope_deltas", deltas, f.Out("rope_deltas"));
         }
 
-        using var model = new VargptForConditionalGeneration(config);
+        using var model = new VargptForConditionalGeneration(config, parts: ModelParts.LanguageModel);
         FixtureWeights.LoadStrict(model, f, f.WeightsFile!);
         foreach (var impl in new[] { AttentionImplementation.Eager, AttentionImplementation.Sdpa })
         {
