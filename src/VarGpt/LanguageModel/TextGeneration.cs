@@ -225,6 +225,7 @@ public sealed class TextGeneration : IDisposable
     Tensor Prefill()
     {
         using var scope = NewDisposeScope();
+        using var noGrad = no_grad();   // inference: no autograd graph through the KV cache (grad mode is per thread)
         var device = _model.Device;
         var ids = _inputs.InputIds.to(ScalarType.Int64, device);
         var mask = _inputs.AttentionMask?.to(ScalarType.Int64, device) ?? DefaultAttentionMask(ids);
@@ -261,6 +262,7 @@ public sealed class TextGeneration : IDisposable
     Tensor DecodeStep(Tensor tokens)
     {
         using var scope = NewDisposeScope();
+        using var noGrad = no_grad();   // inference: no autograd graph through the KV cache (grad mode is per thread)
         long cachePosition = Cache.Length;
         var embeds = _model.EmbedInputs(tokens.view(BatchSize, 1));
         var positions = (_ropeDeltas! + cachePosition).unsqueeze(0).expand(3, BatchSize, 1);   // [3, B, 1]

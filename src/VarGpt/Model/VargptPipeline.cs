@@ -18,6 +18,9 @@ public sealed record PipelineOptions
     public ModelParts Parts { get; init; } = ModelParts.All;
 }
 
+/// <summary>A prompt the model cannot take (image/message mismatch, empty, too long); the message says what and why.</summary>
+public sealed class InvalidPromptException(string message, Exception? inner = null) : ArgumentException(message, inner);
+
 /// <summary>A tokenized prompt ready for the model: ids [1, L], mask, and the vision tower's output for its images.</summary>
 public sealed class PreparedPrompt : IDisposable
 {
@@ -124,15 +127,20 @@ public sealed class VargptPipeline : IDisposable
     {
         int slots = messages.Sum(m => m.ImageCount);
         if (slots != images.Count)
-            throw new ArgumentException($"the messages have {slots} image item(s) but {images.Count} image(s) were given");
+            throw new InvalidPromptException($"the messages have {slots} image item(s) but {images.Count} image(s) were given");
         var text = ChatTemplate.Render(messages, addGenerationPrompt);
         Tensor? embeds = null, grid = null;
         bool[] shrunk = [];
+        int imageTokens = 0;
         if (images.Count > 0)
         {
             if (!Model.Parts.HasFlag(ModelParts.Vision)) throw new InvalidOperationException("this model was loaded without its vision tower; images cannot be used");
-            using var processed = ImageProcessor.Preprocess(images);
+            ProcessedImages processed;
+            try { processed = ImageProcessor.Preprocess(images); }
+            catch (ArgumentException e) { throw new InvalidPromptException(e.Message, e); }   // too small, extreme aspect ratio
+            using var _ = processed;
             shrunk = processed.ShrunkForMaxPixels;
+            imageTokens = processed.TokenCounts.Sum();
             var grids = Enumerable.Range(0, images.Count)
                 .Select(i => ((int)processed.ImageGridThw[i, 0].item<long>(), (int)processed.ImageGridThw[i, 1].item<long>(), (int)processed.ImageGridThw[i, 2].item<long>())).ToList();
             text = PromptExpansion.ExpandImagePads(text, grids, Preprocessor.MergeSize);
@@ -140,9 +148,20 @@ public sealed class VargptPipeline : IDisposable
             using (no_grad()) embeds = Model.Visual.forward(processed.PixelValues.to(Model.Device), grid);
         }
         var ids = Tokenizer.Encode(text);
-        if (ids.Count == 0) throw new ArgumentException("the prompt is empty");
+        if (ids.Count == 0) throw new InvalidPromptException("the prompt is empty");
+        // official processor + forward: every <|image_pad|> takes one image feature; a literal one in the text breaks the count
+        int padTokens = ids.Count(i => i == Config.ImageTokenId);
+        if (padTokens != imageTokens)
+        {
+            embeds?.Dispose(); grid?.Dispose();
+            throw new InvalidPromptException($"Image features and image tokens do not match: the prompt has {padTokens} {SpecialTokens.ImagePad} token(s) " +
+                $"but the {images.Count} image(s) give {imageTokens} feature(s); remove special tokens such as {SpecialTokens.ImagePad} from the message text");
+        }
         if (ids.Count >= Config.MaxPositionEmbeddings)
-            throw new ArgumentException($"the prompt has {ids.Count} tokens (incl. image tokens) but the model supports {Config.MaxPositionEmbeddings} positions; shorten it or use smaller images");
+        {
+            embeds?.Dispose(); grid?.Dispose();
+            throw new InvalidPromptException($"the prompt has {ids.Count} tokens ({imageTokens} of them image tokens) but the model supports {Config.MaxPositionEmbeddings} positions (max_position_embeddings); shorten it or use smaller images");
+        }
         var inputIds = tensor(ids.Select(i => (long)i).ToArray()).unsqueeze(0);
         return new PreparedPrompt
         {

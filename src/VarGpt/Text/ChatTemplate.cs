@@ -1,4 +1,5 @@
 using System.Text;
+using VarGpt.Vision;
 
 namespace VarGpt.Text;
 
@@ -7,11 +8,17 @@ public abstract record ContentPart
 {
     public static ContentPart FromText(string text) => new TextPart(text);
     public static ContentPart Image { get; } = new ImagePart();
+    /// <summary>An image item that carries its pixels (VargptChat collects them in order; the template renders it like <see cref="Image"/>).</summary>
+    public static ContentPart FromImage(RgbImage image) => new ImagePart { Pixels = image ?? throw new ArgumentNullException(nameof(image)) };
 }
 
 public sealed record TextPart(string Text) : ContentPart;
 
-public sealed record ImagePart : ContentPart;
+public sealed record ImagePart : ContentPart
+{
+    /// <summary>The image itself, or null when the pixels are passed separately (VargptPipeline.Prepare).</summary>
+    public RgbImage? Pixels { get; init; }
+}
 
 /// <summary>A chat message: role ("system", "user", "assistant", ...) and its content items in order.</summary>
 public sealed record ChatMessage(string Role, IReadOnlyList<ContentPart> Content)
