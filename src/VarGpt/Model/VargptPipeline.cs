@@ -143,7 +143,11 @@ public sealed class VargptPipeline : IDisposable
             imageTokens = processed.TokenCounts.Sum();
             var grids = Enumerable.Range(0, images.Count)
                 .Select(i => ((int)processed.ImageGridThw[i, 0].item<long>(), (int)processed.ImageGridThw[i, 1].item<long>(), (int)processed.ImageGridThw[i, 2].item<long>())).ToList();
-            text = PromptExpansion.ExpandImagePads(text, grids, Preprocessor.MergeSize);
+            try { text = PromptExpansion.ExpandImagePads(text, grids, Preprocessor.MergeSize); }
+            catch (ArgumentException e)
+            {
+                throw new InvalidPromptException($"Image features and image tokens do not match: {e.Message}; remove special tokens such as {SpecialTokens.ImagePad} from the message text", e);
+            }
             grid = processed.ImageGridThw.clone();
             using (no_grad()) embeds = Model.Visual.forward(processed.PixelValues.to(Model.Device), grid);
         }
