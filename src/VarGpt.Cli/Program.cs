@@ -16,10 +16,12 @@ public static class Program
             """)
         {
             InfoCommand.Create(),
+            InitCommand.Create(),
             FixturesCommand.Create(),
         };
         root.WithExamples(
             "vargpt info ~/models/VARGPT-v1.1          # what a checkpoint folder holds",
+            "vargpt init --preset tiny --out /tmp/tiny # a random test-sized checkpoint",
             "vargpt fixtures check ../shared/golden    # numerical checks against the official code");
         return root;
     }
