@@ -84,6 +84,9 @@ public class ChatInputErrorTests
         var cfg = JsonNode.Parse(File.ReadAllText(t["config.json"]))!.AsObject();
         cfg["max_position_embeddings"] = length;      // the prompt needs one more position than that (for the first new token)
         File.WriteAllText(t["config.json"], cfg.ToJsonString());
+        var gen = JsonNode.Parse(File.ReadAllText(t["generation_config.json"]))!.AsObject();
+        gen["eos_token_id"] = new JsonArray();                     // no EOS: the reply must run into the position limit
+        File.WriteAllText(t["generation_config.json"], gen.ToJsonString());
         using var chat = VargptChat.Load(t.Path);
         var e = Assert.Throws<InvalidPromptException>(() => chat.Chat(withImage, cancellationToken: Ct));
         Assert.Contains($"has {length} tokens", e.Message);

@@ -16,7 +16,6 @@ internal static class ScriptedModel
     /// <summary>A fresh chat over the tiny checkpoint that replies with <paramref name="reply"/> tokens, then EOS (when given).</summary>
     public static VargptChat Load(IReadOnlyList<int> reply, bool endWithEos = true)
     {
-        TinyCheckpoint.RegisterTiny5();
         var chat = VargptChat.Load(TinyCheckpoint.Dir);
         var tok = chat.Pipeline.Tokenizer;
         // every chat prompt ends with the generation prompt "<|im_start|>assistant\n": its last token starts the chain
