@@ -17,6 +17,7 @@ public static class Program
         {
             InfoCommand.Create(),
             InitCommand.Create(),
+            ChatCommand.Create(),
             BenchCommand.Create(),
             FixturesCommand.Create(),
         };

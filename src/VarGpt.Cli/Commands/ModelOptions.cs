@@ -56,9 +56,18 @@ public sealed class ModelOptions
         catch (ArgumentException e) { throw new UserErrorException(e.Message); }
         var sw = Stopwatch.StartNew();
         log.WriteLine($"loading {dir} ({TorchRuntime.DTypeName(options.DType)} on {options.Device.type.ToString().ToLowerInvariant()})");
+        int tenths = 0;
+        double lastLine = 0;
         var p = VargptPipeline.Load(dir, options, (stage, fraction) =>
         {
-            if (fraction == 0) log.WriteLine($"  {stage}... ({sw.Elapsed.TotalSeconds:F1} s)");
+            if (fraction == 0) { log.WriteLine($"  {stage}... ({sw.Elapsed.TotalSeconds:F1} s)"); lastLine = sw.Elapsed.TotalSeconds; }
+            // weights: a line per 10% step, at most one per second (a full checkpoint takes minutes, a tiny one no time)
+            else if (stage == "weights" && fraction < 1 && (int)(fraction * 10) > tenths && sw.Elapsed.TotalSeconds - lastLine >= 1)
+            {
+                tenths = (int)(fraction * 10);
+                lastLine = sw.Elapsed.TotalSeconds;
+                log.WriteLine($"  weights {tenths * 10}% ({lastLine:F1} s)");
+            }
         });
         log.WriteLine($"loaded in {sw.Elapsed.TotalSeconds:F1} s");
         return p;

@@ -17,6 +17,8 @@ public sealed record StateDictOptions
     /// Infinity part of a full checkpoint into a standalone Infinity module.
     /// </summary>
     public string Prefix { get; init; } = "";
+    /// <summary>Called after each copied tensor with (bytes copied so far, total bytes to copy), e.g. for load progress lines.</summary>
+    public Action<long, long>? Progress { get; init; }
 }
 
 public sealed record ShapeMismatch(string Name, long[] Expected, long[] Found)
@@ -91,11 +93,17 @@ public static class StateDict
         if (!c.IsMatch)
             throw new StateDictMismatchException(sourceName + (options.Prefix.Length > 0 ? $" (prefix '{options.Prefix}')" : ""), c.Missing, c.Unexpected, c.ShapeMismatches);
 
+        long total = options.Progress is null ? 0 : c.Matched.Sum(m => Bytes(targets[m.Name])), done = 0;
         using (torch.no_grad())
             foreach (var (name, src) in c.Matched)
+            {
                 copy(src, targets[name]);
+                if (options.Progress is { } progress) progress(done += Bytes(targets[name]), total);
+            }
         return new StateDictReport(c.Matched.Select(p => p.Name).ToList(), c.AllowedMissing, c.AllowedUnexpected);
     }
+
+    static long Bytes(Tensor t) => t.numel() * t.element_size();
 
     /// <summary>
     /// Key-by-key comparison of module keys/shapes with checkpoint keys/shapes under the load rules (prefix, allowed

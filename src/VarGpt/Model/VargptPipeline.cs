@@ -96,7 +96,11 @@ public sealed class VargptPipeline : IDisposable
         if (!options.Parts.HasFlag(ModelParts.Generation))
             skipped.AddRange(["vae_local.*", "vargpt_gen.*", "image_gen_projector.*", "image_gen_projector_out.*", "sos_embedding.*"]);
         progress?.Invoke("weights", 0);
-        StateDict.Load(model, reader, new StateDictOptions { AllowUnexpected = skipped });
+        StateDict.Load(model, reader, new StateDictOptions
+        {
+            AllowUnexpected = skipped,
+            Progress = progress is null ? null : (done, total) => progress("weights", total == 0 ? 1 : (double)done / total),
+        });
         progress?.Invoke("weights", 1);
         return new VargptPipeline(dir, config, generation, pre, tokenizer, model, options);
     }
