@@ -95,6 +95,8 @@ public sealed class TextGeneration : IDisposable
     Tensor? _ropeDeltas, _unfinished, _eosTensor, _prefillPositions;
     bool[] _finished = [];
     bool _started;
+    /// <summary>The prompt has no padding, so every decode step's mask is all ones and no mask is passed (as HF's sdpa path drops it).</summary>
+    bool _noPadding;
 
     public TextGeneration(VargptForConditionalGeneration model, GenerationInputs inputs, GenerationConfig config, GenerationOptions? options = null)
     {
@@ -240,6 +242,7 @@ public sealed class TextGeneration : IDisposable
         _mask.Reserve(MaxLength + 2);
         _sequences.Append(ids);
         _mask.Append(mask);
+        _noPadding = mask.min().item<long>() == 1;                                              // one host read at prefill
         _unfinished = ones(BatchSize, ScalarType.Int64, device).DetachFromDisposeScope();
         _eosTensor = tensor(_eos, ScalarType.Int64, device).DetachFromDisposeScope();
         _finished = new bool[BatchSize];
@@ -267,10 +270,11 @@ public sealed class TextGeneration : IDisposable
         var embeds = _model.EmbedInputs(tokens.view(BatchSize, 1));
         var positions = (_ropeDeltas! + cachePosition).unsqueeze(0).expand(3, BatchSize, 1);   // [3, B, 1]
         if (_options.RecordPositions) _decodePositions.Add(positions.clone().DetachFromDisposeScope());
-        return Forward(embeds, positions, _mask.View());
+        // all-ones mask = no mask (HF _ignore_causal_mask_sdpa): skips building a [B, 1, 1, K] additive mask every step
+        return Forward(embeds, positions, _noPadding ? null : _mask.View());
     }
 
-    Tensor Forward(Tensor embeds, Tensor positions, Tensor mask)
+    Tensor Forward(Tensor embeds, Tensor positions, Tensor? mask)
     {
         using var scope = NewDisposeScope();
         var output = _model.Forward(embeds, positions, mask, Cache, lastPositionOnly: true);

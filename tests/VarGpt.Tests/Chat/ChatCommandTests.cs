@@ -128,3 +128,42 @@ public class ChatCommandTests
         Assert.Equal(expected.Text + "\n", o);
     }
 }
+
+public class BenchChatCommandTests
+{
+    [Fact]
+    public void Bench_chat_on_the_tiny_preset_reports_every_figure_as_json_and_deletes_its_checkpoint()
+    {
+        TorchTestSetup.Init();
+        using var t = TestPaths.Temp();
+        var work = t["ckpt"];
+        var o = new StringWriter();
+        var e = new StringWriter();
+        int code = CliRunner.Run(Program.BuildRoot(), ["bench", "chat", "--preset", "tiny", "--work-dir", work, "--prompt-tokens", "24",
+            "--new-tokens", "4", "--repeats", "1", "--json"], o, e);
+        Assert.True(code == 0, e.ToString());
+        var json = System.Text.Json.Nodes.JsonNode.Parse(o.ToString())!;
+        Assert.Equal("chat", (string?)json["benchmark"]);
+        var metrics = json["metrics"]!.AsObject();
+        foreach (var name in new[] { "prefill", "time_to_first_token", "decode", "decode_weight_bytes", "memory_read_bandwidth", "bandwidth_bound_decode", "decode_fraction_of_bound", "peak_rss", "load" })
+            Assert.True((double)metrics[name]!["value"]! > 0, name);
+        Assert.InRange((int)json["settings"]!["prompt_tokens"]!, 20, 24);
+        Assert.False(Directory.Exists(work));                       // written, measured, deleted
+        // the weight bytes are the LM's: layers + final norm + lm_head + one embedding row (float32 here)
+        var m = TinyCheckpoint.Chat.Pipeline.Model;
+        long expected = (m.model.layers.parameters().Sum(p => p.numel()) + m.model.norm.parameters().Sum(p => p.numel()) + m.lm_head.parameters().Sum(p => p.numel()) + m.Config.HiddenSize) * 4;
+        Assert.Equal(expected, VargptChatBenchmark.DecodeWeightBytes(m));
+        Assert.Equal(expected / 1e6, (double)metrics["decode_weight_bytes"]!["value"]!, 6);
+    }
+
+    [Fact]
+    public void Bench_chat_needs_a_preset_or_a_model()
+    {
+        var e = new StringWriter();
+        Assert.Equal(2, CliRunner.Run(Program.BuildRoot(), ["bench", "chat"], new StringWriter(), e));
+        Assert.Contains("--preset", e.ToString());
+        e = new StringWriter();
+        Assert.Equal(2, CliRunner.Run(Program.BuildRoot(), ["bench", "chat", "--preset", "huge"], new StringWriter(), e));
+        Assert.Contains("huge", e.ToString());
+    }
+}
