@@ -29,5 +29,9 @@ public static class Program
         return root;
     }
 
-    public static int Main(string[] args) => CliRunner.Run(BuildRoot(), args, Console.Out, Console.Error);
+    public static int Main(string[] args)
+    {
+        VarGpt.Torch.TorchRuntime.RequestPassiveThreadWait();   // before libtorch loads (see its doc comment)
+        return CliRunner.Run(BuildRoot(), args, Console.Out, Console.Error);
+    }
 }

@@ -54,7 +54,8 @@ public static class VargptChatBenchmark
         return s.Length == 0 ? "Hello" : s;
     }
 
-    public sealed record RunTimes(double Prepare, double Prefill, double Decode, int PromptTokens, int DecodeSteps)
+    /// <param name="DecodeCpu">process CPU seconds (all threads) during the decode steps: on a shared machine wall time ≫ CPU time means other processes had the cores.</param>
+    public sealed record RunTimes(double Prepare, double Prefill, double Decode, int PromptTokens, int DecodeSteps, double DecodeCpu)
     {
         public double TimeToFirstToken => Prepare + Prefill;
     }
@@ -68,13 +69,24 @@ public static class VargptChatBenchmark
         double prepare = clock.Elapsed.TotalSeconds;
         using var session = new TextGeneration(p.Model, prepared.ToGenerationInputs(), generation, new GenerationOptions { InterceptImageGeneration = false });
         double first = 0;
+        var cpuFirst = TimeSpan.Zero;
         int steps = 0;
         foreach (var _ in session.Run())
-            if (steps++ == 0) first = clock.Elapsed.TotalSeconds;
+            if (steps++ == 0) { first = clock.Elapsed.TotalSeconds; cpuFirst = CpuTime(); }
         Sync(p.Model.Device);
         double end = clock.Elapsed.TotalSeconds;
-        return new RunTimes(prepare, first - prepare, end - first, prepared.Length, steps - 1);
+        return new RunTimes(prepare, first - prepare, end - first, prepared.Length, steps - 1, (CpuTime() - cpuFirst).TotalSeconds);
     }
+
+    static TimeSpan CpuTime()
+    {
+        using var self = Process.GetCurrentProcess();
+        return self.TotalProcessorTime;
+    }
+
+    /// <summary>The 1-minute load average (Linux), recorded with the figures: the machine is shared.</summary>
+    public static double? LoadAverage() =>
+        File.Exists("/proc/loadavg") && double.TryParse(File.ReadAllText("/proc/loadavg").Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture, out var l) ? l : null;
 
     static void Sync(Device d)
     {
@@ -87,6 +99,7 @@ public static class VargptChatBenchmark
         if (o.NewTokens < 2) throw new ArgumentOutOfRangeException(nameof(o.NewTokens), o.NewTokens, "need at least 2 new tokens (one prefill, one decode step)");
         if (o.Repeats < 1) throw new ArgumentOutOfRangeException(nameof(o.Repeats), o.Repeats, "need at least 1 repeat");
         var m = p.Model;
+        var load = LoadAverage();
         var prompt = PromptText(p.Tokenizer, o.PromptTokens);
         log?.WriteLine("warm-up run");
         TimeOneRun(p, prompt, Math.Min(4, o.NewTokens));
@@ -104,10 +117,14 @@ public static class VargptChatBenchmark
         long weightBytes = DecodeWeightBytes(m);
         double boundPerToken = weightBytes / bandwidth;
         record.Set("dtype", TorchRuntime.DTypeName(m.DType)).Set("device", m.Device.ToString())
-            .Set("prompt_tokens", median.PromptTokens).Set("new_tokens", o.NewTokens).Set("repeats", o.Repeats);
+            .Set("prompt_tokens", median.PromptTokens).Set("new_tokens", o.NewTokens).Set("repeats", o.Repeats)
+            .Set("omp_wait_policy", Environment.GetEnvironmentVariable("OMP_WAIT_POLICY") ?? "unset");
+        if (load is double before) record.Set("load_average_1min_before", before);
+        if (LoadAverage() is double after) record.Set("load_average_1min_after", after);
         record.Add("prefill", median.PromptTokens / median.Prefill, "tokens/s", $"{median.PromptTokens} prompt tokens in {median.Prefill * 1e3:F0} ms (median run)")
             .Add("time_to_first_token", median.TimeToFirstToken * 1e3, "ms", "tokenize + prefill + first token choice")
             .Add("decode", 1 / perToken, "tokens/s", $"{median.DecodeSteps} steps, {perToken * 1e3:F1} ms/token (median run), greedy, batch 1")
+            .Add("decode_cpu_time", median.DecodeCpu / median.DecodeSteps * 1e3, "ms/token", "process CPU time, all threads (wall ≫ CPU / threads: other processes had the cores)")
             .Add("decode_weight_bytes", weightBytes / 1e6, "MB", "LM weights read per decode step (layers + norm + lm_head + one embedding row)")
             .Add("memory_read_bandwidth", bandwidth / 1e9, "GB/s", $"sum() of {o.BandwidthBytes >> 20} MiB fp32, best of {bwTiming.Count}")
             .Add("bandwidth_bound_decode", 1 / boundPerToken, "tokens/s", $"{boundPerToken * 1e3:F1} ms/token = weight bytes / bandwidth")

@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -52,6 +53,25 @@ public static class TorchRuntime
             set_default_device(_device);
             set_default_dtype(_dtype);
         }
+    }
+
+    [DllImport("libc", EntryPoint = "setenv")] static extern int SetEnv(string name, string value, int overwrite);
+
+    /// <summary>
+    /// Sets OMP_WAIT_POLICY=PASSIVE in the native environment unless the user set it: libtorch's OpenMP (libgomp) worker
+    /// threads then sleep between parallel regions instead of spinning. On a busy machine spinning threads steal the
+    /// core the main thread needs; measured on the shared 2-core box with the small preset (fp32, 2 threads, load ~18):
+    /// decode 776-792 → 291-330 ms/token, prefill 7.5-13.7 → 3.1-4.3 s (docs/performance.md). libgomp reads the variable
+    /// when libtorch loads, so call this before any tensor is created. Returns the effective value.
+    /// </summary>
+    public static string? RequestPassiveThreadWait()
+    {
+        const string name = "OMP_WAIT_POLICY";
+        var current = Environment.GetEnvironmentVariable(name);
+        if (current != null) return current;
+        if (!OperatingSystem.IsWindows()) SetEnv(name, "PASSIVE", 0);
+        Environment.SetEnvironmentVariable(name, "PASSIVE");
+        return "PASSIVE";
     }
 
     public static string DTypeName(ScalarType t) => t switch
