@@ -195,16 +195,28 @@ public static class VargptTraining
     }
 
     /// <summary>
-    /// Official get_vae_gt_xin_v1_1: template = nearest h/w of the targets, pn = the model's (vargpt_gen_args.pn),
-    /// raw features from the VAE encoder without grad, then flip_requant over all scales.
+    /// Official get_vae_gt_xin_v1_1: template = nearest h/w of the targets, schedule of that template with the targets'
+    /// pixel size (<see cref="ScheduleForTargets"/>), raw features from the VAE encoder without grad, then flip_requant
+    /// over all scales.
     /// </summary>
     public static (BitwiseSelfCorrection.Targets Targets, ScaleSchedule Schedule) GetVaeGtXin(VargptForConditionalGeneration m, BitwiseSelfCorrection bsc, Tensor pixelGenValues)
     {
-        double hDivW = (double)pixelGenValues.shape[^2] / pixelGenValues.shape[^1];
-        var schedule = ScaleSchedules.Get(ScaleSchedules.NearestTemplate(hDivW), m.Config.Pn);
-        var (ph, pw) = schedule.Pixels;
-        if (pixelGenValues.shape[^2] != ph || pixelGenValues.shape[^1] != pw)
-            throw new ArgumentException($"target images are {pixelGenValues.shape[^2]}x{pixelGenValues.shape[^1]} but schedule '{schedule.Pn}' of template {schedule.Template} needs {ph}x{pw} pixels (the model's pn is '{m.Config.Pn}')");
-        return bsc.GetVaeGtXin(m.vae_local, pixelGenValues.to(m.vae_local.Device), m.Config.Pn);
+        var schedule = ScheduleForTargets((int)pixelGenValues.shape[^2], (int)pixelGenValues.shape[^1], m.Config.Pn);
+        return bsc.GetVaeGtXin(m.vae_local, pixelGenValues.to(m.vae_local.Device), schedule.Pn);
+    }
+
+    /// <summary>
+    /// The schedule of H×W targets: nearest template of H/W, then the model's pn (vargpt_gen_args.pn, what the official
+    /// code uses) if its pixel size is H×W, else the registered pn of that template with that pixel size (the official
+    /// model trained at 256 and 512 with the matching pn). Errors name the sizes that exist.
+    /// </summary>
+    public static ScaleSchedule ScheduleForTargets(int height, int width, string modelPn)
+    {
+        double template = ScaleSchedules.NearestTemplate((double)height / width);
+        var all = ScaleSchedules.PnsOf(template).Select(pn => ScaleSchedules.Get(template, pn)).ToList();
+        var match = all.Where(s => s.Pixels == (height, width)).OrderBy(s => s.Pn == modelPn ? 0 : 1).FirstOrDefault();
+        return match ?? throw new ArgumentException(
+            $"target images are {height}x{width} pixels but no scale schedule of template {template.ToString(System.Globalization.CultureInfo.InvariantCulture)} has that size " +
+            $"(available: {string.Join(", ", all.Select(s => $"{s.Pn} = {s.Pixels.H}x{s.Pixels.W}"))}); crop the targets to one of them");
     }
 }
