@@ -212,6 +212,51 @@ public class VargptTrainingTests(ITestOutputHelper output)
         Assert.True(fresh.lm_head.weight.isfinite().all().item<bool>());
     }
 
+    [Fact]
+    public void Lora_on_the_language_model_trains_with_the_real_objective_and_merges_to_official_names()
+    {
+        TorchTestSetup.Init();
+        using var tmp = TestPaths.Temp();
+        var records = TinyVargpt.MixedRecords(tmp.Path);
+        var cfg = TinyVargpt.Config();
+        var collator = TinyVargpt.Collator(cfg);
+        var items = collator.EncodeAll(records, "sft").Items;
+        using var model = TinyVargpt.Model(cfg, 6);
+        var wrapped = Lora.Apply(model, new LoraOptions { Rank = 4, Alpha = 8, Targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] });
+        Assert.Equal(2 * 7, wrapped.Count);
+        var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.name).ToList();
+        Assert.Contains("model.layers.0.self_attn.q_proj.lora_A.weight", trainable);
+        Assert.DoesNotContain("model.layers.0.self_attn.q_proj.base_layer.weight", trainable);
+        Assert.Contains(trainable, n => n.StartsWith("vargpt_gen.")); // official quirk: Infinity and the projectors train fully
+        Assert.DoesNotContain(trainable, n => n.StartsWith("visual.") || n.StartsWith("vae_local.") || n.StartsWith("lm_head."));
+        var fwd = new VargptTrainingOptions { NoiseApplyStrength = 0 };
+        var objective = new VargptSftObjective(model, fwd);
+        TrainingResult r;
+        using (var t = new Trainer<VargptBatch>(model, objective, new FixedBatch(collator, items), Options(tmp["out"], 8, 3e-3) with { ExportWeights = () => Lora.MergedStateDict(model) }))
+        {
+            r = t.Train(cancel: TestContext.Current.CancellationToken);
+            Directory.CreateDirectory(tmp["merged"]);
+            t.ExportWeights(tmp["merged"]);
+        }
+        Assert.True(r.Steps[^1].Loss < r.Steps[0].Loss, $"loss {r.Steps[0].Loss} -> {r.Steps[^1].Loss}");
+        var (_, q) = Lora.Layers(model).First();
+        Assert.True(q.lora_B.weight!.abs().sum().item<float>() > 0, "lora_B moved");
+
+        // the merged export has the official names only and reproduces the LoRA model's loss
+        model.eval();
+        using var fresh = new VargptForConditionalGeneration(cfg, CPU, ScalarType.Float32);
+        var report = StateDict.Load(fresh, Path.Combine(tmp["merged"], TrainerCheckpoint.ModelFile));
+        Assert.Empty(report.Missing);
+        Assert.Empty(report.Unexpected);
+        fresh.eval();
+        using var ng = no_grad();
+        using var scope = NewDisposeScope();
+        var batch = collator.Collate(items, 0, 0);
+        float a = new VargptSftObjective(model, fwd).Compute(batch).Loss.item<float>();
+        float b = new VargptSftObjective(fresh, fwd).Compute(batch).Loss.item<float>();
+        Assert.Equal(a, b, 4);
+    }
+
     sealed class CallbackObjective(Func<VargptBatch, ObjectiveOutput> f) : ITrainingObjective<VargptBatch>
     {
         public ObjectiveOutput Compute(VargptBatch batch) => f(batch);
