@@ -17,10 +17,12 @@ public static class Program
         {
             InfoCommand.Create(),
             FixturesCommand.Create(),
+            TrainCommand.Create(),
         };
         root.WithExamples(
             "vargpt info ~/models/VARGPT-v1.1          # what a checkpoint folder holds",
-            "vargpt fixtures check ../shared/golden    # numerical checks against the official code");
+            "vargpt fixtures check ../shared/golden    # numerical checks against the official code",
+            "vargpt train sft my_sft.yaml               # fine-tune (LLaMA-Factory style yaml)");
         return root;
     }
 

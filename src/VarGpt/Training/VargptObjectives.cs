@@ -19,6 +19,9 @@ public sealed class VargptSftObjective(VargptForConditionalGeneration model, Var
     {
         var output = VargptTraining.Forward(model, batch.Inputs, _o with { Seed = batch.Seed ^ _o.Seed });
         var loss = VargptTrainingLoss.Sft(output, batch.InputIds, batch.Labels, model.Config.ImageGen.PadId);
+        if (!loss.Loss.requires_grad && is_grad_enabled())
+            throw new InvalidOperationException($"the loss of this batch ({string.Join(", ", batch.Records.Select(r => r.Where))}) depends on no trainable parameter: " +
+                (output.GenLogits is null ? "it has no generation target and the language model, lm_head and vision tower are frozen" : "everything it depends on is frozen"));
         using (var t = loss.TextLoss.detach().cpu()) using (var i = loss.ImageLoss?.detach().cpu())
             LastParts = (t.item<float>(), i is null ? double.NaN : i.item<float>());
         return new ObjectiveOutput(loss.Loss, batch.Tokens);
