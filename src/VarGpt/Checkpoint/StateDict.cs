@@ -91,10 +91,11 @@ public static class StateDict
         {
             if (!src.TryGetValue(name, out var s))
             {
-                (allowMissing.Any(p => p.IsMatch(name)) ? allowedMissing : missing).Add(name);
+                // reported under the checkpoint's name (prefix included): that is what the user can look for in the file
+                (allowMissing.Any(p => p.IsMatch(name)) ? allowedMissing : missing).Add(options.Prefix + name);
                 continue;
             }
-            if (!s.Shape.SequenceEqual(t.shape)) shapes.Add(new ShapeMismatch(name, t.shape, s.Shape));
+            if (!s.Shape.SequenceEqual(t.shape)) shapes.Add(new ShapeMismatch(s.Full, t.shape, s.Shape));
             else plan.Add((s.Full, t, name));
         }
         var unexpected = new List<string>();
