@@ -67,7 +67,7 @@ public static class TrainCommand
         var modelCfg = VargptConfig.Load(modelDir);
         var tokenizer = QwenTokenizer.FromDirectory(modelDir);
         var pre = Path.Combine(modelDir, PreprocessorConfig.FileName);
-        var processor = File.Exists(pre) ? PreprocessorSettings.Load(pre) : new PreprocessorSettings();
+        var processor = File.Exists(pre) ? PreprocessorConfig.Load(pre) : new PreprocessorConfig();
         IReadOnlyList<TrainingRecord> records;
         try
         {

@@ -114,9 +114,9 @@ public static class VargptTraining
             foreach (var t in targets.GtBits) t.Dispose();
             targets.XBLCWoPrefix.Dispose();
             // get_sos_word_embeddings: row image_gen_start_token_id of sos_embedding, once per image
-            var sos = m.sos_embedding.forward(full((long)G, (long)startId, ScalarType.Int64, device));
-            prefix = m.vargpt_gen.Prefix(CrossAttnKv.OneRowEach(sos), xWoPrefix, sched, new Random(unchecked((int)(o.Seed * 0x9E3779B1L) ^ 0x5bd1e995)));
-            xSH = m.image_gen_projector.forward(prefix.XBLC).reshape(-1, cfg.HiddenSize);
+            var sos = m.SosEmbedding.forward(full((long)G, (long)startId, ScalarType.Int64, device));
+            prefix = m.VargptGen.Prefix(CrossAttnKv.OneRowEach(sos), xWoPrefix, sched, new Random(unchecked((int)(o.Seed * 0x9E3779B1L) ^ 0x5bd1e995)));
+            xSH = m.ImageGenProjector.forward(prefix.XBLC).reshape(-1, cfg.HiddenSize);
         }
 
         // ---- embeddings: text, vision features, generation inputs
@@ -124,7 +124,7 @@ public static class VargptTraining
         if (x.PixelValues is not null)
         {
             if (x.ImageGridThw is null) throw new ArgumentException("pixel_values given without image_grid_thw");
-            imageEmbeds = m.visual.forward(x.PixelValues.to(m.visual.DType, device), x.ImageGridThw.to(ScalarType.Int64, device));
+            imageEmbeds = m.Visual.forward(x.PixelValues.to(m.Visual.DType, device), x.ImageGridThw.to(ScalarType.Int64, device));
         }
         var embeds = m.EmbedInputs(idsDev, imageEmbeds);
 
@@ -178,9 +178,9 @@ public static class VargptTraining
         if (ctxRows.Count != G)
             throw new ArgumentException($"{ctxRows.Count} rows hold a generation block but {G} target images were given");
         var context = CrossAttnKv.Pack(ctxRows);
-        context = context with { KvCompact = m.image_gen_projector_out.forward(context.KvCompact) };
-        var decX = m.image_gen_projector_out.forward(genHidden);
-        var genLogits = m.vargpt_gen.ForwardDecoder(decX, context, prefix.Ada, prefix.Cond, schedule!, prefix.AttnMask);
+        context = context with { KvCompact = m.ImageGenProjectorOut.forward(context.KvCompact) };
+        var decX = m.ImageGenProjectorOut.forward(genHidden);
+        var genLogits = m.VargptGen.ForwardDecoder(decX, context, prefix.Ada, prefix.Cond, schedule!, prefix.AttnMask);
 
         VargptTrainingDebug? debug = null;
         if (o.KeepDebug)
@@ -202,7 +202,7 @@ public static class VargptTraining
     public static (BitwiseSelfCorrection.Targets Targets, ScaleSchedule Schedule) GetVaeGtXin(VargptForConditionalGeneration m, BitwiseSelfCorrection bsc, Tensor pixelGenValues)
     {
         var schedule = ScheduleForTargets((int)pixelGenValues.shape[^2], (int)pixelGenValues.shape[^1], m.Config.Pn);
-        return bsc.GetVaeGtXin(m.vae_local, pixelGenValues.to(m.vae_local.Device), schedule.Pn);
+        return bsc.GetVaeGtXin(m.VaeLocal, pixelGenValues.to(m.VaeLocal.Device), schedule.Pn);
     }
 
     /// <summary>

@@ -23,7 +23,7 @@ public sealed record VargptCollatorOptions
     /// <summary>Seed of the random crops (a crop is a function of seed, epoch, batch index and image).</summary>
     public int Seed { get; init; } = 42;
     /// <summary>Vision processor settings (the checkpoint's preprocessor_config.json).</summary>
-    public PreprocessorSettings Processor { get; init; } = new();
+    public PreprocessorConfig Processor { get; init; } = new();
 }
 
 /// <summary>One tokenized row: ids, labels (-100 on prompt tokens) and its images in token order.</summary>

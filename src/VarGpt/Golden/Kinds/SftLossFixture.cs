@@ -1,8 +1,4 @@
-using System.Globalization;
-using System.Text.Json;
-using System.Text.Json.Nodes;
 using VarGpt.Checkpoint;
-using VarGpt.Generation;
 using VarGpt.Model;
 using static TorchSharp.torch;
 
@@ -69,31 +65,12 @@ public sealed class SftLossFixture : IFixtureKind
     }
 
     /// <summary>
-    /// The tiny full model of the VAR fixtures as a VargptConfig: fixture config "config" (config.json fields) with
-    /// "infinity" as vargpt_gen_config, "vae" as vae_config and "vargpt_gen_args" (pn); the official training-time
-    /// randomisations the fixtures switch off (cond_drop_rate, drop_path_rate) are set to 0. Registers the fixture's
-    /// custom pn entries ("template/pn": {pixel, scales}).
+    /// The fixtures' tiny full model (<see cref="FixtureModels.FullConfig"/>) with the training-time randomisations
+    /// the fixtures switch off (Infinity cond_drop_rate and drop_path_rate) set to 0.
     /// </summary>
     public static VargptConfig TinyModelConfig(Fixture f)
     {
-        var root = JsonNode.Parse(f.Config.GetRawText())!.AsObject();
-        var cfg = root["config"]!.AsObject().DeepClone().AsObject();
-        var inf = root["infinity"]!.AsObject().DeepClone().AsObject();
-        inf["cond_drop_rate"] = 0.0;
-        inf["drop_path_rate"] = 0.0;
-        cfg["vargpt_gen_config"] = inf;
-        cfg["vae_config"] = root["vae"]!.DeepClone();
-        cfg["vargpt_gen_args"] = root["vargpt_gen_args"]!.DeepClone();
-        if (root["custom_pn_entries"] is JsonObject entries)
-            foreach (var (key, value) in entries)
-            {
-                int slash = key.IndexOf('/');
-                double template = double.Parse(key[..slash], CultureInfo.InvariantCulture);
-                var px = value!["pixel"]!.AsArray();
-                var scales = value["scales"]!.AsArray().Select(s => new Scale((int)s![0]!, (int)s[1]!, (int)s[2]!)).ToArray();
-                ScaleSchedules.Register(template, key[(slash + 1)..], ((int)px[0]!, (int)px[1]!), scales);
-            }
-        using var doc = JsonDocument.Parse(cfg.ToJsonString());
-        return VargptConfig.Parse(doc.RootElement, f.Id + " config");
+        var cfg = FixtureModels.FullConfig(f);
+        return cfg with { Infinity = cfg.Infinity with { CondDropRate = 0, DropPathRate = 0 } };
     }
 }
