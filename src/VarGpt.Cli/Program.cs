@@ -17,6 +17,8 @@ public static class Program
         {
             InfoCommand.Create(),
             FixturesCommand.Create(),
+            GenerateCommand.Create(),
+            EditCommand.Create(),
         };
         root.WithExamples(
             "vargpt info ~/models/VARGPT-v1.1          # what a checkpoint folder holds",
