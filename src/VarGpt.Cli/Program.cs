@@ -16,12 +16,14 @@ public static class Program
             """)
         {
             InfoCommand.Create(),
+            InitCommand.Create(),
             FixturesCommand.Create(),
             GenerateCommand.Create(),
             EditCommand.Create(),
         };
         root.WithExamples(
             "vargpt info ~/models/VARGPT-v1.1          # what a checkpoint folder holds",
+            "vargpt init --preset tiny --out /tmp/tiny # a random test-sized checkpoint",
             "vargpt fixtures check ../shared/golden    # numerical checks against the official code");
         return root;
     }

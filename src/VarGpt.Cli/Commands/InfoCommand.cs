@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using VarGpt.Checkpoint;
+using VarGpt.Torch;
 
 namespace VarGpt.Cli.Commands;
 
@@ -30,6 +31,10 @@ public static class InfoCommand
             vision tower = visual.*, Infinity decoder = vargpt_gen.*, VAE = vae_local.*,
             projectors = image_gen_projector* (both directions), sos embedding = sos_embedding.*;
             anything else is listed as "other".
+            With a config.json, the architecture it describes is built on the META device (no memory) and the files
+            are checked against it: the "architecture" column gives the expected parameters per component, then
+            missing/unexpected keys and shape mismatches are listed (exit code 1 if there are any), and floating
+            tensors stored in a dtype other than config torch_dtype.
             """);
         cmd.WithExamples("vargpt info ~/models/VARGPT-v1.1");
         cmd.SetAction(parse => Run(parse.GetRequiredValue(dir), parse.InvocationConfiguration.Output));
@@ -46,17 +51,61 @@ public static class InfoCommand
             throw new UserErrorException($"{full} has neither config.json nor {CheckpointReader.SingleFileName}/{CheckpointReader.IndexFileName}: not a checkpoint folder");
 
         o.WriteLine($"checkpoint: {full}");
-        if (hasConfig) PrintConfig(VargptConfig.Load(full), o);
+        VargptConfig? config = hasConfig ? VargptConfig.Load(full) : null;
+        if (config != null) PrintConfig(config, o);
         else o.WriteLine("config.json: absent");
         var gen = Path.Combine(full, GenerationConfig.FileName);
         if (File.Exists(gen)) PrintGeneration(GenerationConfig.Load(gen), o);
         var pre = Path.Combine(full, PreprocessorConfig.FileName);
         if (File.Exists(pre)) PrintPreprocessor(PreprocessorConfig.Load(pre), o);
 
-        if (!hasWeights) { o.WriteLine("weights: absent"); return ExitCodes.Ok; }
+        // The architecture config.json describes, enumerated on the META device (no weights allocated).
+        IReadOnlyList<ArchitectureTensor>? arch = null;
+        if (config != null)
+        {
+            try { arch = ModelArchitecture.Enumerate(config, TorchRuntime.ParseDType(config.TorchDtype)); }
+            catch (Exception e) when (e is ArgumentException or NotSupportedException or InvalidDataException)
+            {
+                o.WriteLine($"architecture: cannot be built from config.json ({e.Message})");
+                return ExitCodes.Failed;
+            }
+        }
+
+        if (!hasWeights)
+        {
+            o.WriteLine("weights: absent");
+            if (arch != null) PrintComponents(arch.Select(t => (t.Name, t.ElementCount, t.Entry.ByteLength, SafeTensorsFile.FromScalarType(t.DType))).ToList(), null, o,
+                "architecture from config.json (expected weights):");
+            return ExitCodes.Ok;
+        }
         using var r = CheckpointReader.Open(full);
-        PrintWeights(r, o);
-        return ExitCodes.Ok;
+        o.WriteLine($"weights: {r.Files.Count} file{(r.Files.Count == 1 ? "" : "s")}{(r.IndexPath != null ? " (sharded, " + CheckpointReader.IndexFileName + ")" : "")}, {r.Tensors.Count} tensors, {Count(r.Tensors.Values.Sum(t => t.ElementCount))} parameters, {Bytes(r.TotalBytes)}");
+        PrintComponents(r.Tensors.Values.Select(t => (t.Name, t.ElementCount, t.ByteLength, t.DType)).ToList(), arch, o, null);
+        return arch == null ? ExitCodes.Ok : PrintAudit(config!, arch, r, o);
+    }
+
+    /// <summary>Missing/unexpected keys and shape mismatches against the architecture, and floating dtypes other than torch_dtype.</summary>
+    static int PrintAudit(VargptConfig config, IReadOnlyList<ArchitectureTensor> arch, CheckpointReader r, TextWriter o)
+    {
+        var cmp = StateDict.Compare(arch.ToDictionary(t => t.Name, t => t.Shape, StringComparer.Ordinal),
+            r.Tensors.ToDictionary(kv => kv.Key, kv => kv.Value.Shape, StringComparer.Ordinal));
+        o.WriteLine($"keys vs architecture: {cmp.Matched.Count} matched, {cmp.Missing.Count} missing, {cmp.Unexpected.Count} unexpected, {cmp.ShapeMismatches.Count} shape mismatches");
+        List("missing (the architecture has them, the files do not)", cmp.Missing, o);
+        List("unexpected (in the files, not in the architecture)", cmp.Unexpected, o);
+        List("shape mismatches", cmp.ShapeMismatches.Select(m => m.ToString()).ToList(), o);
+        string want = SafeTensorsFile.FromScalarType(TorchRuntime.ParseDType(config.TorchDtype));
+        var otherDtype = r.Tensors.Values.Where(t => t.DType is "F64" or "F32" or "F16" or "BF16" && t.DType != want).OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
+        if (otherDtype.Count > 0)
+            List($"floating tensors not stored as torch_dtype {config.TorchDtype} ({want}; converted on load)", otherDtype.Select(t => $"{t.Name} {t.DType}").ToList(), o);
+        return cmp.IsMatch ? ExitCodes.Ok : ExitCodes.Failed;
+    }
+
+    static void List(string title, IReadOnlyList<string> items, TextWriter o, int max = 20)
+    {
+        if (items.Count == 0) return;
+        o.WriteLine($"  {title}: {items.Count}");
+        foreach (var x in items.Take(max)) o.WriteLine($"    {x}");
+        if (items.Count > max) o.WriteLine($"    ... and {items.Count - max} more");
     }
 
     static void PrintConfig(VargptConfig c, TextWriter o)
@@ -84,19 +133,24 @@ public static class InfoCommand
         o.WriteLine($"  pixels {p.MinPixels}..{p.MaxPixels}, patch {p.PatchSize}, temporal_patch {p.TemporalPatchSize}, merge {p.MergeSize}, mean [{string.Join(",", p.ImageMean.Select(F))}], std [{string.Join(",", p.ImageStd.Select(F))}]");
     }
 
-    static void PrintWeights(CheckpointReader r, TextWriter o)
+    /// <summary>Tensors/parameters/bytes/dtypes per component; with the architecture, its expected parameter count alongside.</summary>
+    static void PrintComponents(IReadOnlyList<(string Name, long Elements, long Bytes, string DType)> tensors, IReadOnlyList<ArchitectureTensor>? arch, TextWriter o, string? title)
     {
-        o.WriteLine($"weights: {r.Files.Count} file{(r.Files.Count == 1 ? "" : "s")}{(r.IndexPath != null ? " (sharded, " + CheckpointReader.IndexFileName + ")" : "")}, {r.Tensors.Count} tensors, {Count(r.Tensors.Values.Sum(t => t.ElementCount))} parameters, {Bytes(r.TotalBytes)}");
-        var groups = r.Tensors.Values.GroupBy(t => ComponentOf(t.Name)).ToDictionary(g => g.Key, g => g.ToList());
-        var rows = Components.Select(c => c.Name).Append("other").Where(groups.ContainsKey).ToList();
-        int w = rows.Max(n => n.Length);
-        o.WriteLine($"  {"component".PadRight(w)}  {"tensors",8}  {"parameters",14}  {"bytes",10}  dtypes");
+        if (title != null) o.WriteLine(title);
+        var groups = tensors.GroupBy(t => ComponentOf(t.Name)).ToDictionary(g => g.Key, g => g.ToList());
+        var expected = arch?.GroupBy(t => ComponentOf(t.Name)).ToDictionary(g => g.Key, g => g.Sum(t => t.ElementCount));
+        var rows = Components.Select(c => c.Name).Append("other").Where(n => groups.ContainsKey(n) || expected?.ContainsKey(n) == true).ToList();
+        int w = Math.Max("component".Length, rows.Max(n => n.Length));
+        string expHead = expected != null ? $"  {"architecture",14}" : "";
+        o.WriteLine($"  {"component".PadRight(w)}  {"tensors",8}  {"parameters",14}{expHead}  {"bytes",10}  dtypes");
         foreach (var name in rows)
         {
-            var ts = groups[name];
+            var ts = groups.GetValueOrDefault(name) ?? [];
             var dtypes = string.Join(", ", ts.GroupBy(t => t.DType).OrderByDescending(g => g.Count()).Select(g => $"{g.Key} x{g.Count()}"));
-            o.WriteLine($"  {name.PadRight(w)}  {ts.Count,8}  {Count(ts.Sum(t => t.ElementCount)),14}  {Bytes(ts.Sum(t => t.ByteLength)),10}  {dtypes}");
+            string exp = expected != null ? $"  {Count(expected.GetValueOrDefault(name)),14}" : "";
+            o.WriteLine($"  {name.PadRight(w)}  {ts.Count,8}  {Count(ts.Sum(t => t.Elements)),14}{exp}  {Bytes(ts.Sum(t => t.Bytes)),10}  {dtypes}");
         }
+        o.WriteLine($"  {"total".PadRight(w)}  {tensors.Count,8}  {Count(tensors.Sum(t => t.Elements)),14}{(expected != null ? $"  {Count(expected.Values.Sum()),14}" : "")}  {Bytes(tensors.Sum(t => t.Bytes)),10}");
         if (groups.TryGetValue("other", out var other))
             o.WriteLine($"  other = keys outside the VARGPT prefixes, e.g. {string.Join(", ", other.Select(t => t.Name).Order(StringComparer.Ordinal).Take(3))}");
     }
