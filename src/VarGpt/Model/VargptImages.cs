@@ -80,7 +80,7 @@ public sealed record ImageResult(IReadOnlyList<GeneratedPicture> Images, string 
     public long Seed => Images[0].Seed;
 }
 
-/// <summary>Progress of a generation: per scale of image <see cref="Image"/> (0-based) of <see cref="Images"/>.</summary>
+/// <summary>Progress of a generation: scale <see cref="ScaleIndex"/> of image <see cref="Image"/> (0-based) of <see cref="Images"/> is done; <see cref="Elapsed"/> counts from the start of this image's loop.</summary>
 public sealed record ImageProgress(int Image, int Images, int ScaleIndex, int Scales, Scale Scale, TimeSpan Elapsed);
 
 /// <summary>The model answered without starting an image (no &lt;|image_gen_start|&gt;); <see cref="Text"/> is what it wrote.</summary>
@@ -120,12 +120,17 @@ public sealed class VargptImages : IDisposable
         _ownsPipeline = ownsPipeline;
     }
 
-    /// <summary>Loads a model folder for generation; a checkpoint without the generation weights fails naming the missing ones.</summary>
+    /// <summary>
+    /// Loads a model folder for generation; a checkpoint without the generation weights fails naming the missing ones.
+    /// The language model and the generation half are always loaded; options.Parts without Vision skips the vision tower
+    /// (text-to-image does not need it; editing does).
+    /// </summary>
     public static VargptImages Load(string dir, PipelineOptions? options = null, Action<string, double>? progress = null)
     {
         if (!System.IO.Directory.Exists(dir)) throw new DirectoryNotFoundException($"model folder not found: {dir}");
         CheckGenerationWeights(dir);
-        options = (options ?? new PipelineOptions()) with { Parts = ModelParts.All };
+        options ??= new PipelineOptions();
+        options = options with { Parts = options.Parts | ModelParts.LanguageModel | ModelParts.Generation };
         return new VargptImages(VargptPipeline.Load(dir, options, progress), ownsPipeline: true);
     }
 
@@ -244,9 +249,9 @@ public sealed class VargptImages : IDisposable
             var cache = session.Cache;
             long baseLength = cache.Length;
             var pictures = new List<GeneratedPicture>();
-            var sw = Stopwatch.StartNew();
             for (int i = 0; i < options.Count; i++)
             {
+                var sw = Stopwatch.StartNew();
                 if (i > 0) cache.Truncate(baseLength);                     // drop the previous image's tokens: same cache as a fresh run
                 int index = i;
                 using var image = ImageGeneration.AutoregressiveInferCfg(model, cache, context, options.ToLoopOptions(seed + i),
