@@ -17,6 +17,7 @@ public static class Program
         {
             InfoCommand.Create(),
             InitCommand.Create(),
+            BenchCommand.Create(),
             FixturesCommand.Create(),
             GenerateCommand.Create(),
             EditCommand.Create(),
@@ -24,6 +25,7 @@ public static class Program
         root.WithExamples(
             "vargpt info ~/models/VARGPT-v1.1          # what a checkpoint folder holds",
             "vargpt init --preset tiny --out /tmp/tiny # a random test-sized checkpoint",
+            "vargpt bench machine                      # memory bandwidth, matmul FLOP/s",
             "vargpt fixtures check ../shared/golden    # numerical checks against the official code");
         return root;
     }
