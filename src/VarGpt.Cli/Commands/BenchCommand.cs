@@ -16,6 +16,7 @@ public static class BenchCommand
         var bench = new Command("bench", "Benchmarks: machine figures (memory bandwidth, matmul FLOP/s, peak RSS); model benchmarks build on them.")
         {
             Machine(),
+            BenchGenerateCommand.Create(),
         };
         bench.WithExamples("vargpt bench machine", "vargpt bench machine --json");
         return bench;
