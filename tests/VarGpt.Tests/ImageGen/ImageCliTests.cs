@@ -104,4 +104,25 @@ public class ImageCliTests
         Assert.Equal(2, code);
         Assert.Contains("did not start an image", e);
     }
+
+    [Fact]
+    public void Bench_generate_times_a_model_folder_and_reports_the_flop_bound()
+    {
+        var model = TinyImageModel.Folder();
+        var (code, o, e) = Run("bench", "generate", "--model", model, "--json", "--dtype", "float32");
+        Assert.True(code == 0, e);
+        var j = System.Text.Json.Nodes.JsonNode.Parse(o)!;
+        Assert.Equal("generate", (string?)j["benchmark"]);
+        Assert.Equal(521, (int)j["settings"]!["image_tokens"]!);
+        Assert.True((double)j["metrics"]!["seconds_per_image"]!["value"]! > 0);
+        Assert.True((double)j["metrics"]!["multiple_of_flop_bound"]!["value"]! > 0);
+        Assert.NotNull(j["metrics"]!["scale_6_16x16"]);
+        Assert.True((double)j["metrics"]!["peak_rss"]!["value"]! > 0);
+        (code, _, e) = Run("bench", "generate", "--preset", "huge");
+        Assert.Equal(2, code);
+        Assert.Contains("tiny", e);
+        (code, _, e) = Run("bench", "generate");
+        Assert.Equal(2, code);
+        Assert.Contains("--preset", e);
+    }
 }
