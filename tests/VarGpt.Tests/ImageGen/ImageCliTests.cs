@@ -4,6 +4,7 @@ using VarGpt.Vision;
 namespace VarGpt.Tests.ImageGen;
 
 /// <summary>vargpt generate / edit end to end on the tiny random checkpoint, and their user errors (exit 2, clear message).</summary>
+[Collection(nameof(TorchDefaultsCollection))]
 public class ImageCliTests
 {
     static (int Code, string Out, string Err) Run(params string[] args)

@@ -6,7 +6,8 @@ using MeaiOptions = Microsoft.Extensions.AI.ImageGenerationOptions;
 
 namespace VarGpt.Tests.ImageGen;
 
-/// <summary>Text-to-image and editing through <see cref="VargptImages"/> on a tiny random checkpoint (image start forced).</summary>
+/// <summary>(Loads pipelines, which build modules under TorchRuntime.DefaultsScope: runs outside parallel tests.) Text-to-image and editing through <see cref="VargptImages"/> on a tiny random checkpoint (image start forced).</summary>
+[Collection(nameof(TorchDefaultsCollection))]
 public class VargptImagesTests
 {
     static readonly Lazy<VargptImages> Images = new(() => VargptImages.Load(TinyImageModel.Folder()));
