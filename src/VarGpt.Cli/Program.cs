@@ -16,11 +16,17 @@ public static class Program
             """)
         {
             InfoCommand.Create(),
+            InitCommand.Create(),
+            BenchCommand.Create(),
             FixturesCommand.Create(),
             TrainCommand.Create(),
+            GenerateCommand.Create(),
+            EditCommand.Create(),
         };
         root.WithExamples(
             "vargpt info ~/models/VARGPT-v1.1          # what a checkpoint folder holds",
+            "vargpt init --preset tiny --out /tmp/tiny # a random test-sized checkpoint",
+            "vargpt bench machine                      # memory bandwidth, matmul FLOP/s",
             "vargpt fixtures check ../shared/golden    # numerical checks against the official code",
             "vargpt train sft my_sft.yaml               # fine-tune (LLaMA-Factory style yaml)");
         return root;

@@ -246,8 +246,27 @@ public sealed class SafeTensorsFile : IDisposable
 }
 
 /// <summary>
+/// One tensor of a streaming save: name, stored dtype and shape. Its bytes are produced later, piece by piece,
+/// so that a file (or a 9B-parameter sharded checkpoint) can be written without holding the tensors in memory.
+/// </summary>
+public sealed record TensorEntry(string Name, ScalarType DType, long[] Shape)
+{
+    public long ElementCount => Shape.Aggregate(1L, (a, b) => checked(a * b));
+    public long ByteLength => checked(ElementCount * SafeTensorsFile.DTypeSize(SafeTensorsFile.FromScalarType(DType)));
+}
+
+/// <summary>
+/// Receives the data of one <see cref="TensorEntry"/> in order: each call appends the elements of a tensor of any
+/// shape (flattened, converted to the entry's dtype on the CPU). The writer checks that exactly the entry's element
+/// count arrives.
+/// </summary>
+public delegate void TensorSink(Tensor piece);
+
+/// <summary>
 /// Writer producing files the official Python safetensors library reads: header padded with spaces to a multiple
 /// of 8, offsets contiguous from 0 in the given order, {"format":"pt"} metadata. Writes are atomic (temp + rename).
+/// The in-memory forms (<see cref="Save"/>, <see cref="SaveSharded"/>) and the streaming forms
+/// (<see cref="SaveStreaming"/>, <see cref="SaveShardedStreaming"/>) share the header, sharding and writing code.
 /// </summary>
 public static class SafeTensorsWriter
 {
@@ -259,33 +278,18 @@ public static class SafeTensorsWriter
     public static void Save(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors,
         IReadOnlyDictionary<string, string>? metadata = null, ScalarType? floatDType = null)
     {
-        var list = tensors.ToList();
-        var seen = new HashSet<string>(StringComparer.Ordinal);
-        foreach (var (name, _) in list)
-        {
-            if (name == "__metadata__") throw new ArgumentException($"{path}: '__metadata__' cannot be used as a tensor name");
-            if (!seen.Add(name)) throw new ArgumentException($"{path}: tensor '{name}' given twice");
-        }
+        var (entries, byName) = Entries(tensors, floatDType, path);
+        SaveStreaming(path, entries, (e, sink) => sink(byName[e.Name]), metadata);
+    }
 
-        var header = new Dictionary<string, object>(StringComparer.Ordinal);
-        var meta = new Dictionary<string, string>(StringComparer.Ordinal);
-        if (metadata != null) foreach (var (k, v) in metadata) meta[k] = v;
-        meta["format"] = "pt";
-        header["__metadata__"] = meta;
-        long offset = 0;
-        foreach (var (name, t) in list)
-        {
-            string dtype = FileDType(name, t, floatDType, path);
-            long n = checked(t.numel() * SafeTensorsFile.DTypeSize(dtype));
-            header[name] = new { dtype, shape = t.shape, data_offsets = new[] { offset, offset + n } };
-            offset += n;
-        }
-        var json = Encoding.UTF8.GetBytes(JsonSerializer.Serialize(header));
-        int pad = (8 - json.Length % 8) % 8;
-        var headerBytes = new byte[json.Length + pad];
-        json.CopyTo(headerBytes, 0);
-        for (int i = json.Length; i < headerBytes.Length; i++) headerBytes[i] = (byte)' ';
-
+    /// <summary>
+    /// Writes a file whose header is known up front (<paramref name="entries"/>, in file order) and whose data
+    /// <paramref name="produce"/> streams in, one entry at a time, through the sink. Atomic (temp file + rename).
+    /// </summary>
+    public static void SaveStreaming(string path, IReadOnlyList<TensorEntry> entries, Action<TensorEntry, TensorSink> produce,
+        IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        var headerBytes = Header(path, entries, metadata);
         var dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path))!;
         Directory.CreateDirectory(dir);
         var tmp = path + ".tmp-" + Environment.ProcessId + "-" + Guid.NewGuid().ToString("N")[..8];
@@ -295,7 +299,19 @@ public static class SafeTensorsWriter
             {
                 fs.Write(BitConverter.GetBytes((ulong)headerBytes.Length));
                 fs.Write(headerBytes);
-                foreach (var (name, t) in list) WriteData(fs, t, FileDType(name, t, floatDType, path));
+                foreach (var e in entries)
+                {
+                    long written = 0, expected = e.ElementCount;
+                    produce(e, piece =>
+                    {
+                        if (written + piece.numel() > expected)
+                            throw new InvalidOperationException($"{path}: tensor '{e.Name}' {ShapeText(e.Shape)}: more than {expected} elements supplied");
+                        WriteData(fs, piece, e.DType);
+                        written += piece.numel();
+                    });
+                    if (written != expected)
+                        throw new InvalidOperationException($"{path}: tensor '{e.Name}' {ShapeText(e.Shape)}: {written} of {expected} elements supplied");
+                }
                 fs.Flush(true);
             }
             File.Move(tmp, path, overwrite: true);
@@ -306,18 +322,64 @@ public static class SafeTensorsWriter
         }
     }
 
-    static string FileDType(string name, Tensor t, ScalarType? floatDType, string path)
+    static string ShapeText(long[] shape) => "[" + string.Join(", ", shape) + "]";
+
+    /// <summary>The padded JSON header for entries laid out contiguously in the given order.</summary>
+    static byte[] Header(string path, IReadOnlyList<TensorEntry> entries, IReadOnlyDictionary<string, string>? metadata)
     {
-        var dt = floatDType is { } f && t.is_floating_point() ? f : t.dtype;
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var e in entries)
+        {
+            if (e.Name == "__metadata__") throw new ArgumentException($"{path}: '__metadata__' cannot be used as a tensor name");
+            if (!seen.Add(e.Name)) throw new ArgumentException($"{path}: tensor '{e.Name}' given twice");
+        }
+        var header = new Dictionary<string, object>(StringComparer.Ordinal);
+        var meta = new Dictionary<string, string>(StringComparer.Ordinal);
+        if (metadata != null) foreach (var (k, v) in metadata) meta[k] = v;
+        meta["format"] = "pt";
+        header["__metadata__"] = meta;
+        long offset = 0;
+        foreach (var e in entries)
+        {
+            string dtype = FileDType(e.Name, e.DType, path);
+            long n = e.ByteLength;
+            header[e.Name] = new { dtype, shape = e.Shape, data_offsets = new[] { offset, offset + n } };
+            offset += n;
+        }
+        var json = Encoding.UTF8.GetBytes(JsonSerializer.Serialize(header));
+        int pad = (8 - json.Length % 8) % 8;
+        var headerBytes = new byte[json.Length + pad];
+        json.CopyTo(headerBytes, 0);
+        for (int i = json.Length; i < headerBytes.Length; i++) headerBytes[i] = (byte)' ';
+        return headerBytes;
+    }
+
+    /// <summary>Entries for in-memory tensors (floating ones stored as <paramref name="floatDType"/> when given).</summary>
+    static (List<TensorEntry> Entries, Dictionary<string, Tensor> ByName) Entries(IEnumerable<KeyValuePair<string, Tensor>> tensors, ScalarType? floatDType, string path)
+    {
+        var entries = new List<TensorEntry>();
+        var byName = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var (name, t) in tensors)
+        {
+            if (!byName.TryAdd(name, t)) throw new ArgumentException($"{path}: tensor '{name}' given twice");
+            var dt = floatDType is { } f && t.is_floating_point() ? f : t.dtype;
+            FileDType(name, dt, path);
+            entries.Add(new TensorEntry(name, dt, t.shape));
+        }
+        return (entries, byName);
+    }
+
+    static string FileDType(string name, ScalarType dt, string path)
+    {
         try { return SafeTensorsFile.FromScalarType(dt); }
         catch (NotSupportedException e) { throw new NotSupportedException($"{path}: tensor '{name}': {e.Message}"); }
     }
 
-    static void WriteData(FileStream fs, Tensor t, string dtype)
+    static void WriteData(FileStream fs, Tensor t, ScalarType dtype)
     {
         using var scope = torch.NewDisposeScope();
-        var c = t.detach().to(SafeTensorsFile.ToScalarType(dtype), CPU).contiguous().view(-1);
-        long total = c.numel(), step = Math.Max(1, (1L << 30) / Math.Max(1, SafeTensorsFile.DTypeSize(dtype)));
+        var c = t.detach().to(dtype, CPU).contiguous().view(-1);
+        long total = c.numel(), step = Math.Max(1, (1L << 30) / Math.Max(1, SafeTensorsFile.DTypeSize(SafeTensorsFile.FromScalarType(dtype))));
         for (long s = 0; s < total; s += step)
         {
             using var piece = c.narrow(0, s, Math.Min(step, total - s));
@@ -334,15 +396,25 @@ public static class SafeTensorsWriter
     public static IReadOnlyList<string> SaveSharded(string dir, IEnumerable<KeyValuePair<string, Tensor>> tensors,
         long maxShardBytes = DefaultMaxShardBytes, IReadOnlyDictionary<string, string>? metadata = null, ScalarType? floatDType = null)
     {
+        var (entries, byName) = Entries(tensors, floatDType, dir);
+        return SaveShardedStreaming(dir, entries, (e, sink) => sink(byName[e.Name]), maxShardBytes, metadata);
+    }
+
+    /// <summary>
+    /// <see cref="SaveSharded"/> with the data streamed in by <paramref name="produce"/> (called once per entry, in
+    /// order), so the checkpoint never has to be in memory.
+    /// </summary>
+    public static IReadOnlyList<string> SaveShardedStreaming(string dir, IReadOnlyList<TensorEntry> entries, Action<TensorEntry, TensorSink> produce,
+        long maxShardBytes = DefaultMaxShardBytes, IReadOnlyDictionary<string, string>? metadata = null)
+    {
         if (maxShardBytes <= 0) throw new ArgumentOutOfRangeException(nameof(maxShardBytes), "must be positive");
-        var list = tensors.ToList();
-        var shards = new List<List<KeyValuePair<string, Tensor>>> { new() };
+        var shards = new List<List<TensorEntry>> { new() };
         long cur = 0, totalSize = 0;
-        foreach (var kv in list)
+        foreach (var e in entries)
         {
-            long n = checked(kv.Value.numel() * SafeTensorsFile.DTypeSize(FileDType(kv.Key, kv.Value, floatDType, dir)));
+            long n = e.ByteLength;
             if (shards[^1].Count > 0 && cur + n > maxShardBytes) { shards.Add(new()); cur = 0; }
-            shards[^1].Add(kv);
+            shards[^1].Add(e);
             cur += n;
             totalSize += n;
         }
@@ -352,7 +424,7 @@ public static class SafeTensorsWriter
         if (shards.Count == 1)
         {
             var p = System.IO.Path.Combine(dir, CheckpointReader.SingleFileName);
-            Save(p, shards[0], metadata, floatDType);
+            SaveStreaming(p, shards[0], produce, metadata);
             written.Add(p);
             if (File.Exists(indexPath)) File.Delete(indexPath);
         }
@@ -362,9 +434,9 @@ public static class SafeTensorsWriter
             for (int i = 0; i < shards.Count; i++)
             {
                 var file = $"model-{i + 1:D5}-of-{shards.Count:D5}.safetensors";
-                Save(System.IO.Path.Combine(dir, file), shards[i], metadata, floatDType);
+                SaveStreaming(System.IO.Path.Combine(dir, file), shards[i], produce, metadata);
                 written.Add(System.IO.Path.Combine(dir, file));
-                foreach (var (name, _) in shards[i]) weightMap[name] = file;
+                foreach (var e in shards[i]) weightMap[e.Name] = file;
             }
             var index = new { metadata = new { total_size = totalSize }, weight_map = weightMap };
             var tmp = indexPath + ".tmp-" + Environment.ProcessId;

@@ -32,6 +32,16 @@ public sealed record StateDictReport(IReadOnlyList<string> Loaded, IReadOnlyList
     static string List(IReadOnlyList<string> xs) => xs.Count == 0 ? "" : " (" + string.Join(", ", xs.Take(10)) + (xs.Count > 10 ? ", ..." : "") + ")";
 }
 
+/// <summary>
+/// Result of <see cref="StateDict.Compare"/>: module keys matched to checkpoint keys (same shape), and every problem.
+/// Missing = module keys absent from the checkpoint; Unexpected = checkpoint keys (full names) with no module key.
+/// </summary>
+public sealed record StateDictComparison(IReadOnlyList<(string Name, string Source)> Matched, IReadOnlyList<string> Missing,
+    IReadOnlyList<string> Unexpected, IReadOnlyList<ShapeMismatch> ShapeMismatches, IReadOnlyList<string> AllowedMissing, IReadOnlyList<string> AllowedUnexpected)
+{
+    public bool IsMatch => Missing.Count == 0 && Unexpected.Count == 0 && ShapeMismatches.Count == 0;
+}
+
 /// <summary>Every key problem of one load, all listed in the message. Nothing was copied when this is thrown.</summary>
 public sealed class StateDictMismatchException(string source, IReadOnlyList<string> missing, IReadOnlyList<string> unexpected,
     IReadOnlyList<ShapeMismatch> shapeMismatches) : Exception(Format(source, missing, unexpected, shapeMismatches))
@@ -76,18 +86,36 @@ public static class StateDict
     static StateDictReport Load(nn.Module module, Dictionary<string, long[]> sourceShapes, Action<string, Tensor> copy, string sourceName, StateDictOptions? options)
     {
         options ??= new StateDictOptions();
+        var targets = module.state_dict();
+        var c = Compare(targets.ToDictionary(kv => kv.Key, kv => kv.Value.shape, StringComparer.Ordinal), sourceShapes, options);
+        if (!c.IsMatch)
+            throw new StateDictMismatchException(sourceName + (options.Prefix.Length > 0 ? $" (prefix '{options.Prefix}')" : ""), c.Missing, c.Unexpected, c.ShapeMismatches);
+
+        using (torch.no_grad())
+            foreach (var (name, src) in c.Matched)
+                copy(src, targets[name]);
+        return new StateDictReport(c.Matched.Select(p => p.Name).ToList(), c.AllowedMissing, c.AllowedUnexpected);
+    }
+
+    /// <summary>
+    /// Key-by-key comparison of module keys/shapes with checkpoint keys/shapes under the load rules (prefix, allowed
+    /// missing/unexpected patterns), without copying anything: what <see cref="Load(nn.Module, CheckpointReader, StateDictOptions?)"/>
+    /// would do or report. E.g. `vargpt info` checks a folder against the architecture built on the META device.
+    /// </summary>
+    public static StateDictComparison Compare(IReadOnlyDictionary<string, long[]> moduleShapes, IReadOnlyDictionary<string, long[]> sourceShapes, StateDictOptions? options = null)
+    {
+        options ??= new StateDictOptions();
         var allowMissing = options.AllowMissing.Select(Pattern).ToList();
         var allowUnexpected = options.AllowUnexpected.Select(Pattern).ToList();
         // Checkpoint key -> module key (prefix stripped).
         var src = sourceShapes.Where(kv => kv.Key.StartsWith(options.Prefix, StringComparison.Ordinal))
             .ToDictionary(kv => kv.Key[options.Prefix.Length..], kv => (Full: kv.Key, Shape: kv.Value), StringComparer.Ordinal);
-        var targets = module.state_dict();
 
         var missing = new List<string>();
         var allowedMissing = new List<string>();
         var shapes = new List<ShapeMismatch>();
-        var plan = new List<(string Src, Tensor Dst, string Name)>();
-        foreach (var (name, t) in targets.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        var matched = new List<(string Name, string Source)>();
+        foreach (var (name, shape) in moduleShapes.OrderBy(kv => kv.Key, StringComparer.Ordinal))
         {
             if (!src.TryGetValue(name, out var s))
             {
@@ -95,22 +123,15 @@ public static class StateDict
                 (allowMissing.Any(p => p.IsMatch(name)) ? allowedMissing : missing).Add(options.Prefix + name);
                 continue;
             }
-            if (!s.Shape.SequenceEqual(t.shape)) shapes.Add(new ShapeMismatch(s.Full, t.shape, s.Shape));
-            else plan.Add((s.Full, t, name));
+            if (!s.Shape.SequenceEqual(shape)) shapes.Add(new ShapeMismatch(s.Full, shape, s.Shape));
+            else matched.Add((name, s.Full));
         }
         var unexpected = new List<string>();
         var allowedUnexpected = new List<string>();
         foreach (var (name, s) in src.OrderBy(kv => kv.Key, StringComparer.Ordinal))
-            if (!targets.ContainsKey(name))
+            if (!moduleShapes.ContainsKey(name))
                 (allowUnexpected.Any(p => p.IsMatch(name) || p.IsMatch(s.Full)) ? allowedUnexpected : unexpected).Add(s.Full);
-
-        if (missing.Count > 0 || unexpected.Count > 0 || shapes.Count > 0)
-            throw new StateDictMismatchException(sourceName + (options.Prefix.Length > 0 ? $" (prefix '{options.Prefix}')" : ""), missing, unexpected, shapes);
-
-        using (torch.no_grad())
-            foreach (var (s, dst, _) in plan)
-                copy(s, dst);
-        return new StateDictReport(plan.Select(p => p.Name).ToList(), allowedMissing, allowedUnexpected);
+        return new StateDictComparison(matched, missing, unexpected, shapes, allowedMissing, allowedUnexpected);
     }
 
     /// <summary>Glob ('*', '?') or "re:REGEX", matched against the whole key.</summary>

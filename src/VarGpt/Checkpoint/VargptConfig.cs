@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using VarGpt.Generation;
 
 namespace VarGpt.Checkpoint;
 
@@ -168,6 +169,12 @@ public sealed record VargptConfig
     public VaeConfig Vae { get; init; } = new();
     /// <summary>Default generation resolution name (official vargpt_gen_args.pn, '0.25M' = 512x512).</summary>
     public string Pn { get; init; } = "0.25M";
+    /// <summary>
+    /// Non-standard resolution entries from "vargpt_gen_args".custom_pn_entries ({"TEMPLATE/PN": {"pixel": [h, w],
+    /// "scales": [[t, h, w], ...]}}), registered in <see cref="ScaleSchedules"/> when the config is parsed, so a model
+    /// whose pn is e.g. "tiny5" is reproducible from config.json alone. Empty for the official checkpoint.
+    /// </summary>
+    public IReadOnlyList<ScaleSchedule> CustomPns { get; init; } = [];
     public string TorchDtype { get; init; } = "bfloat16";
     /// <summary>The raw JSON, kept so that saving a checkpoint preserves fields we do not model.</summary>
     public JsonObject Raw { get; init; } = new();
@@ -217,6 +224,8 @@ public sealed record VargptConfig
             Infinity = j.Has("vargpt_gen_config") ? InfinityConfig.Parse(j.Obj("vargpt_gen_config")) : new InfinityConfig(),
             Vae = j.Has("vae_config") ? VaeConfig.Parse(j.Obj("vae_config")) : new VaeConfig(),
             Pn = j.Has("vargpt_gen_args") ? j.Obj("vargpt_gen_args").Str("pn", "0.25M") : "0.25M",
+            CustomPns = j.Has("vargpt_gen_args") && j.Obj("vargpt_gen_args").Has("custom_pn_entries")
+                ? RegisterCustomPns(j.Obj("vargpt_gen_args").Obj("custom_pn_entries")) : [],
             TorchDtype = j.Str("torch_dtype", "bfloat16"),
             Raw = JsonNode.Parse(root.GetRawText())!.AsObject(),
         };
@@ -227,5 +236,35 @@ public sealed record VargptConfig
         if (cfg.MropeSection.Sum() * 2 != cfg.HeadDim)
             throw new InvalidDataException($"{source}: rope_scaling.mrope_section [{string.Join(",", cfg.MropeSection)}] must sum to head_dim/2 = {cfg.HeadDim / 2}");
         return cfg;
+    }
+
+    /// <summary>Parses and registers "custom_pn_entries"; a malformed entry or a clash with a registered one names the key.</summary>
+    static ScaleSchedule[] RegisterCustomPns(JsonFields entries)
+    {
+        var list = new List<ScaleSchedule>();
+        foreach (var prop in entries.Element.EnumerateObject())
+        {
+            string where = $"{entries.Source}.{prop.Name}";
+            int slash = prop.Name.IndexOf('/');
+            if (slash <= 0 || slash == prop.Name.Length - 1 ||
+                !double.TryParse(prop.Name[..slash], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double template))
+                throw new InvalidDataException($"{where}: key must be \"TEMPLATE/PN\" (e.g. \"1.0/tiny5\")");
+            var e = entries.Obj(prop.Name);
+            var pixel = e.Ints("pixel");
+            if (pixel.Length != 2) throw new InvalidDataException($"{where}: 'pixel' must be [h, w]");
+            if (!e.Has("scales") || e.Element.GetProperty("scales").ValueKind != JsonValueKind.Array)
+                throw new InvalidDataException($"{where}: missing field 'scales' (a list of [t, h, w])");
+            var scales = new List<Scale>();
+            foreach (var sc in e.Element.GetProperty("scales").EnumerateArray())
+            {
+                if (sc.ValueKind != JsonValueKind.Array || sc.GetArrayLength() != 3 || sc.EnumerateArray().Any(x => x.ValueKind != JsonValueKind.Number || !x.TryGetInt32(out int v) || v <= 0))
+                    throw new InvalidDataException($"{where}: each scale must be [t, h, w] of positive integers, found {sc.GetRawText()}");
+                scales.Add(new Scale(sc[0].GetInt32(), sc[1].GetInt32(), sc[2].GetInt32()));
+            }
+            if (scales.Count == 0) throw new InvalidDataException($"{where}: 'scales' is empty");
+            try { list.Add(ScaleSchedules.Register(template, prop.Name[(slash + 1)..], (pixel[0], pixel[1]), scales)); }
+            catch (ArgumentException ex) { throw new InvalidDataException($"{where}: {ex.Message}"); }
+        }
+        return list.ToArray();
     }
 }

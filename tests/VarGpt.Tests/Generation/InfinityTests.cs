@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 
 namespace VarGpt.Tests.Generation;
 
-[Collection(nameof(TorchGlobalsCollection))]
+[Collection(nameof(TorchDefaultsCollection))]
 public class InfinityTests
 {
     static readonly InfinityConfig Tiny = new()

@@ -7,7 +7,7 @@ using static TorchSharp.torch;
 
 namespace VarGpt.Tests.LanguageModel;
 
-[Collection(nameof(TorchGlobalsCollection))]
+[Collection(nameof(TorchDefaultsCollection))]
 public class LanguageModelTests
 {
     [Fact]

@@ -1,0 +1,67 @@
+using static TorchSharp.torch;
+
+namespace VarGpt.Benchmarks;
+
+/// <summary>Settings of <see cref="MachineBenchmarks.Run"/> (kept small by default: a few seconds on a shared 2-core machine).</summary>
+public sealed record MachineBenchOptions
+{
+    /// <summary>Size of the fp32 tensor summed for the read bandwidth (well above the caches).</summary>
+    public long BandwidthBytes { get; init; } = 256L << 20;
+    /// <summary>Square matmul size n: [n, n] x [n, n]^T through linear, 2n^3 FLOP.</summary>
+    public int MatmulN { get; init; } = 1024;
+    public int Repeats { get; init; } = 5;
+    public Device? Device { get; init; }
+}
+
+/// <summary>
+/// Figures that bound what the model can do on this machine: memory read bandwidth (decoding a bf16 LM is
+/// bandwidth-bound: tokens/s &lt;= bandwidth / weight bytes) and matmul throughput in fp32 and bf16 (prefill and
+/// image generation are compute-bound). Best of N runs, after one warm-up.
+/// </summary>
+public static class MachineBenchmarks
+{
+    /// <summary>Read bandwidth in bytes/s: sum() over a large fp32 tensor, best of <paramref name="repeats"/>.</summary>
+    public static (double BytesPerSecond, TimingStats Timing) MemoryReadBandwidth(long bytes, int repeats, Device? device = null)
+    {
+        long n = Math.Max(1, bytes / 4);
+        using var x = ones(n, ScalarType.Float32, device ?? CPU);
+        var t = BenchTimer.Measure(() => { using var s = x.sum(); }, repeats, warmup: 1, device);
+        return (n * 4.0 / t.Best, t);
+    }
+
+    /// <summary>
+    /// Matmul throughput in FLOP/s for [n, n] x [n, n]^T in <paramref name="dtype"/> through functional.linear (the path
+    /// the model layers take; fp16/bf16 matmul through torch.matmul can be pathological on the CPU), best of repeats.
+    /// </summary>
+    public static (double FlopsPerSecond, TimingStats Timing) MatmulFlops(int n, ScalarType dtype, int repeats, Device? device = null)
+    {
+        var dev = device ?? CPU;
+        using var g = new Generator(0, CPU);
+        using var a = randn([n, n], ScalarType.Float32, generator: g).to(dtype, dev);
+        using var w = randn([n, n], ScalarType.Float32, generator: g).to(dtype, dev);
+        var t = BenchTimer.Measure(() => { using var y = nn.functional.linear(a, w); }, repeats, warmup: 1, device);
+        return (2.0 * n * n * (double)n / t.Best, t);
+    }
+
+    /// <summary>All machine figures as one record (metrics: memory_read_bandwidth, matmul_fp32, matmul_bf16, peak_rss).</summary>
+    public static BenchRecord Run(MachineBenchOptions? options = null)
+    {
+        options ??= new MachineBenchOptions();
+        var dev = options.Device ?? CPU;
+        var rec = new BenchRecord("machine")
+            .Set("device", dev.ToString())
+            .Set("bandwidth_bytes", options.BandwidthBytes)
+            .Set("matmul_n", options.MatmulN)
+            .Set("repeats", options.Repeats);
+        using var mem = MemoryPhase.Start();
+        var (bw, bwt) = MemoryReadBandwidth(options.BandwidthBytes, options.Repeats, dev);
+        rec.Add("memory_read_bandwidth", bw / 1e9, "GB/s", $"sum() of {options.BandwidthBytes >> 20} MiB fp32, best of {bwt.Count}, median {bwt.Median * 1e3:F1} ms");
+        foreach (var (name, dt) in new[] { ("matmul_fp32", ScalarType.Float32), ("matmul_bf16", ScalarType.BFloat16) })
+        {
+            var (f, ft) = MatmulFlops(options.MatmulN, dt, options.Repeats, dev);
+            rec.Add(name, f / 1e9, "GFLOP/s", $"linear [{options.MatmulN}x{options.MatmulN}] x [{options.MatmulN}x{options.MatmulN}]^T, best of {ft.Count}, median {ft.Median * 1e3:F1} ms");
+        }
+        rec.Add("peak_rss", mem.PeakBytes / 1e6, "MB", mem.PeakIsPhaseOnly ? "VmHWM during the benchmark" : "process VmHWM (no per-phase reset on this system)");
+        return rec;
+    }
+}
