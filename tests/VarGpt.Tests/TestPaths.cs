@@ -51,3 +51,10 @@ public static class TorchTestSetup
         torch.set_num_threads(1);
     }
 }
+
+/// <summary>
+/// Tests that change libtorch's process-wide state (default device/dtype via TorchRuntime.DefaultsScope, e.g. building
+/// on META) run alone: a parallel test would otherwise create its tensors on META or in bfloat16.
+/// </summary>
+[CollectionDefinition(nameof(TorchGlobalsCollection), DisableParallelization = true)]
+public sealed class TorchGlobalsCollection;

@@ -74,7 +74,7 @@ public static class ImageGeneration
     {
         options.Validate();
         var cfgM = model.Config;
-        var inf = model.vargpt_gen;
+        var inf = model.VargptGen;
         var schedule = ScheduleFor(model, options);
         bool useCfg = options.Cfg != 1;
         int bs = useCfg ? 2 : 1;
@@ -91,7 +91,7 @@ public static class ImageGeneration
         using var gen = new Generator((ulong)options.Seed, device);
 
         // Conditioning: sos_embedding[image_gen_start] (+ cfg_uncond[0] for the unconditional row) → cond_BD [bs, C].
-        var sos = model.sos_embedding.weight![cfgM.ImageGen.StartId].unsqueeze(0);
+        var sos = model.SosEmbedding.weight![cfgM.ImageGen.StartId].unsqueeze(0);
         var text = CrossAttnKv.OneRowEach(sos);
         if (useCfg) text = inf.AppendUncond(text);
         var cond = inf.Condition(text);
@@ -99,14 +99,14 @@ public static class ImageGeneration
         var ada = inf.AdaLn(cond);
 
         // Cross-attention context: image_gen_projector_out(prompt states) and, for CFG, raw cfg_uncond[:Lc].
-        var ctxRows = model.image_gen_projector_out.forward(contextHidden.to(dtype, device));
+        var ctxRows = model.ImageGenProjectorOut.forward(contextHidden.to(dtype, device));
         var ctx = CrossAttnKv.Pack([ctxRows]);
         if (useCfg) ctx = inf.AppendUncond(ctx);
         tap?.Invoke("ca_kv_compact", ctx.KvCompact);
         using var infCache = inf.NewCache(ctx, schedule);
 
         // Scale-0 input: image_gen_projector(cond_BD + pos_start) [bs, 1, H] (differs between the two rows).
-        var stage = model.image_gen_projector.forward(inf.FirstTokens(cond));
+        var stage = model.ImageGenProjector.forward(inf.FirstTokens(cond));
         cache.Reserve(cache.Length + schedule.SequenceLength);
 
         Tensor? summed = null;
@@ -131,13 +131,11 @@ public static class ImageGeneration
                 tap?.Invoke($"lm_out_uncond.s{si}", hu);
                 h = cat([hc, hu], 0);
             }
-            var y = model.image_gen_projector_out.forward(h);
+            var y = model.ImageGenProjectorOut.forward(h);
             y = inf.ForwardScale(y, ada, infCache, si);
             var raw = inf.Logits(y, cond);
             tap?.Invoke($"logits_raw.s{si}", raw);
-            var logits = raw.mul(1.0 / options.Tau);
-            if (useCfg) logits = logits.narrow(0, 0, 1).mul(options.Cfg) + logits.narrow(0, 1, 1).mul(1 - options.Cfg);
-            var mixed = logits.reshape(1, -1, 2);
+            var mixed = MixCfg(raw, options.Cfg, options.Tau);
             tap?.Invoke($"logits_mixed.s{si}", mixed);
             var idx = BitSampling.SampleWithTopKTopP(mixed.to(ScalarType.Float32), options.TopK, options.TopP, gen);
             var b = idx.reshape(1, sc.H, sc.W, -1).unsqueeze(1); // [1, 1, h, w, d]
@@ -151,7 +149,7 @@ public static class ImageGeneration
             if (si != scales.Count - 1)
             {
                 var tokens = MultiScaleResidual.ToTokens(MultiScaleResidual.NextScaleInput(summed, scales[si + 1])).to(dtype);
-                var s = model.image_gen_projector.forward(inf.WordEmbed(tokens));
+                var s = model.ImageGenProjector.forward(inf.WordEmbed(tokens));
                 stage = (useCfg ? s.repeat(2, 1, 1) : s).MoveToOuterDisposeScope();
             }
             onScale?.Invoke(si, schedule);
@@ -159,12 +157,24 @@ public static class ImageGeneration
 
         var summedOut = summed!.squeeze(2); // [1, d, h, w]
         tap?.Invoke("summed_codes", summedOut);
-        var decoded = model.vae_local.Decode(summedOut.to(dtype)).to(ScalarType.Float32);
+        var decoded = model.VaeLocal.Decode(summedOut.to(dtype)).to(ScalarType.Float32);
         tap?.Invoke("decoded", decoded);
         var rgb = ImageOutput.ToUInt8Rgb(decoded)[0];
         var result = new GeneratedImage(rgb.MoveToOuterDisposeScope(), decoded.MoveToOuterDisposeScope(), summedOut.MoveToOuterDisposeScope(),
             bits.Select(t => t.MoveToOuterDisposeScope()).ToList(), schedule);
         return result;
+    }
+
+    /// <summary>
+    /// Official CFG on logits (cfg_insertion_layer [0]): each row divided by tau first, then cfg·cond + (1 − cfg)·uncond;
+    /// raw [2, n, 2d] (cond row first) or [1, n, 2d] without CFG → per-bit pairs [1, n·d, 2].
+    /// </summary>
+    public static Tensor MixCfg(Tensor raw, double cfg, double tau)
+    {
+        using var scope = NewDisposeScope();
+        var logits = raw.mul(1.0 / tau);
+        if (cfg != 1) logits = logits.narrow(0, 0, 1).mul(cfg) + logits.narrow(0, 1, 1).mul(1 - cfg);
+        return logits.reshape(1, -1, 2).MoveToOuterDisposeScope();
     }
 
     /// <summary>The scale schedule for the options: nearest template of the aspect ratio, pn from the options or the checkpoint, t = 1.</summary>

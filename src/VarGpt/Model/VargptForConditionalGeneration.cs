@@ -8,6 +8,23 @@ using static TorchSharp.torch.nn;
 
 namespace VarGpt.Model;
 
+/// <summary>
+/// Which parts of the model to build. The official class always builds all of them; understanding-only use (as the
+/// official lmms-eval wrapper does by deleting vargpt_gen and vae_local) saves the memory of the generation half.
+/// </summary>
+[Flags]
+public enum ModelParts
+{
+    /// <summary>model.* and lm_head.</summary>
+    LanguageModel = 1,
+    /// <summary>visual.* (the vision tower).</summary>
+    Vision = 2,
+    /// <summary>vae_local.*, vargpt_gen.*, image_gen_projector(_out).*, sos_embedding.*.</summary>
+    Generation = 4,
+    Understanding = LanguageModel | Vision,
+    All = LanguageModel | Vision | Generation,
+}
+
 /// <summary>Output of one language-model pass: float32 logits and the post-final-norm hidden states.</summary>
 public sealed record CausalLMOutput(Tensor Logits, Tensor LastHiddenState);
 
@@ -20,27 +37,43 @@ public sealed record CausalLMOutput(Tensor Logits, Tensor LastHiddenState);
 public sealed class VargptForConditionalGeneration : Module
 {
 #pragma warning disable IDE1006 // field names = official state-dict prefixes
-    public readonly Qwen2VisionTransformerPretrainedModel visual;
+    // Parts not built (see ModelParts) are null and absent from the state dict.
+    readonly Qwen2VisionTransformerPretrainedModel? visual;
     public readonly Qwen2VLModel model;
     public readonly Linear lm_head;
-    public readonly BsqVae vae_local;
-    public readonly Infinity vargpt_gen;
-    /// <summary>Infinity width C → LLM width H (official GenPatchMerger(dim=H, image_gen_dim=C)).</summary>
-    public readonly GenPatchMerger image_gen_projector;
-    /// <summary>LLM width H → Infinity width C.</summary>
-    public readonly GenPatchMerger image_gen_projector_out;
-    /// <summary>Embedding(image_gen_start_token_id + 1, C); only row image_gen_start_token_id is ever used.</summary>
-    public readonly Embedding sos_embedding;
+    readonly BsqVae? vae_local;
+    readonly Infinity? vargpt_gen;
+    readonly GenPatchMerger? image_gen_projector;
+    readonly GenPatchMerger? image_gen_projector_out;
+    readonly Embedding? sos_embedding;
 #pragma warning restore IDE1006
 
     public VargptConfig Config { get; }
+    public ModelParts Parts { get; }
+
+    /// <summary>The vision tower (visual.*).</summary>
+    public Qwen2VisionTransformerPretrainedModel Visual => visual ?? throw Missing(ModelParts.Vision, "vision tower (visual.*)");
+    /// <summary>The BSQ-VAE (vae_local.*).</summary>
+    public BsqVae VaeLocal => vae_local ?? throw Missing(ModelParts.Generation, "BSQ-VAE (vae_local.*)");
+    /// <summary>Infinity, the visual decoder (vargpt_gen.*).</summary>
+    public Infinity VargptGen => vargpt_gen ?? throw Missing(ModelParts.Generation, "Infinity decoder (vargpt_gen.*)");
+    /// <summary>Infinity width C → LLM width H (official GenPatchMerger(dim=H, image_gen_dim=C)).</summary>
+    public GenPatchMerger ImageGenProjector => image_gen_projector ?? throw Missing(ModelParts.Generation, "image_gen_projector");
+    /// <summary>LLM width H → Infinity width C.</summary>
+    public GenPatchMerger ImageGenProjectorOut => image_gen_projector_out ?? throw Missing(ModelParts.Generation, "image_gen_projector_out");
+    /// <summary>Embedding(image_gen_start_token_id + 1, C); only row image_gen_start_token_id is ever used.</summary>
+    public Embedding SosEmbedding => sos_embedding ?? throw Missing(ModelParts.Generation, "sos_embedding");
+
+    InvalidOperationException Missing(ModelParts part, string what) =>
+        new($"this model was built without its {what}: it was loaded with parts {Parts}, and {part} is needed here");
 
     /// <summary>
     /// Builds the model with parameters on <paramref name="device"/> in <paramref name="dtype"/>; null means the current
     /// defaults (TorchRuntime.DefaultsScope, e.g. META to enumerate keys without memory).
     /// </summary>
-    public VargptForConditionalGeneration(VargptConfig config, Device? device = null, ScalarType? dtype = null) : base(nameof(VargptForConditionalGeneration))
+    public VargptForConditionalGeneration(VargptConfig config, Device? device = null, ScalarType? dtype = null, ModelParts parts = ModelParts.All) : base(nameof(VargptForConditionalGeneration))
     {
+        if (!parts.HasFlag(ModelParts.LanguageModel)) throw new ArgumentException("the language model is always needed", nameof(parts));
         if (config.TieWordEmbeddings)
             throw new NotSupportedException("tie_word_embeddings = true: VARGPT-v1.1 has an untied lm_head and this port only supports that layout");
         if (config.Infinity.TextChannels != config.Infinity.EmbedDim)
@@ -48,16 +81,20 @@ public sealed class VargptForConditionalGeneration : Module
         if (config.Infinity.CodebookDim != config.Vae.CodebookDim)
             throw new InvalidDataException($"vargpt_gen_config.codebook_dim {config.Infinity.CodebookDim} != vae_config.codebook_dim {config.Vae.CodebookDim}");
         Config = config;
-        visual = new Qwen2VisionTransformerPretrainedModel(config.Vision, device, dtype);
+        Parts = parts;
+        if (parts.HasFlag(ModelParts.Vision)) visual = new Qwen2VisionTransformerPretrainedModel(config.Vision, device, dtype);
         model = new Qwen2VLModel(config, device, dtype);
         lm_head = Linear(config.HiddenSize, config.VocabSize, hasBias: false, device: device, dtype: dtype);
-        vae_local = dtype is { } vt ? new BsqVae(config.Vae, device, vt) : new BsqVae(config.Vae, device, get_default_dtype());
-        vargpt_gen = new Infinity(config.Infinity, device, dtype);
-        using (Torch.TorchRuntime.DefaultsScope(device, dtype))
+        if (parts.HasFlag(ModelParts.Generation))
         {
-            image_gen_projector = new GenPatchMerger(config.HiddenSize, config.Infinity.EmbedDim);
-            image_gen_projector_out = new GenPatchMerger(config.Infinity.EmbedDim, config.HiddenSize);
-            sos_embedding = Embedding(config.ImageGen.StartId + 1, config.Infinity.EmbedDim);
+            vae_local = new BsqVae(config.Vae, device, dtype ?? get_default_dtype());
+            vargpt_gen = new Infinity(config.Infinity, device, dtype);
+            using (Torch.TorchRuntime.DefaultsScope(device, dtype))
+            {
+                image_gen_projector = new GenPatchMerger(config.HiddenSize, config.Infinity.EmbedDim);
+                image_gen_projector_out = new GenPatchMerger(config.Infinity.EmbedDim, config.HiddenSize);
+                sos_embedding = Embedding(config.ImageGen.StartId + 1, config.Infinity.EmbedDim);
+            }
         }
         RegisterComponents();
     }

@@ -4,84 +4,6 @@ using static TorchSharp.torch;
 
 namespace VarGpt.Vision;
 
-/// <summary>
-/// The image-processor settings of preprocessor_config.json (official VARGPTQwen2VLImageProcessor.__init__). Absent
-/// keys take the class defaults; the released checkpoint file sets max_pixels 12845056.
-/// TODO(unify): a PreprocessorConfig record is being added in Checkpoint/; merge this into it when it lands.
-/// </summary>
-public sealed record PreprocessorSettings
-{
-    public long MinPixels { get; init; } = 56 * 56;
-    public long MaxPixels { get; init; } = 28 * 28 * 1280;
-    public int PatchSize { get; init; } = 14;
-    public int TemporalPatchSize { get; init; } = 2;
-    public int MergeSize { get; init; } = 2;
-    /// <summary>OPENAI_CLIP_MEAN.</summary>
-    public double[] ImageMean { get; init; } = [0.48145466, 0.4578275, 0.40821073];
-    /// <summary>OPENAI_CLIP_STD.</summary>
-    public double[] ImageStd { get; init; } = [0.26862954, 0.26130258, 0.27577711];
-    public double RescaleFactor { get; init; } = 1.0 / 255;
-    /// <summary>PIL resampling filter of the resize ("resample", PIL enum value; BICUBIC = 3).</summary>
-    public PilFilter Resample { get; init; } = PilFilter.Bicubic;
-
-    /// <summary>smart_resize factor: one merged token covers (patch*merge)^2 pixels.</summary>
-    public int Factor => PatchSize * MergeSize;
-
-    public static PreprocessorSettings Load(string path)
-    {
-        if (!File.Exists(path)) throw new FileNotFoundException($"preprocessor config not found: {path}", path);
-        using var doc = JsonDocument.Parse(File.ReadAllText(path), new JsonDocumentOptions { AllowTrailingCommas = true });
-        return Parse(doc.RootElement, path);
-    }
-
-    public static PreprocessorSettings Parse(JsonElement root, string source)
-    {
-        var j = new JsonFields(root, source);
-        var d = new PreprocessorSettings();
-        var s = new PreprocessorSettings
-        {
-            MinPixels = j.Has("min_pixels") ? j.Long("min_pixels") : d.MinPixels,
-            MaxPixels = j.Has("max_pixels") ? j.Long("max_pixels") : d.MaxPixels,
-            PatchSize = j.Int("patch_size", d.PatchSize),
-            TemporalPatchSize = j.Int("temporal_patch_size", d.TemporalPatchSize),
-            MergeSize = j.Int("merge_size", d.MergeSize),
-            ImageMean = j.Has("image_mean") ? Doubles(j, "image_mean") : d.ImageMean,
-            ImageStd = j.Has("image_std") ? Doubles(j, "image_std") : d.ImageStd,
-            RescaleFactor = j.Double("rescale_factor", d.RescaleFactor),
-            Resample = (PilFilter)j.Int("resample", (int)d.Resample),
-        };
-        if (!Enum.IsDefined(s.Resample))
-            throw new InvalidDataException($"{source}: field 'resample' = {(int)s.Resample} is not a PIL filter (0..5)");
-        // The released processor runs every step; switching one off is not implemented, so refuse instead of diverging.
-        foreach (var key in new[] { "do_resize", "do_rescale", "do_normalize", "do_convert_rgb" })
-            if (!j.Bool(key, true))
-                throw new NotSupportedException($"{source}: '{key}': false is not supported (the VARGPT processor always applies this step)");
-        s.Validate(source);
-        return s;
-    }
-
-    static double[] Doubles(JsonFields j, string key)
-    {
-        var e = j.Element.GetProperty(key);
-        if (e.ValueKind == JsonValueKind.Number) return [e.GetDouble(), e.GetDouble(), e.GetDouble()];
-        if (e.ValueKind != JsonValueKind.Array || e.EnumerateArray().Any(x => x.ValueKind != JsonValueKind.Number))
-            throw new InvalidDataException($"{j.Source}: field '{key}' must be a number or a list of numbers, found {e.GetRawText()}");
-        return e.EnumerateArray().Select(x => x.GetDouble()).ToArray();
-    }
-
-    public void Validate(string source = "preprocessor settings")
-    {
-        if (PatchSize <= 0 || TemporalPatchSize <= 0 || MergeSize <= 0)
-            throw new InvalidDataException($"{source}: patch_size {PatchSize}, temporal_patch_size {TemporalPatchSize} and merge_size {MergeSize} must be positive");
-        if (MinPixels <= 0 || MaxPixels < MinPixels)
-            throw new InvalidDataException($"{source}: need 0 < min_pixels ({MinPixels}) <= max_pixels ({MaxPixels})");
-        if (ImageMean.Length != 3 || ImageStd.Length != 3)
-            throw new InvalidDataException($"{source}: image_mean and image_std need 3 values (RGB), got {ImageMean.Length} and {ImageStd.Length}");
-        if (ImageStd.Any(x => x == 0))
-            throw new InvalidDataException($"{source}: image_std contains 0");
-    }
-}
-
 /// <summary>The processor's output for a list of images (official BatchFeature pixel_values / image_grid_thw).</summary>
 public sealed class ProcessedImages : IDisposable
 {
@@ -110,13 +32,20 @@ public sealed class ProcessedImages : IDisposable
 /// smart_resize -> PIL bicubic resize on uint8 -> rescale 1/255 (float64, stored float32) -> CLIP normalisation in
 /// float32 -> tile to temporal_patch_size frames -> patches in 2x2 merge-window order with features (C, T, py, px).
 /// </summary>
-public sealed class ImageProcessor(PreprocessorSettings settings)
+public sealed class ImageProcessor(PreprocessorConfig settings)
 {
-    public PreprocessorSettings Settings { get; } = Validated(settings);
+    public PreprocessorConfig Settings { get; } = Validated(settings);
 
-    static PreprocessorSettings Validated(PreprocessorSettings s)
+    /// <summary>The PIL filter of the resize (preprocessor_config.json "resample"; BICUBIC = 3).</summary>
+    public PilFilter Resample => (PilFilter)Settings.Resample;
+
+    static PreprocessorConfig Validated(PreprocessorConfig s)
     {
-        s.Validate();
+        // The released processor runs every step; switching one off is not implemented, so refuse instead of diverging.
+        foreach (var (key, on) in new[] { ("do_resize", s.DoResize), ("do_rescale", s.DoRescale), ("do_normalize", s.DoNormalize), ("do_convert_rgb", s.DoConvertRgb) })
+            if (!on) throw new NotSupportedException($"preprocessor config: '{key}': false is not supported (the VARGPT processor always applies this step)");
+        if (!Enum.IsDefined((PilFilter)s.Resample))
+            throw new InvalidDataException($"preprocessor config: field 'resample' = {s.Resample} is not a PIL filter (0..5)");
         return s;
     }
 
@@ -170,7 +99,7 @@ public sealed class ImageProcessor(PreprocessorSettings settings)
             int h, w;
             try { (h, w, shrunk[i]) = SmartResize(img.Height, img.Width, s.Factor, s.MinPixels, s.MaxPixels); }
             catch (ArgumentException e) { throw new ArgumentException($"image {i} ({img.Width}x{img.Height}): {e.Message}", e); }
-            var resized = PilResize.Resize(img, w, h, s.Resample);
+            var resized = PilResize.Resize(img, w, h, Resample);
             rows.Add(NormalizeAndPatchify(resized, out var grid));
             grids[i * 3] = grid.T; grids[i * 3 + 1] = grid.H; grids[i * 3 + 2] = grid.W;
             tokens[i] = grid.T * grid.H * grid.W / (s.MergeSize * s.MergeSize);

@@ -7,6 +7,7 @@ using static TorchSharp.torch;
 
 namespace VarGpt.Tests.LanguageModel;
 
+[Collection(nameof(TorchGlobalsCollection))]
 public class LanguageModelTests
 {
     [Fact]
@@ -26,7 +27,7 @@ public class LanguageModelTests
         // buildable without memory (META) for key/shape enumeration, with the same keys
         using (VarGpt.Torch.TorchRuntime.DefaultsScope(META))
         {
-            using var meta = new VargptForConditionalGeneration(TinyLm.Config());
+            using var meta = new VargptForConditionalGeneration(TinyLm.Config(), parts: ModelParts.LanguageModel);
             var sd = meta.state_dict();
             Assert.Equal(names.Order(), sd.Keys.Order());
             Assert.All(sd.Values, t => Assert.Equal(TorchSharp.DeviceType.META, t.device_type));
@@ -40,8 +41,8 @@ public class LanguageModelTests
         using var scope = NewDisposeScope();
         using var f = new Fixture(Path.Combine(TestPaths.Golden, "qwen2_lm_forward"));
         var config = VargptConfig.Parse(f.Config, f.Id);
-        using var m = new VargptForConditionalGeneration(config, CPU, ScalarType.BFloat16);
-        FixtureWeights.LoadStrict(m, f, "weights.bf16.safetensors");
+        using var m = new VargptForConditionalGeneration(config, CPU, ScalarType.BFloat16, ModelParts.LanguageModel);
+        f.LoadInto(m, "weights.bf16.safetensors");
         var w = f.LoadWeights("weights.bf16.safetensors");
         Assert.True(TinyLm.Same(m.lm_head.weight, w["lm_head.weight"]));     // bf16 -> bf16 is lossless
         var mask = f.In("attention_mask");

@@ -20,8 +20,8 @@ internal static class TinyLm
     public static VargptForConditionalGeneration Load(ScalarType dtype = ScalarType.Float32, VargptConfig? config = null, string? weightsDir = null)
     {
         using var f = new Fixture(weightsDir ?? Dir);
-        var model = new VargptForConditionalGeneration(config ?? VargptConfig.Parse(f.Config, f.Id), CPU, dtype);
-        FixtureWeights.LoadStrict(model, f, f.WeightsFile!);
+        var model = new VargptForConditionalGeneration(config ?? VargptConfig.Parse(f.Config, f.Id), CPU, dtype, ModelParts.LanguageModel);
+        f.LoadInto(model);
         return model;
     }
 

@@ -1,3 +1,4 @@
+using VarGpt.Checkpoint;
 using System.Text.Json;
 using VarGpt.Vision;
 using static TorchSharp.torch;
@@ -32,7 +33,7 @@ public class ImageProcessorTests
     public void Preprocess_names_the_bad_image()
     {
         TorchTestSetup.Init();
-        var proc = new ImageProcessor(new PreprocessorSettings());
+        var proc = new ImageProcessor(new PreprocessorConfig());
         var e = Assert.Throws<ArgumentException>(() => proc.Preprocess([TestImages.Pattern(40, 40), TestImages.Pattern(20, 60)]));
         Assert.Contains("image 1 (20x60)", e.Message);
         var x = Assert.Throws<ArgumentException>(() => proc.Preprocess([TestImages.Pattern(29 * 201, 29)]));
@@ -43,7 +44,7 @@ public class ImageProcessorTests
     public void Image_over_max_pixels_is_shrunk_and_flagged()
     {
         TorchTestSetup.Init();
-        var proc = new ImageProcessor(new PreprocessorSettings { MaxPixels = 28 * 28 * 6 });
+        var proc = new ImageProcessor(new PreprocessorConfig { MaxPixels = 28 * 28 * 6 });
         using var r = proc.Preprocess([TestImages.Pattern(140, 90), TestImages.Pattern(56, 56)]);
         // 90x140: rounded 84x140 = 11760 > 4704 -> beta = sqrt(12600/4704) = 1.637, floor(1.96)=1, floor(3.05)=3 -> 28 x 84
         Assert.Equal([true, false], r.ShrunkForMaxPixels);
@@ -60,7 +61,7 @@ public class ImageProcessorTests
     {
         TorchTestSetup.Init();
         // identity normalisation so the output is the raw pixel value; small patches keep the check readable
-        var s = new PreprocessorSettings { PatchSize = 2, MergeSize = 2, TemporalPatchSize = 2, ImageMean = [0, 0, 0], ImageStd = [1, 1, 1], RescaleFactor = 1 };
+        var s = new PreprocessorConfig { PatchSize = 2, MergeSize = 2, TemporalPatchSize = 2, ImageMean = [0, 0, 0], ImageStd = [1, 1, 1], RescaleFactor = 1 };
         int w = 8, h = 4; // grid 2 x 4 patches -> 1 x 2 merge windows
         var img = new RgbImage(w, h, Enumerable.Range(0, w * h * 3).Select(i => (byte)i).ToArray());
         using var rows = new ImageProcessor(s).Patchify(img, out var grid);
@@ -83,23 +84,11 @@ public class ImageProcessorTests
     }
 
     [Fact]
-    public void Settings_parse_with_class_defaults_and_clear_errors()
+    public void Processor_refuses_settings_it_cannot_honour()
     {
-        using var doc = JsonDocument.Parse("""{"max_pixels": 12845056, "image_processor_type": "VARGPTQwen2VLImageProcessor"}""");
-        var s = PreprocessorSettings.Parse(doc.RootElement, "preprocessor_config.json");
-        Assert.Equal(12845056, s.MaxPixels);
-        Assert.Equal(3136, s.MinPixels);
-        Assert.Equal(28, s.Factor);
-        Assert.Equal(0.26130258, s.ImageStd[1]);
-        using var bad = JsonDocument.Parse("""{"image_mean": [0.5, 0.5]}""");
-        var e = Assert.Throws<InvalidDataException>(() => PreprocessorSettings.Parse(bad.RootElement, "pp.json"));
-        Assert.Contains("pp.json", e.Message);
-        using var off = JsonDocument.Parse("""{"do_normalize": false}""");
-        Assert.Contains("do_normalize", Assert.Throws<NotSupportedException>(() => PreprocessorSettings.Parse(off.RootElement, "pp.json")).Message);
-        using var lanczos = JsonDocument.Parse("""{"resample": 1}""");
-        Assert.Equal(PilFilter.Lanczos, PreprocessorSettings.Parse(lanczos.RootElement, "pp.json").Resample);
-        using var badType = JsonDocument.Parse("""{"min_pixels": "a lot"}""");
-        Assert.Contains("min_pixels", Assert.Throws<InvalidDataException>(() => PreprocessorSettings.Parse(badType.RootElement, "pp.json")).Message);
+        Assert.Contains("do_normalize", Assert.Throws<NotSupportedException>(() => new ImageProcessor(new PreprocessorConfig { DoNormalize = false })).Message);
+        Assert.Contains("resample", Assert.Throws<InvalidDataException>(() => new ImageProcessor(new PreprocessorConfig { Resample = 9 })).Message);
+        Assert.Equal(PilFilter.Lanczos, new ImageProcessor(new PreprocessorConfig { Resample = 1 }).Resample);
     }
 
     [Fact]

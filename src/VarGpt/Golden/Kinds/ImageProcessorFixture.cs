@@ -1,3 +1,4 @@
+using VarGpt.Checkpoint;
 using System.Text.Json;
 using VarGpt.Vision;
 using static TorchSharp.torch;
@@ -16,7 +17,7 @@ public sealed class ImageProcessorFixture : IFixtureKind
     public void Run(Fixture f, FixtureComparer cmp)
     {
         double atol = f.Atol("atol"), u8Atol = f.Atol("u8_atol", 0);
-        var settings = PreprocessorSettings.Parse(f.Config, $"{f.Id} config");
+        var settings = PreprocessorConfig.Parse(f.Config, $"{f.Id} config");
         var proc = new ImageProcessor(settings);
         var a = RgbImage.FromTensor(f.In("image_a"));
         var b = RgbImage.FromTensor(f.In("image_b"));
@@ -34,7 +35,7 @@ public sealed class ImageProcessorFixture : IFixtureKind
         }
 
         // Call 2: c with max_pixels lowered so that smart_resize shrinks it.
-        var cSettings = settings with { MaxPixels = f.Params.GetProperty("c_max_pixels_override").GetInt64() };
+        var cSettings = settings with { MaxPixels = f.Params.GetProperty("c_max_pixels_override").GetInt32() };
         var cProc = new ImageProcessor(cSettings);
         using var rowIndex = f.In("c_row_index");
         using (var pc = cProc.Preprocess([c]))

@@ -19,8 +19,8 @@ public sealed class Qwen2LmDecodeFixture : IFixtureKind
         double atol = f.Atol("atol", 1e-4), rtol = f.Atol("rtol", 1e-4);
         var config = VargptConfig.Parse(f.Config, f.Id + "/fixture.json config");
         var gen = GenerationFromParams(f.Params, config);
-        using var model = new VargptForConditionalGeneration(config);
-        FixtureWeights.LoadStrict(model, f, f.WeightsFile!);
+        using var model = new VargptForConditionalGeneration(config, parts: ModelParts.LanguageModel);
+        f.LoadInto(model);
         var inputs = new GenerationInputs(f.In("input_ids"), f.In("attention_mask"), null,
             f.Has("in.image_grid_thw") ? f.In("image_grid_thw") : null);
         var options = new GenerationOptions { RecordStepLogits = true, RecordPositions = true };
