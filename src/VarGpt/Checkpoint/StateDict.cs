@@ -34,7 +34,8 @@ public sealed record StateDictReport(IReadOnlyList<string> Loaded, IReadOnlyList
 
 /// <summary>
 /// Result of <see cref="StateDict.Compare"/>: module keys matched to checkpoint keys (same shape), and every problem.
-/// Missing = module keys absent from the checkpoint; Unexpected = checkpoint keys (full names) with no module key.
+/// Missing = module keys absent from the checkpoint and Unexpected = checkpoint keys with no module key, both under
+/// their checkpoint names (prefix included); ShapeMismatch names are checkpoint names too.
 /// </summary>
 public sealed record StateDictComparison(IReadOnlyList<(string Name, string Source)> Matched, IReadOnlyList<string> Missing,
     IReadOnlyList<string> Unexpected, IReadOnlyList<ShapeMismatch> ShapeMismatches, IReadOnlyList<string> AllowedMissing, IReadOnlyList<string> AllowedUnexpected)

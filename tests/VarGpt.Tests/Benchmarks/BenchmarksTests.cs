@@ -86,9 +86,9 @@ public class BenchmarksTests
         var c = StateDict.Compare(module, source, new StateDictOptions { Prefix = "p.", AllowMissing = ["c"] });
         Assert.Equal([("a", "p.a")], c.Matched);
         Assert.Empty(c.Missing);
-        Assert.Equal(["c"], c.AllowedMissing);
+        Assert.Equal(["p.c"], c.AllowedMissing); // under the checkpoint name (prefix included)
         Assert.Equal(["p.z"], c.Unexpected);
-        Assert.Equal("b", c.ShapeMismatches.Single().Name);
+        Assert.Equal("p.b", c.ShapeMismatches.Single().Name);
         Assert.False(c.IsMatch);
     }
 }
