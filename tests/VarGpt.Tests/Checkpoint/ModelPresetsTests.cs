@@ -9,7 +9,7 @@ using static TorchSharp.torch;
 namespace VarGpt.Tests.Checkpoint;
 
 /// <summary>vargpt init's library side: presets, config.json, random weights streamed to disk, architecture audit.</summary>
-[Collection(nameof(TorchGlobalsCollection))]
+[Collection(nameof(TorchDefaultsCollection))]
 public class ModelPresetsTests
 {
     static RandomCheckpointResult InitTiny(string dir, long seed = 0) =>

@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 namespace VarGpt.Tests.Cli;
 
 /// <summary>vargpt init / info (architecture audit) / bench machine, run in-process.</summary>
-[Collection(nameof(TorchGlobalsCollection))]
+[Collection(nameof(TorchDefaultsCollection))]
 public class InitInfoBenchCliTests
 {
     static (int Code, string Out, string Err) Run(params string[] args)
