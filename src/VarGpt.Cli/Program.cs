@@ -17,10 +17,12 @@ public static class Program
         {
             InfoCommand.Create(),
             FixturesCommand.Create(),
+            ShapesCommand.Create(),
         };
         root.WithExamples(
             "vargpt info ~/models/VARGPT-v1.1          # what a checkpoint folder holds",
-            "vargpt fixtures check ../shared/golden    # numerical checks against the official code");
+            "vargpt fixtures check ../shared/golden    # numerical checks against the official code",
+            "vargpt shapes data --out data/shapes      # the ShapesWorld toy dataset");
         return root;
     }
 

@@ -168,6 +168,13 @@ public sealed record VargptConfig
     public VaeConfig Vae { get; init; } = new();
     /// <summary>Default generation resolution name (official vargpt_gen_args.pn, '0.25M' = 512x512).</summary>
     public string Pn { get; init; } = "0.25M";
+    /// <summary>
+    /// Extra resolution entries of the dynamic-resolution table (optional top-level "custom_pn_entries", the layout of the
+    /// golden fixtures: {"1.0/fx5": {"pixel": [h, w], "scales": [[t, h, w], ...]}}). Registered in
+    /// <see cref="Generation.ScaleSchedules"/> when the config is parsed, so a small model folder is self-describing (the
+    /// official code adds such entries to dynamic_resolution_h_w in Python before building the model).
+    /// </summary>
+    public IReadOnlyList<Generation.ScaleSchedule> CustomPnEntries { get; init; } = [];
     public string TorchDtype { get; init; } = "bfloat16";
     /// <summary>The raw JSON, kept so that saving a checkpoint preserves fields we do not model.</summary>
     public JsonObject Raw { get; init; } = new();
@@ -217,6 +224,7 @@ public sealed record VargptConfig
             Infinity = j.Has("vargpt_gen_config") ? InfinityConfig.Parse(j.Obj("vargpt_gen_config")) : new InfinityConfig(),
             Vae = j.Has("vae_config") ? VaeConfig.Parse(j.Obj("vae_config")) : new VaeConfig(),
             Pn = j.Has("vargpt_gen_args") ? j.Obj("vargpt_gen_args").Str("pn", "0.25M") : "0.25M",
+            CustomPnEntries = j.Has("custom_pn_entries") ? RegisterPnEntries(j.Obj("custom_pn_entries")) : [],
             TorchDtype = j.Str("torch_dtype", "bfloat16"),
             Raw = JsonNode.Parse(root.GetRawText())!.AsObject(),
         };
@@ -227,5 +235,35 @@ public sealed record VargptConfig
         if (cfg.MropeSection.Sum() * 2 != cfg.HeadDim)
             throw new InvalidDataException($"{source}: rope_scaling.mrope_section [{string.Join(",", cfg.MropeSection)}] must sum to head_dim/2 = {cfg.HeadDim / 2}");
         return cfg;
+    }
+
+    static Generation.ScaleSchedule[] RegisterPnEntries(JsonFields entries)
+    {
+        if (entries.Element.ValueKind != JsonValueKind.Object)
+            throw new InvalidDataException($"{entries.Source}: 'custom_pn_entries' must be an object of \"template/pn\" entries");
+        var list = new List<Generation.ScaleSchedule>();
+        foreach (var p in entries.Element.EnumerateObject())
+        {
+            var what = $"{entries.Source}: custom_pn_entries.\"{p.Name}\"";
+            int slash = p.Name.IndexOf('/');
+            if (slash <= 0 || !double.TryParse(p.Name[..slash], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var template))
+                throw new InvalidDataException($"{what}: the key must be \"<h/w template>/<pn>\", e.g. \"1.0/fx5\"");
+            var e = entries.Obj(p.Name);
+            var pixel = e.Ints("pixel");
+            if (pixel.Length != 2) throw new InvalidDataException($"{what}: 'pixel' must be [h, w]");
+            if (!e.Has("scales") || e.Element.GetProperty("scales").ValueKind != JsonValueKind.Array)
+                throw new InvalidDataException($"{what}: missing 'scales' (a list of [t, h, w])");
+            var scales = new List<Generation.Scale>();
+            foreach (var s in e.Element.GetProperty("scales").EnumerateArray())
+            {
+                var v = s.ValueKind == JsonValueKind.Array ? s.EnumerateArray().Select(x => x.GetInt32()).ToArray() : [];
+                if (v.Length != 3 || v.Any(x => x < 1)) throw new InvalidDataException($"{what}: every scale must be [t, h, w] with positive entries");
+                scales.Add(new Generation.Scale(v[0], v[1], v[2]));
+            }
+            if (scales.Count == 0) throw new InvalidDataException($"{what}: 'scales' is empty");
+            try { list.Add(Generation.ScaleSchedules.Register(template, p.Name[(slash + 1)..], (pixel[0], pixel[1]), scales)); }
+            catch (ArgumentException ex) { throw new InvalidDataException($"{what}: {ex.Message}"); }
+        }
+        return list.ToArray();
     }
 }
