@@ -14,7 +14,7 @@ public static class ShapesCommand
     {
         var cmd = new Command("shapes", "ShapesWorld: synthetic understanding / text-to-image / editing data and the small model trained on it.")
         {
-            DataCommand(), TrainVaeCommand(), BenchCommand(),
+            DataCommand(), TrainVaeCommand(), EvalVaeCommand(), BenchCommand(),
         };
         cmd.WithExamples(
             "vargpt shapes data --out data/shapes --train 20000 --eval 500 --seed 0",
@@ -105,6 +105,39 @@ public static class ShapesCommand
             };
             var r = VaeTraining.Train(new ShapesModelConfig(), opts, p.GetValue(resume));
             return r.Training.Completed ? ExitCodes.Ok : ExitCodes.Failed;
+        });
+        return cmd;
+    }
+
+    static Command EvalVaeCommand()
+    {
+        var weights = new Argument<string>("WEIGHTS") { Description = "vae.safetensors, a trainer checkpoint folder (its model.safetensors) or any safetensors with vae_local.* keys." };
+        var seed = SeedOption();
+        var evalN = new Option<int>("--eval-images") { Description = "Held-out renders.", DefaultValueFactory = _ => 200 };
+        var threads = ThreadsOption();
+        var cmd = new Command("eval-vae", "Evaluate ShapesWorld VAE weights on held-out renders (PSNR, scorer accuracy, bit stability, robustness to flipped bits) in fp32 and bf16.")
+        { weights, seed, evalN, threads };
+        cmd.WithExamples("vargpt shapes eval-vae runs/vae/vae.safetensors", "vargpt shapes eval-vae runs/vae/checkpoint-100");
+        cmd.SetAction(p =>
+        {
+            var o = p.InvocationConfiguration.Output;
+            set_num_threads(Math.Max(1, p.GetValue(threads)));
+            var path = Path.GetFullPath(p.GetRequiredValue(weights));
+            if (Directory.Exists(path)) path = Path.Combine(path, TrainerCheckpoint.ModelFile);
+            if (!File.Exists(path)) throw new UserErrorException($"weights not found: {path}");
+            var sizes = new ShapesModelConfig();
+            var cfg = VaeTraining.VaeConfigOf(sizes);
+            using var f = VarGpt.Checkpoint.SafeTensorsFile.Open(path);
+            var sd = f.Tensors.Keys.Where(k => k.StartsWith(VarGpt.Generation.BsqVae.CheckpointPrefix, StringComparison.Ordinal)).ToDictionary(k => k, k => f.Load(k));
+            var schedule = sizes.Scales.Select(s => s with { T = 1 }).ToArray();
+            var world = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = p.GetValue(seed), ImageSize = sizes.ImageSize });
+            foreach (var dt in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+            {
+                using var vae = new VarGpt.Generation.BsqVae(cfg, dtype: dt);
+                vae.LoadStateDict(sd, source: path);
+                o.WriteLine(VaeTraining.Evaluate(vae, schedule, world, p.GetValue(evalN), p.GetValue(seed)));
+            }
+            return ExitCodes.Ok;
         });
         return cmd;
     }
