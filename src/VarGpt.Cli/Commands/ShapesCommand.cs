@@ -1,3 +1,4 @@
+using VarGpt.Checkpoint;
 using System.CommandLine;
 using System.Globalization;
 using VarGpt.Model;
@@ -134,7 +135,7 @@ public static class ShapesCommand
             foreach (var dt in new[] { ScalarType.Float32, ScalarType.BFloat16 })
             {
                 using var vae = new VarGpt.Generation.BsqVae(cfg, dtype: dt);
-                vae.LoadStateDict(sd, source: path);
+                StateDict.Load(vae, sd, new StateDictOptions { Prefix = VarGpt.Generation.BsqVae.CheckpointPrefix });
                 o.WriteLine(VaeTraining.Evaluate(vae, schedule, world, p.GetValue(evalN), p.GetValue(seed)));
             }
             return ExitCodes.Ok;

@@ -31,14 +31,14 @@ public static class ShapesModelBenchmark
             log?.WriteLine(FormattableString.Invariant($"{t.Name,-22} {t.Workload,-58} fwd {t.ForwardMs,8:F1} ms | fwd+bwd {t.TrainStepMs,8:F1} ms (CPU {t.TrainStepCpuMs,8:F1} ms) | {t.TrainMsPerSample,7:F1} ms/sample"));
         }
         var schedule = ScaleSchedules.Get(ShapesModelConfig.Template, sizes.Pn);
-        int L = schedule.SequenceLength, lp = model.vargpt_gen.PaddedLength(L), d = cfg.Infinity.CodebookDim;
+        int L = schedule.SequenceLength, lp = model.VargptGen.PaddedLength(L), d = cfg.Infinity.CodebookDim;
         int side = sizes.UnderstandingSide / 14, visTokens = side * side / 4;
         const int promptT2I = 40, promptUnd = 40, ctxEdit = 60;
 
         // VAE training step (batch 8, 128²): encoder → training-side BSQ ladder → decoder → reconstruction loss.
         {
             var opts = new VaeTrainingOptions { OutputDir = "" };
-            var obj = new VaeReconstructionObjective(model.vae_local, sizes.Scales.Select(s => s with { T = 1 }).ToArray(), opts);
+            var obj = new VaeReconstructionObjective(model.VaeLocal, sizes.Scales.Select(s => s with { T = 1 }).ToArray(), opts);
             const int B = 8;
             Add(Measure("vae", $"B={B} {sizes.ImageSize}² images, {sizes.Scales.Count} scales", B, repeats,
                 () => obj.Compute(rand(B, 3, sizes.ImageSize, sizes.ImageSize) * 2 - 1).Loss));
@@ -51,7 +51,7 @@ public static class ShapesModelBenchmark
             {
                 var px = randn(B * side * side, rows);
                 var grid = tensor(Enumerable.Range(0, B).SelectMany(_ => new long[] { 1, side, side }).ToArray(), [B, 3]);
-                return model.visual.forward(px, grid).pow(2).mean();
+                return model.Visual.forward(px, grid).pow(2).mean();
             }));
         }
         // LM + lm_head + CE: understanding batch and text-to-image batch (prompt + padded image rows + end tokens).
@@ -62,10 +62,10 @@ public static class ShapesModelBenchmark
             const int B = 4;
             Add(Measure("infinity", $"B={B} {L} tokens (pad {lp}), context {ctxEdit}, depth {cfg.Infinity.Depth}", B, repeats, () =>
             {
-                var sos = model.sos_embedding.weight!.narrow(0, cfg.ImageGen.StartId, 1).expand(B, -1);
-                var prefix = model.vargpt_gen.Prefix(sos, randn(B, L - 1, d).sign() / Math.Sqrt(d), schedule);
+                var sos = model.SosEmbedding.weight!.narrow(0, cfg.ImageGen.StartId, 1).expand(B, -1);
+                var prefix = model.VargptGen.Prefix(sos, randn(B, L - 1, d).sign() / Math.Sqrt(d), schedule);
                 var kv = new CrossAttnKv(randn(B * ctxEdit, cfg.Infinity.EmbedDim), Enumerable.Range(0, B + 1).Select(b => b * ctxEdit).ToArray());
-                return model.vargpt_gen.ForwardDecoder(prefix.XBLC, kv, prefix.Ada, prefix.Cond, schedule, prefix.AttnMask).pow(2).mean();
+                return model.VargptGen.ForwardDecoder(prefix.XBLC, kv, prefix.Ada, prefix.Cond, schedule, prefix.AttnMask).pow(2).mean();
             }));
         }
         // Whole text-to-image SFT step: Infinity prefix → image_gen_projector → LM over prompt + image rows →
@@ -76,18 +76,18 @@ public static class ShapesModelBenchmark
             Add(Measure("sft text-to-image", $"B={B} LM L={len} + Infinity {lp}", B, repeats, () =>
             {
                 using var scope = NewDisposeScope();
-                var sos = model.sos_embedding.weight!.narrow(0, cfg.ImageGen.StartId, 1).expand(B, -1);
+                var sos = model.SosEmbedding.weight!.narrow(0, cfg.ImageGen.StartId, 1).expand(B, -1);
                 var x = randn(B, L - 1, d).sign() / Math.Sqrt(d);
-                var prefix = model.vargpt_gen.Prefix(sos, x, schedule);
-                var imageRows = model.image_gen_projector.forward(prefix.XBLC);
+                var prefix = model.VargptGen.Prefix(sos, x, schedule);
+                var imageRows = model.ImageGenProjector.forward(prefix.XBLC);
                 var text = model.model.embed_tokens.forward(randint(cfg.VocabSize, [B, promptT2I]));
                 var tail = model.model.embed_tokens.forward(randint(cfg.VocabSize, [B, 3]));
                 var h = model.model.forward(cat([text, imageRows, tail], 1));
                 var textLoss = nn.functional.cross_entropy(model.lm_head.forward(h).reshape(-1, cfg.VocabSize), randint(cfg.VocabSize, [B * len]));
-                var y = model.image_gen_projector_out.forward(h.narrow(1, promptT2I, lp));
-                var ctx = model.image_gen_projector_out.forward(h.narrow(1, 0, promptT2I - 1)).reshape(-1, cfg.Infinity.EmbedDim);
+                var y = model.ImageGenProjectorOut.forward(h.narrow(1, promptT2I, lp));
+                var ctx = model.ImageGenProjectorOut.forward(h.narrow(1, 0, promptT2I - 1)).reshape(-1, cfg.Infinity.EmbedDim);
                 var kv = new CrossAttnKv(ctx, Enumerable.Range(0, B + 1).Select(b => b * (promptT2I - 1)).ToArray());
-                var logits = model.vargpt_gen.ForwardDecoder(y, kv, prefix.Ada, prefix.Cond, schedule, prefix.AttnMask);
+                var logits = model.VargptGen.ForwardDecoder(y, kv, prefix.Ada, prefix.Cond, schedule, prefix.AttnMask);
                 var bitLoss = nn.functional.cross_entropy(logits.reshape(-1, 2), randint(2, [B * L * d]));
                 return (textLoss + bitLoss * 3).MoveToOuterDisposeScope();
             }));

@@ -115,7 +115,7 @@ public static class VaeTraining
         VaeEvaluation bf16;
         using (var v16 = new BsqVae(vaeCfg, dtype: ScalarType.BFloat16))
         {
-            v16.LoadStateDict(Prefixed(vae).ToDictionary(kv => kv.Key, kv => kv.Value), source: weights);
+            StateDict.Load(v16, Prefixed(vae).ToDictionary(kv => kv.Key, kv => kv.Value), new StateDictOptions { Prefix = BsqVae.CheckpointPrefix });
             bf16 = Evaluate(v16, schedule, evalWorld, o.EvalImages, o.Seed);
         }
         log.WriteLine("eval " + bf16);

@@ -43,7 +43,7 @@ public class VaeTrainingTests(ITestOutputHelper output)
         Assert.All(f.Tensors.Keys, k => Assert.StartsWith("vae_local.", k));
         using var vae = new BsqVae(VaeTraining.VaeConfigOf(Tiny));
         var sd = f.Tensors.Keys.ToDictionary(k => k, k => f.Load(k));
-        vae.LoadStateDict(sd, source: r1.WeightsPath);
+        StateDict.Load(vae, sd, new StateDictOptions { Prefix = BsqVae.CheckpointPrefix });
         Assert.True(File.Exists(Path.Combine(d1.Path, VaeTraining.EvalFile)));
         Assert.InRange(r1.Fp32.BitStability, 0, 1);
     }
