@@ -20,12 +20,18 @@ public static class Program
             ChatCommand.Create(),
             BenchCommand.Create(),
             FixturesCommand.Create(),
+            TrainCommand.Create(),
+            GenerateCommand.Create(),
+            EditCommand.Create(),
+            ShapesCommand.Create(),
         };
         root.WithExamples(
             "vargpt info ~/models/VARGPT-v1.1          # what a checkpoint folder holds",
             "vargpt init --preset tiny --out /tmp/tiny # a random test-sized checkpoint",
             "vargpt bench machine                      # memory bandwidth, matmul FLOP/s",
-            "vargpt fixtures check ../shared/golden    # numerical checks against the official code");
+            "vargpt fixtures check ../shared/golden    # numerical checks against the official code",
+            "vargpt train sft my_sft.yaml               # fine-tune (LLaMA-Factory style yaml)",
+            "vargpt shapes data --out data/shapes      # the ShapesWorld toy dataset");
         return root;
     }
 

@@ -51,3 +51,4 @@ public static class TorchTestSetup
         torch.set_num_threads(1);
     }
 }
+

@@ -17,6 +17,7 @@ public static class BenchCommand
         {
             Machine(),
             BenchChatCommand.Create(),
+            BenchGenerateCommand.Create(),
         };
         bench.WithExamples("vargpt bench machine", "vargpt bench machine --json");
         return bench;

@@ -22,8 +22,9 @@ public static class InfoCommand
     public static Command Create()
     {
         var dir = new Argument<string>("DIR") { Description = "Checkpoint folder: config.json, generation_config.json, preprocessor_config.json, model.safetensors or a sharded model.safetensors.index.json." };
-        var cmd = new Command("info", "Summarise a checkpoint folder (configs; parameters, bytes and dtypes per component) without loading weights.")
-        { dir };
+        var strict = new Option<bool>("--strict") { Description = "Exit with code 1 if the weights do not match the architecture of config.json (missing/unexpected keys, shape mismatches)." };
+        var cmd = new Command("info", "Summarise a checkpoint folder (configs; parameters, bytes and dtypes per component; key audit) without loading weights.")
+        { dir, strict };
         cmd.WithDetails(
             """
             Reads config.json, generation_config.json and preprocessor_config.json when present, and only the
@@ -33,15 +34,15 @@ public static class InfoCommand
             anything else is listed as "other".
             With a config.json, the architecture it describes is built on the META device (no memory) and the files
             are checked against it: the "architecture" column gives the expected parameters per component, then
-            missing/unexpected keys and shape mismatches are listed (exit code 1 if there are any), and floating
+            missing/unexpected keys and shape mismatches are listed (exit code 1 with --strict), and floating
             tensors stored in a dtype other than config torch_dtype.
             """);
-        cmd.WithExamples("vargpt info ~/models/VARGPT-v1.1");
-        cmd.SetAction(parse => Run(parse.GetRequiredValue(dir), parse.InvocationConfiguration.Output));
+        cmd.WithExamples("vargpt info ~/models/VARGPT-v1.1", "vargpt info --strict /tmp/vargpt-tiny   # exit 1 unless every key and shape matches");
+        cmd.SetAction(parse => Run(parse.GetRequiredValue(dir), parse.GetValue(strict), parse.InvocationConfiguration.Output));
         return cmd;
     }
 
-    static int Run(string dir, TextWriter o)
+    static int Run(string dir, bool strict, TextWriter o)
     {
         var full = Path.GetFullPath(dir);
         if (!Directory.Exists(full)) throw new UserErrorException($"checkpoint folder not found: {full}");
@@ -67,25 +68,25 @@ public static class InfoCommand
             catch (Exception e) when (e is ArgumentException or NotSupportedException or InvalidDataException)
             {
                 o.WriteLine($"architecture: cannot be built from config.json ({e.Message})");
-                return ExitCodes.Failed;
+                return strict ? ExitCodes.Failed : ExitCodes.Ok;
             }
         }
 
-        if (!hasWeights)
+        if (arch != null)
         {
-            o.WriteLine("weights: absent");
-            if (arch != null) PrintComponents(arch.Select(t => (t.Name, t.ElementCount, t.Entry.ByteLength, SafeTensorsFile.FromScalarType(t.DType))).ToList(), null, o,
-                "architecture from config.json (expected weights):");
-            return ExitCodes.Ok;
+            o.WriteLine($"architecture from config.json: {arch.Count} tensors, {Count(arch.Sum(t => t.ElementCount))} parameters, {Bytes(arch.Sum(t => t.Entry.ByteLength))} in {config!.TorchDtype}");
+            PrintComponents(arch.Select(t => (t.Name, t.ElementCount, t.Entry.ByteLength, SafeTensorsFile.FromScalarType(t.DType))).ToList(), o);
         }
+        if (!hasWeights) { o.WriteLine("weights: absent"); return ExitCodes.Ok; }
         using var r = CheckpointReader.Open(full);
         o.WriteLine($"weights: {r.Files.Count} file{(r.Files.Count == 1 ? "" : "s")}{(r.IndexPath != null ? " (sharded, " + CheckpointReader.IndexFileName + ")" : "")}, {r.Tensors.Count} tensors, {Count(r.Tensors.Values.Sum(t => t.ElementCount))} parameters, {Bytes(r.TotalBytes)}");
-        PrintComponents(r.Tensors.Values.Select(t => (t.Name, t.ElementCount, t.ByteLength, t.DType)).ToList(), arch, o, null);
-        return arch == null ? ExitCodes.Ok : PrintAudit(config!, arch, r, o);
+        PrintComponents(r.Tensors.Values.Select(t => (t.Name, t.ElementCount, t.ByteLength, t.DType)).ToList(), o);
+        bool match = arch == null || PrintAudit(config!, arch, r, o);
+        return strict && !match ? ExitCodes.Failed : ExitCodes.Ok;
     }
 
     /// <summary>Missing/unexpected keys and shape mismatches against the architecture, and floating dtypes other than torch_dtype.</summary>
-    static int PrintAudit(VargptConfig config, IReadOnlyList<ArchitectureTensor> arch, CheckpointReader r, TextWriter o)
+    static bool PrintAudit(VargptConfig config, IReadOnlyList<ArchitectureTensor> arch, CheckpointReader r, TextWriter o)
     {
         var cmp = StateDict.Compare(arch.ToDictionary(t => t.Name, t => t.Shape, StringComparer.Ordinal),
             r.Tensors.ToDictionary(kv => kv.Key, kv => kv.Value.Shape, StringComparer.Ordinal));
@@ -97,7 +98,7 @@ public static class InfoCommand
         var otherDtype = r.Tensors.Values.Where(t => t.DType is "F64" or "F32" or "F16" or "BF16" && t.DType != want).OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
         if (otherDtype.Count > 0)
             List($"floating tensors not stored as torch_dtype {config.TorchDtype} ({want}; converted on load)", otherDtype.Select(t => $"{t.Name} {t.DType}").ToList(), o);
-        return cmp.IsMatch ? ExitCodes.Ok : ExitCodes.Failed;
+        return cmp.IsMatch;
     }
 
     static void List(string title, IReadOnlyList<string> items, TextWriter o, int max = 20)
@@ -133,24 +134,20 @@ public static class InfoCommand
         o.WriteLine($"  pixels {p.MinPixels}..{p.MaxPixels}, patch {p.PatchSize}, temporal_patch {p.TemporalPatchSize}, merge {p.MergeSize}, mean [{string.Join(",", p.ImageMean.Select(F))}], std [{string.Join(",", p.ImageStd.Select(F))}]");
     }
 
-    /// <summary>Tensors/parameters/bytes/dtypes per component; with the architecture, its expected parameter count alongside.</summary>
-    static void PrintComponents(IReadOnlyList<(string Name, long Elements, long Bytes, string DType)> tensors, IReadOnlyList<ArchitectureTensor>? arch, TextWriter o, string? title)
+    /// <summary>Tensors/parameters/bytes/dtypes per component.</summary>
+    static void PrintComponents(IReadOnlyList<(string Name, long Elements, long Bytes, string DType)> tensors, TextWriter o)
     {
-        if (title != null) o.WriteLine(title);
         var groups = tensors.GroupBy(t => ComponentOf(t.Name)).ToDictionary(g => g.Key, g => g.ToList());
-        var expected = arch?.GroupBy(t => ComponentOf(t.Name)).ToDictionary(g => g.Key, g => g.Sum(t => t.ElementCount));
-        var rows = Components.Select(c => c.Name).Append("other").Where(n => groups.ContainsKey(n) || expected?.ContainsKey(n) == true).ToList();
+        var rows = Components.Select(c => c.Name).Append("other").Where(groups.ContainsKey).ToList();
         int w = Math.Max("component".Length, rows.Max(n => n.Length));
-        string expHead = expected != null ? $"  {"architecture",14}" : "";
-        o.WriteLine($"  {"component".PadRight(w)}  {"tensors",8}  {"parameters",14}{expHead}  {"bytes",10}  dtypes");
+        o.WriteLine($"  {"component".PadRight(w)}  {"tensors",8}  {"parameters",14}  {"bytes",10}  dtypes");
         foreach (var name in rows)
         {
-            var ts = groups.GetValueOrDefault(name) ?? [];
+            var ts = groups[name];
             var dtypes = string.Join(", ", ts.GroupBy(t => t.DType).OrderByDescending(g => g.Count()).Select(g => $"{g.Key} x{g.Count()}"));
-            string exp = expected != null ? $"  {Count(expected.GetValueOrDefault(name)),14}" : "";
-            o.WriteLine($"  {name.PadRight(w)}  {ts.Count,8}  {Count(ts.Sum(t => t.Elements)),14}{exp}  {Bytes(ts.Sum(t => t.Bytes)),10}  {dtypes}");
+            o.WriteLine($"  {name.PadRight(w)}  {ts.Count,8}  {Count(ts.Sum(t => t.Elements)),14}  {Bytes(ts.Sum(t => t.Bytes)),10}  {dtypes}");
         }
-        o.WriteLine($"  {"total".PadRight(w)}  {tensors.Count,8}  {Count(tensors.Sum(t => t.Elements)),14}{(expected != null ? $"  {Count(expected.Values.Sum()),14}" : "")}  {Bytes(tensors.Sum(t => t.Bytes)),10}");
+        o.WriteLine($"  {"total".PadRight(w)}  {tensors.Count,8}  {Count(tensors.Sum(t => t.Elements)),14}  {Bytes(tensors.Sum(t => t.Bytes)),10}");
         if (groups.TryGetValue("other", out var other))
             o.WriteLine($"  other = keys outside the VARGPT prefixes, e.g. {string.Join(", ", other.Select(t => t.Name).Order(StringComparer.Ordinal).Take(3))}");
     }

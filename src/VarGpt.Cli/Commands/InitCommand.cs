@@ -26,7 +26,7 @@ public static class InitCommand
             vae_config and vargpt_gen_args), generation_config.json, preprocessor_config.json, the tokenizer files and
             the weights under the official names (model.safetensors, or shards + model.safetensors.index.json above
             5 GB). Weights are N(0, 0.02), norms 1/0, buffers exact; they stream to disk tensor by tensor, so even
-            'full' (9.4B parameters, ~18.8 GB in bf16) needs little memory.
+            'full' (10.9B parameters, 21.9 GB in bf16) needs little memory (3.5 GB peak measured).
             Presets: tiny = test-sized (ShapesWorld tokenizer by default, pn tiny5 = 128x128);
                      small = Qwen2-0.5B-shaped LM + ViT depth 8 + infinity_layer12 + BSQ-VAE d32, pn 0.06M;
                      full = the released VARGPT-v1.1 shapes (vocab 152064, pn 0.25M).

@@ -54,6 +54,11 @@ public static class RandomCheckpoint
         if (dtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
             throw new ArgumentException($"dtype {dtype} is not a floating checkpoint dtype (float32, bfloat16 or float16)");
 
+        foreach (var cp in preset.CustomPns) Generation.ScaleSchedules.Register(cp.Template, cp.Pn, cp.Pixels, cp.RawScales);
+        var pns = Generation.ScaleSchedules.PnsOf(1.0);
+        if (options.Pn is { } pn && !pns.Contains(pn))
+            throw new ArgumentException($"unknown pn '{pn}' for preset '{preset.Name}'; registered for template 1.0: {string.Join(", ", pns)}");
+
         Directory.CreateDirectory(outDir);
         // Tokenizer first: config.json's vocabulary size and special ids are read from the files.
         if (tokDir is null)
@@ -80,9 +85,6 @@ public static class RandomCheckpoint
 
         var configJson = preset.ConfigJson(ids, tokDir ?? outDir, dtype, options.Pn);
         var config = VargptConfig.Parse(JsonDocument.Parse(configJson.ToJsonString()).RootElement, "config.json of preset " + preset.Name);
-        var pns = Generation.ScaleSchedules.PnsOf(1.0);
-        if (!pns.Contains(config.Pn))
-            throw new ArgumentException($"unknown pn '{config.Pn}' for preset '{preset.Name}'; registered for template 1.0: {string.Join(", ", pns)}");
         var indented = new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
         WriteJson(Path.Combine(outDir, "config.json"), configJson, indented);
         WriteJson(Path.Combine(outDir, GenerationConfig.FileName), ModelPreset.GenerationConfigJson(ids), indented);

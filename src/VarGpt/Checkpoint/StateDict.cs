@@ -36,7 +36,8 @@ public sealed record StateDictReport(IReadOnlyList<string> Loaded, IReadOnlyList
 
 /// <summary>
 /// Result of <see cref="StateDict.Compare"/>: module keys matched to checkpoint keys (same shape), and every problem.
-/// Missing = module keys absent from the checkpoint; Unexpected = checkpoint keys (full names) with no module key.
+/// Missing = module keys absent from the checkpoint and Unexpected = checkpoint keys with no module key, both under
+/// their checkpoint names (prefix included); ShapeMismatch names are checkpoint names too.
 /// </summary>
 public sealed record StateDictComparison(IReadOnlyList<(string Name, string Source)> Matched, IReadOnlyList<string> Missing,
     IReadOnlyList<string> Unexpected, IReadOnlyList<ShapeMismatch> ShapeMismatches, IReadOnlyList<string> AllowedMissing, IReadOnlyList<string> AllowedUnexpected)
@@ -127,10 +128,11 @@ public static class StateDict
         {
             if (!src.TryGetValue(name, out var s))
             {
-                (allowMissing.Any(p => p.IsMatch(name)) ? allowedMissing : missing).Add(name);
+                // reported under the checkpoint's name (prefix included): that is what the user can look for in the file
+                (allowMissing.Any(p => p.IsMatch(name)) ? allowedMissing : missing).Add(options.Prefix + name);
                 continue;
             }
-            if (!s.Shape.SequenceEqual(shape)) shapes.Add(new ShapeMismatch(name, shape, s.Shape));
+            if (!s.Shape.SequenceEqual(shape)) shapes.Add(new ShapeMismatch(s.Full, shape, s.Shape));
             else matched.Add((name, s.Full));
         }
         var unexpected = new List<string>();

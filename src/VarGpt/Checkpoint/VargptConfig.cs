@@ -239,7 +239,7 @@ public sealed record VargptConfig
     }
 
     /// <summary>Parses and registers "custom_pn_entries"; a malformed entry or a clash with a registered one names the key.</summary>
-    static ScaleSchedule[] RegisterCustomPns(JsonFields entries)
+    public static ScaleSchedule[] RegisterCustomPns(JsonFields entries)
     {
         var list = new List<ScaleSchedule>();
         foreach (var prop in entries.Element.EnumerateObject())

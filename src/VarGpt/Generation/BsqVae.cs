@@ -110,33 +110,6 @@ public sealed partial class BsqVae : nn.Module
         return (summed!.MoveToOuterDisposeScope(), img.MoveToOuterDisposeScope());
     }
 
-    /// <summary>
-    /// Copies the <paramref name="prefix"/>-ed entries of a state dict into this module strictly: every module key must be
-    /// present with the same shape, and every key under the prefix must be used. Values are converted to each parameter's
-    /// dtype/device (bf16 checkpoints load into fp32 modules and vice versa; the mask stays I64).
-    /// </summary>
-    public void LoadStateDict(IReadOnlyDictionary<string, Tensor> stateDict, string prefix = CheckpointPrefix, string source = "state dict")
-    {
-        var own = state_dict();
-        var theirs = stateDict.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal)).ToHashSet(StringComparer.Ordinal);
-        var missing = own.Keys.Where(k => !theirs.Contains(prefix + k)).ToList();
-        var unexpected = theirs.Where(k => !own.ContainsKey(k[prefix.Length..])).Order(StringComparer.Ordinal).ToList();
-        if (missing.Count > 0 || unexpected.Count > 0)
-            throw new InvalidDataException($"{source}: BSQ-VAE keys do not match (prefix '{prefix}'). " +
-                $"Missing ({missing.Count}): {string.Join(", ", missing.Take(10).Select(k => prefix + k))}{(missing.Count > 10 ? ", ..." : "")}. " +
-                $"Unexpected ({unexpected.Count}): {string.Join(", ", unexpected.Take(10))}{(unexpected.Count > 10 ? ", ..." : "")}.");
-        using var noGrad = no_grad();
-        foreach (var (k, dst) in own)
-        {
-            var src = stateDict[prefix + k];
-            if (!src.shape.SequenceEqual(dst.shape))
-                throw new InvalidDataException($"{source}: '{prefix + k}' has shape [{string.Join(",", src.shape)}], the BSQ-VAE built from vae_config expects [{string.Join(",", dst.shape)}]");
-            if (dst.dtype == ScalarType.Int64 && !src.is_integral())
-                throw new InvalidDataException($"{source}: '{prefix + k}' must be an integer tensor, found {src.dtype}");
-            dst.copy_(src);
-        }
-    }
-
     /// <summary>Official flux_vqgan.Encoder (cnn_type 2d, no attention, use_vae False so conv_out emits d channels).</summary>
     public sealed class Encoder : nn.Module<Tensor, Tensor>
     {

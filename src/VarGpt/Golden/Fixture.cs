@@ -74,6 +74,17 @@ public sealed class Fixture : IDisposable
         return st.Tensors.Keys.ToDictionary(k => k, k => st.Load(k, dtype), StringComparer.Ordinal);
     }
 
+    /// <summary>
+    /// Strictly loads a weights file of this fixture into a module (StateDict.Load: every module key present with its
+    /// shape, no extra key under <paramref name="prefix"/>; values converted to each parameter's dtype).
+    /// </summary>
+    public StateDictReport LoadInto(TorchSharp.torch.nn.Module module, string? file = null, string prefix = "")
+    {
+        var weights = LoadWeights(file);
+        try { return StateDict.Load(module, weights, new StateDictOptions { Prefix = prefix }); }
+        finally { foreach (var t in weights.Values) t.Dispose(); }
+    }
+
     public void Dispose()
     {
         _io?.Dispose();

@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text.Json;
 using VarGpt.Checkpoint;
 using VarGpt.Generation;
@@ -20,22 +19,7 @@ public static class FixtureModels
         if (j.Has("infinity")) cfg = cfg with { Infinity = InfinityConfig.Parse(j.Obj("infinity")) };
         if (j.Has("vae")) cfg = cfg with { Vae = VaeConfig.Parse(j.Obj("vae")) };
         if (j.Has("vargpt_gen_args")) cfg = cfg with { Pn = j.Obj("vargpt_gen_args").Str("pn", cfg.Pn) };
-        if (root.TryGetProperty("custom_pn_entries", out var entries)) RegisterPnEntries(entries);
+        if (j.Has("custom_pn_entries")) VargptConfig.RegisterCustomPns(j.Obj("custom_pn_entries"));
         return cfg;
-    }
-
-    /// <summary>Registers entries like {"1.0/fx5": {"pixel": [h, w], "scales": [[t,h,w], ...]}} (official dynamic_resolution_h_w additions).</summary>
-    public static void RegisterPnEntries(JsonElement entries)
-    {
-        foreach (var e in entries.EnumerateObject())
-        {
-            int slash = e.Name.IndexOf('/');
-            double template = double.Parse(e.Name[..slash], CultureInfo.InvariantCulture);
-            string pn = e.Name[(slash + 1)..];
-            var px = e.Value.GetProperty("pixel");
-            var scales = e.Value.GetProperty("scales").EnumerateArray()
-                .Select(s => new Scale(s[0].GetInt32(), s[1].GetInt32(), s[2].GetInt32())).ToArray();
-            ScaleSchedules.Register(template, pn, (px[0].GetInt32(), px[1].GetInt32()), scales);
-        }
     }
 }

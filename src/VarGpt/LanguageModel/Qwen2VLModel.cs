@@ -42,7 +42,8 @@ public sealed class Qwen2RMSNorm : Module<Tensor, Tensor>
 /// <summary>Official Qwen2MLP: down(silu(gate(x)) * up(x)), no biases.</summary>
 public sealed class Qwen2MLP : Module<Tensor, Tensor>
 {
-    public readonly Linear gate_proj, up_proj, down_proj;
+    // typed Module<Tensor, Tensor> (not the sealed Linear) so LoRA can swap in an adapter-wrapped layer
+    public readonly Module<Tensor, Tensor> gate_proj, up_proj, down_proj;
 
     public Qwen2MLP(VargptConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(Qwen2MLP))
     {
@@ -66,7 +67,8 @@ public sealed class Qwen2MLP : Module<Tensor, Tensor>
 /// </summary>
 public sealed class Qwen2VLAttention : Module
 {
-    public readonly Linear q_proj, k_proj, v_proj, o_proj;
+    // typed Module<Tensor, Tensor> (not the sealed Linear) so LoRA can swap in an adapter-wrapped layer
+    public readonly Module<Tensor, Tensor> q_proj, k_proj, v_proj, o_proj;
     readonly int _numHeads, _numKvHeads, _headDim, _layerIdx;
 
     public Qwen2VLAttention(VargptConfig c, int layerIdx, Device? device = null, ScalarType? dtype = null) : base(nameof(Qwen2VLAttention))

@@ -269,7 +269,8 @@ public sealed record TrainingConfig
         Need(SaveSteps > 0, "save_steps must be > 0");
         Need(SaveTotalLimit is null or > 0, "save_total_limit must be > 0");
         Need(ImageResolution > 0, "image_resolution must be > 0");
-        Need(ImageGenResolution is 256 or 512, $"image_gen_resolution must be 256 or 512 (the resolutions VARGPT-v1.1 was trained at), got {ImageGenResolution}");
+        // VARGPT-v1.1 trained at 256 and 512; any side a registered template-1.0 schedule produces is accepted (checked by the collator)
+        Need(ImageGenResolution > 0, $"image_gen_resolution must be > 0, got {ImageGenResolution}");
         Need(LoraRank > 0, "lora_rank must be > 0");
         Need(LoraDropout is >= 0 and < 1, "lora_dropout must be in [0, 1)");
         Need(PrefBeta > 0, "pref_beta must be > 0");

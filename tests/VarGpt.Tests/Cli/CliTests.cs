@@ -6,6 +6,7 @@ using static TorchSharp.torch;
 namespace VarGpt.Tests.Cli;
 
 /// <summary>Runs the vargpt commands in-process and checks output and exit codes.</summary>
+[Collection(nameof(TorchDefaultsCollection))]
 public class CliTests
 {
     static (int Code, string Out, string Err) Run(params string[] args)

@@ -4,6 +4,7 @@ using static TorchSharp.torch;
 
 namespace VarGpt.Tests.Generation;
 
+[Collection(nameof(TorchDefaultsCollection))]
 public class InfinityTests
 {
     static readonly InfinityConfig Tiny = new()

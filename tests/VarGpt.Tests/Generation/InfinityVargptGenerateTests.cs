@@ -37,9 +37,9 @@ public class InfinityVargptGenerateTests
         using var model = new Infinity(inf);
         using var projIn = new GenPatchMerger(hidden, inf.EmbedDim);
         using var projOut = new GenPatchMerger(inf.EmbedDim, hidden);
-        InfinityForwardFixture.LoadStrict(model, w, "vargpt_gen.", f.Id);
-        InfinityForwardFixture.LoadStrict(projIn, w, "image_gen_projector.", f.Id);
-        InfinityForwardFixture.LoadStrict(projOut, w, "image_gen_projector_out.", f.Id);
+        StateDict.Load(model, w, new StateDictOptions { Prefix = "vargpt_gen." });
+        StateDict.Load(projIn, w, new StateDictOptions { Prefix = "image_gen_projector." });
+        StateDict.Load(projOut, w, new StateDictOptions { Prefix = "image_gen_projector_out." });
         model.eval();
         using var ng = no_grad();
 

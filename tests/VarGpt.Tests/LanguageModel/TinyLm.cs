@@ -21,7 +21,7 @@ internal static class TinyLm
     {
         using var f = new Fixture(weightsDir ?? Dir);
         var model = new VargptForConditionalGeneration(config ?? VargptConfig.Parse(f.Config, f.Id), CPU, dtype, ModelParts.LanguageModel);
-        FixtureWeights.LoadStrict(model, f, f.WeightsFile!);
+        f.LoadInto(model);
         return model;
     }
 

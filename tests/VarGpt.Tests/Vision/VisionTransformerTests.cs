@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 
 namespace VarGpt.Tests.Vision;
 
+[Collection(nameof(TorchDefaultsCollection))]
 public class VisionTransformerTests
 {
     static readonly VisionConfig Tiny = new() { Depth = 2, EmbedDim = 32, NumHeads = 4, HiddenSize = 48, MlpRatio = 4 };

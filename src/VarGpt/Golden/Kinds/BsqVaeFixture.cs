@@ -25,7 +25,7 @@ public sealed class BsqVaeFixture : IFixtureKind
         {
             var foreign = weights.Keys.Where(k => !k.StartsWith(BsqVae.CheckpointPrefix, StringComparison.Ordinal)).ToList();
             if (foreign.Count > 0) throw new InvalidDataException($"{f.Id}: unexpected non-VAE weights: {string.Join(", ", foreign.Take(5))}");
-            vae.LoadStateDict(weights, BsqVae.CheckpointPrefix, f.Id);
+            StateDict.Load(vae, weights, new StateDictOptions { Prefix = BsqVae.CheckpointPrefix });
         }
         finally { foreach (var t in weights.Values) t.Dispose(); }
         return vae;

@@ -21,7 +21,7 @@ public sealed class InfinityForwardFixture : IFixtureKind
         var cfg = InfinityConfig.Parse(new JsonFields(f.Config, f.Id + " config"));
         using var model = new Infinity(cfg);
         model.eval();
-        LoadStrict(model, f.LoadWeights(), "vargpt_gen.", f.Id);
+        f.LoadInto(model, prefix: "vargpt_gen.");
         var schedule = ResolveSchedule(f.Params);
 
         using var ng = no_grad();
@@ -82,23 +82,5 @@ public sealed class InfinityForwardFixture : IFixtureKind
             throw new InvalidDataException($"fixture schedule {pn} differs from the registered one");
         }
         return ScaleSchedules.Register(template, pn, (scales[^1].H * ScaleSchedules.VaeStride, scales[^1].W * ScaleSchedules.VaeStride), scales);
-    }
-
-    /// <summary>Strict load: every module entry must be present under prefix with the same shape, and no extra prefixed key.</summary>
-    internal static void LoadStrict(nn.Module model, Dictionary<string, Tensor> weights, string prefix, string source)
-    {
-        var sd = model.state_dict();
-        var missing = sd.Keys.Where(k => !weights.ContainsKey(prefix + k)).ToList();
-        var unexpected = weights.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal) && !sd.ContainsKey(k[prefix.Length..])).ToList();
-        if (missing.Count > 0 || unexpected.Count > 0)
-            throw new InvalidDataException($"{source}: state dict mismatch under '{prefix}': missing [{string.Join(", ", missing)}], unexpected [{string.Join(", ", unexpected)}]");
-        using var ng = no_grad();
-        foreach (var (k, t) in sd)
-        {
-            var w = weights[prefix + k];
-            if (!w.shape.SequenceEqual(t.shape))
-                throw new InvalidDataException($"{source}: {prefix + k} has shape [{string.Join(",", w.shape)}], model expects [{string.Join(",", t.shape)}]");
-            t.copy_(w);
-        }
     }
 }

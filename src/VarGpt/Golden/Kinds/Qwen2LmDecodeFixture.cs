@@ -20,7 +20,7 @@ public sealed class Qwen2LmDecodeFixture : IFixtureKind
         var config = VargptConfig.Parse(f.Config, f.Id + "/fixture.json config");
         var gen = GenerationFromParams(f.Params, config);
         using var model = new VargptForConditionalGeneration(config, parts: ModelParts.LanguageModel);
-        FixtureWeights.LoadStrict(model, f, f.WeightsFile!);
+        f.LoadInto(model);
         var inputs = new GenerationInputs(f.In("input_ids"), f.In("attention_mask"), null,
             f.Has("in.image_grid_thw") ? f.In("image_grid_thw") : null);
         var options = new GenerationOptions { RecordStepLogits = true, RecordPositions = true };

@@ -29,7 +29,7 @@ public sealed class Qwen2LmForwardFixture : IFixtureKind
         }
 
         using var model = new VargptForConditionalGeneration(config, parts: ModelParts.LanguageModel);
-        FixtureWeights.LoadStrict(model, f, f.WeightsFile!);
+        f.LoadInto(model);
         foreach (var impl in new[] { AttentionImplementation.Eager, AttentionImplementation.Sdpa })
         {
             using var scope = NewDisposeScope();
@@ -45,7 +45,7 @@ public sealed class Qwen2LmForwardFixture : IFixtureKind
         string bf16File = f.Params.TryGetProperty("bf16_weights", out var b) ? b.GetString()! : "weights.bf16.safetensors";
         if (f.Has("out.bf16.logits"))
         {
-            FixtureWeights.LoadStrict(model, f, bf16File);       // widened to float32 on copy, as torch_dtype=float32 loading does
+            f.LoadInto(model, bf16File);       // widened to float32 on copy, as torch_dtype=float32 loading does
             foreach (var impl in new[] { AttentionImplementation.Eager, AttentionImplementation.Sdpa })
             {
                 using var scope = NewDisposeScope();
@@ -57,37 +57,5 @@ public sealed class Qwen2LmForwardFixture : IFixtureKind
             }
         }
         else cmp.Check("bf16.logits", false, "out.bf16.logits missing from io.safetensors");
-    }
-}
-
-/// <summary>
-/// Strict copy of a fixture weights file into a module: every key used, every parameter filled, shapes equal; values
-/// converted to the parameter dtype (bf16 files widen to float32). Interim helper until the shared strict loader lands.
-/// </summary>
-internal static class FixtureWeights
-{
-    public static void LoadStrict(TorchSharp.torch.nn.Module module, Fixture f, string file)
-    {
-        var weights = f.LoadWeights(file);
-        try
-        {
-            var target = module.state_dict();
-            var missing = target.Keys.Where(k => !weights.ContainsKey(k)).ToList();
-            var unexpected = weights.Keys.Where(k => !target.ContainsKey(k)).ToList();
-            if (missing.Count > 0 || unexpected.Count > 0)
-                throw new InvalidDataException($"{f.Id}/{file}: missing keys [{string.Join(", ", missing)}]; unexpected keys [{string.Join(", ", unexpected)}]");
-            using var noGrad = no_grad();
-            foreach (var (name, dst) in target)
-            {
-                var src = weights[name];
-                if (!src.shape.SequenceEqual(dst.shape))
-                    throw new InvalidDataException($"{f.Id}/{file}: {name} has shape [{string.Join(",", src.shape)}], the model expects [{string.Join(",", dst.shape)}]");
-                dst.copy_(src);
-            }
-        }
-        finally
-        {
-            foreach (var t in weights.Values) t.Dispose();
-        }
     }
 }

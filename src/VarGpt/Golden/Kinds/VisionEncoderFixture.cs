@@ -17,7 +17,7 @@ public sealed class VisionEncoderFixture : IFixtureKind
         double atol = f.Atol("atol"), rtol = f.Atol("rtol");
         var cfg = VisionConfig.Parse(new JsonFields(f.Config.GetProperty("vision_config"), $"{f.Id} config -> vision_config"));
         using var model = new Qwen2VisionTransformerPretrainedModel(cfg);
-        LoadStrict(model, f.LoadWeights(), "visual.", f.Id);
+        f.LoadInto(model, prefix: "visual.");
         model.eval();
 
         using var noGrad = no_grad();
@@ -33,24 +33,5 @@ public sealed class VisionEncoderFixture : IFixtureKind
         cmp.Close("rotary_pos_emb", model.RotPosEmb(grid), f.Out("rotary_pos_emb"), atol, rtol);
         cmp.ExactList("cu_seqlens", Qwen2VisionTransformerPretrainedModel.CuSeqlens(grid), f.Out("cu_seqlens").data<long>().ToArray());
         cmp.Close("block_outputs", stack(blockOutputs), f.Out("block_outputs"), atol, rtol);
-    }
-
-    /// <summary>Copies every weight (key minus <paramref name="prefix"/>) into the module's state dict; fails on
-    /// missing, unexpected or mis-shaped entries. (Private until the shared strict loader lands.)</summary>
-    internal static void LoadStrict(nn.Module module, Dictionary<string, Tensor> weights, string prefix, string source)
-    {
-        var sd = module.state_dict();
-        var unexpected = weights.Keys.Where(k => !k.StartsWith(prefix, StringComparison.Ordinal) || !sd.ContainsKey(k[prefix.Length..])).ToList();
-        var missing = sd.Keys.Where(k => !weights.ContainsKey(prefix + k)).ToList();
-        if (unexpected.Count > 0 || missing.Count > 0)
-            throw new InvalidDataException($"{source}: weights do not match the module: missing [{string.Join(", ", missing)}], unexpected [{string.Join(", ", unexpected)}]");
-        using var _ = no_grad();
-        foreach (var (k, dst) in sd)
-        {
-            var src = weights[prefix + k];
-            if (!src.shape.SequenceEqual(dst.shape))
-                throw new InvalidDataException($"{source}: weight '{prefix + k}' has shape [{string.Join(",", src.shape)}], module expects [{string.Join(",", dst.shape)}]");
-            dst.copy_(src);
-        }
     }
 }

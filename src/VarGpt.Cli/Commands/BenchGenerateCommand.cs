@@ -1,0 +1,97 @@
+using System.CommandLine;
+using VarGpt.Benchmarks;
+using VarGpt.Checkpoint;
+using VarGpt.Model;
+using VarGpt.Torch;
+
+namespace VarGpt.Cli.Commands;
+
+/// <summary>vargpt bench generate --preset tiny|small|full: seconds per image and per scale, peak RSS, multiple of the FLOP bound.</summary>
+public static class BenchGenerateCommand
+{
+    public static Command Create()
+    {
+        var preset = new Option<string?>("--preset") { Description = "Random checkpoint to create and time: tiny, small or full (released shapes, ~18.8 GB bf16 on disk)." };
+        var modelDir = new Option<string?>("--model", "-m") { Description = "Time an existing model folder instead of a preset." };
+        var tokenizer = new Option<string?>("--tokenizer") { Description = "Tokenizer folder for the small/full presets (Qwen2-VL layout with the <|image_gen_*|> tokens)." };
+        var work = new Option<string?>("--work-dir") { Description = "Where the preset checkpoint is written (default: /tmp/vargpt-<preset>-gen); deleted afterwards unless --keep." };
+        var keep = new Option<bool>("--keep") { Description = "Keep the preset checkpoint folder." };
+        var dtype = new Option<string?>("--dtype") { Description = "Compute dtype (default: the preset's stored dtype; bf16 for small/full, float32 for tiny)." };
+        var images = new Option<int>("--images") { Description = "Timed images.", DefaultValueFactory = _ => 1 };
+        var warmup = new Option<int>("--warmup") { Description = "Untimed images first.", DefaultValueFactory = _ => 0 };
+        var cfg = new Option<double>("--cfg") { Description = "Guidance (1 = one branch).", DefaultValueFactory = _ => 3.0 };
+        var pixels = new Option<string?>("--pixels") { Description = "Pixel budget (default: the checkpoint's: tiny5 / 0.06M / 0.25M)." };
+        var json = BenchCommand.JsonOption();
+        var threads = BenchCommand.ThreadsOption();
+        var cmd = new Command("generate", "Time text-to-image generation: seconds per image and per scale, peak RSS, time as a multiple of the matmul FLOP bound.")
+        { preset, modelDir, tokenizer, work, keep, dtype, images, warmup, cfg, pixels, json, threads };
+        cmd.WithDetails(
+            """
+            With --preset the command writes a random checkpoint of that size (vargpt init), loads it (language model +
+            generation half; no vision tower), forces <|image_gen_start|> (random weights never emit it), times
+            GenerateImage with the official sampling settings and deletes the checkpoint. The FLOP bound is
+            2 x active parameters per image token (LLM layers, projectors, Infinity; no embedding or lm_head)
+            x image tokens x branches (2 with CFG) / measured matmul FLOP/s of the compute dtype; attention scores,
+            the prefill and the VAE decode are not counted. 'full' needs ~19 GB of RAM and disk and takes long on a CPU.
+            """);
+        cmd.WithExamples(
+            "vargpt bench generate --preset tiny",
+            "vargpt bench generate --preset small --tokenizer ../shared/tokenizers/qwen2-vl --json",
+            "vargpt bench generate --preset full --tokenizer ../shared/tokenizers/qwen2-vl   # the released shapes, 512x512",
+            "vargpt bench generate --model ~/models/VARGPT-v1.1 --images 2");
+        cmd.SetAction(parse =>
+        {
+            BenchCommand.ApplyThreads(parse.GetValue(threads));
+            var o = parse.InvocationConfiguration.Output;
+            var log = parse.InvocationConfiguration.Error;
+            string? presetName = parse.GetValue(preset), dir = parse.GetValue(modelDir);
+            if ((presetName is null) == (dir is null)) throw new UserErrorException("give either --preset tiny|small|full or --model DIR");
+            int n = parse.GetValue(images), w = parse.GetValue(warmup);
+            if (n < 1) throw new UserErrorException($"--images must be at least 1, got {n}");
+            if (w < 0) throw new UserErrorException($"--warmup must be ≥ 0, got {w}");
+            ModelPreset? p = null;
+            bool created = false;
+            if (presetName is not null)
+            {
+                try { p = ModelPresets.Get(presetName); }
+                catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+                dir = Path.GetFullPath(parse.GetValue(work) ?? Path.Combine(Path.GetTempPath(), $"vargpt-{p.Name}-gen"));
+                log.WriteLine($"writing a random '{p.Name}' checkpoint to {dir}...");
+                RandomCheckpoint.Create(p, dir, new RandomCheckpointOptions { TokenizerDir = parse.GetValue(tokenizer), Force = true }, log);
+                created = true;
+            }
+            try
+            {
+                var dt = parse.GetValue(dtype) is { } s ? ParseDType(s) : p?.DefaultDType ?? TorchSharp.torch.ScalarType.BFloat16;
+                log.WriteLine($"loading {dir} ({TorchRuntime.DTypeName(dt)})...");
+                using var model = VargptImages.Load(Path.GetFullPath(dir!), new PipelineOptions { DType = dt, Parts = ModelParts.LanguageModel | ModelParts.Generation });
+                var options = new GenerationBenchOptions
+                {
+                    Images = n, Warmup = w,
+                    Image = new ImageOptions { ForceImageStart = true, Seed = 0, Cfg = parse.GetValue(cfg), Pn = parse.GetValue(pixels) },
+                };
+                BenchRecord r;
+                try { r = VargptImagesBenchmark.Run(model, options, log); }
+                catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+                if (p is not null) r.Set("preset", p.Name);
+                BenchCommand.Print(r, parse.GetValue(json), o);
+                return ExitCodes.Ok;
+            }
+            finally
+            {
+                if (created && !parse.GetValue(keep))
+                {
+                    log.WriteLine($"deleting {dir}");
+                    Directory.Delete(dir!, recursive: true);
+                }
+            }
+        });
+        return cmd;
+    }
+
+    static TorchSharp.torch.ScalarType ParseDType(string s)
+    {
+        try { return TorchRuntime.ParseDType(s); }
+        catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+    }
+}

@@ -1,0 +1,192 @@
+using VarGpt.Checkpoint;
+using System.CommandLine;
+using System.Globalization;
+using VarGpt.Model;
+using VarGpt.ShapesWorld;
+using VarGpt.Training;
+using static TorchSharp.torch;
+
+namespace VarGpt.Cli.Commands;
+
+/// <summary>vargpt shapes data | train-vae | bench: the ShapesWorld toy world and the recipe of the shipped small model (docs/shapesworld.md).</summary>
+public static class ShapesCommand
+{
+    public static Command Create()
+    {
+        var cmd = new Command("shapes", "ShapesWorld: synthetic understanding / text-to-image / editing data and the small model trained on it.")
+        {
+            DataCommand(), TrainVaeCommand(), EvalVaeCommand(), BenchCommand(),
+        };
+        cmd.WithExamples(
+            "vargpt shapes data --out data/shapes --train 20000 --eval 500 --seed 0",
+            "vargpt shapes train-vae --out runs/vae --seed 0",
+            "vargpt shapes bench");
+        return cmd;
+    }
+
+    static Option<int> SeedOption() => new("--seed") { Description = "Seed: the output depends only on it (and the other options).", DefaultValueFactory = _ => 0 };
+    static Option<int> ThreadsOption() => new("--threads") { Description = "libtorch intra-op threads (default: all cores).", DefaultValueFactory = _ => Environment.ProcessorCount };
+
+    static Command DataCommand()
+    {
+        var output = new Option<string>("--out") { Description = "Dataset folder to write (created if missing).", Required = true };
+        var train = new Option<int>("--train") { Description = "Number of training samples.", DefaultValueFactory = _ => 10000 };
+        var eval = new Option<int>("--eval") { Description = "Number of held-out samples (each shows a held-out shape×colour×position).", DefaultValueFactory = _ => 500 };
+        var seed = SeedOption();
+        var size = new Option<int>("--image-size") { Description = "Side of the rendered PNGs.", DefaultValueFactory = _ => 128 };
+        var jitter = new Option<float>("--jitter") { Description = $"Uniform box-centre jitter, fraction of the side (0..{ShapesPalette.MaxJitter.ToString(CultureInfo.InvariantCulture)}).", DefaultValueFactory = _ => 0f };
+        var cmd = new Command("data",
+            """
+            Write a ShapesWorld dataset in the official LLaMA-Factory sharegpt layout: dataset_info.json,
+            shapesworld_train.json / shapesworld_eval.json (messages with <image> / <image_gen> placeholders,
+            image paths relative to the folder), PNGs under images/, and *_truth.json (scenes, requested spec,
+            edit, exact answer) for scoring. Task mix: 30% understanding, 10% description, 35% text-to-image,
+            25% editing.
+            """)
+        { output, train, eval, seed, size, jitter };
+        cmd.WithExamples("vargpt shapes data --out data/shapes --train 20000 --eval 500 --seed 0");
+        cmd.SetAction(p =>
+        {
+            var o = p.InvocationConfiguration.Output;
+            int nTrain = p.GetValue(train), nEval = p.GetValue(eval);
+            if (nTrain < 0 || nEval < 0) throw new UserErrorException("--train and --eval must be ≥ 0");
+            float j = p.GetValue(jitter);
+            if (j < 0 || j > ShapesPalette.MaxJitter) throw new UserErrorException($"--jitter must be in [0, {ShapesPalette.MaxJitter.ToString(CultureInfo.InvariantCulture)}], got {j.ToString(CultureInfo.InvariantCulture)}");
+            ShapesWorldGenerator gen;
+            try { gen = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = p.GetValue(seed), ImageSize = p.GetValue(size), PositionJitter = j }); }
+            catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+            if (p.GetValue(size) < 16) throw new UserErrorException("--image-size must be at least 16");
+            var dir = Path.GetFullPath(p.GetRequiredValue(output));
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            ShapesDataset.Write(dir, gen, nTrain, nEval);
+            foreach (var (name, n) in new[] { (ShapesDataset.TrainName, nTrain), (ShapesDataset.EvalName, nEval) })
+            {
+                var truth = ShapesDataset.ReadTruth(dir, name);
+                var kinds = string.Join(", ", truth.GroupBy(s => s.Kind).OrderBy(g => g.Key).Select(g => $"{g.Key} {g.Count()}"));
+                o.WriteLine($"{name}: {n} samples ({kinds}), {truth.Sum(s => s.Images.Count)} images");
+            }
+            o.WriteLine($"wrote {dir} in {sw.Elapsed.TotalSeconds:F1} s");
+            return ExitCodes.Ok;
+        });
+        return cmd;
+    }
+
+    static Command TrainVaeCommand()
+    {
+        var output = new Option<string>("--out") { Description = "Run folder: checkpoints, train_log.jsonl, loss plot, vae.safetensors, vae_eval.json.", Required = true };
+        var seed = SeedOption();
+        var minutes = new Option<double?>("--minutes") { Description = "Wall-clock cap; the run stops early (weights still written, --resume continues)." };
+        var d = new VaeTrainingOptions { OutputDir = "" };
+        var steps = new Option<int>("--steps") { Description = "Optimizer steps.", DefaultValueFactory = _ => d.Steps };
+        var batch = new Option<int>("--batch") { Description = "Images per step (rendered on the fly).", DefaultValueFactory = _ => d.BatchSize };
+        var lr = new Option<double>("--lr") { Description = "Peak learning rate (AdamW β 0.9/0.95, warmup 5%, cosine).", DefaultValueFactory = _ => d.LearningRate };
+        var evalN = new Option<int>("--eval-images") { Description = "Held-out renders for the final evaluation.", DefaultValueFactory = _ => d.EvalImages };
+        var resume = new Option<bool>("--resume") { Description = "Continue from the latest checkpoint in --out." };
+        var threads = ThreadsOption();
+        var cmd = new Command("train-vae",
+            """
+            Train the ShapesWorld BSQ-VAE (the vae_local of the small model: sizes from ShapesModelConfig) from scratch
+            on rendered scenes: encoder → multi-scale BSQ with straight-through bits → decoder, loss = L1 + L2 +
+            0.5·edge + 0.25·commitment. Then evaluates held-out renders through encode → bits → decode (PSNR, ShapesScorer
+            accuracy, bit stability under input noise, scorer accuracy with 2% of the bits flipped) for fp32 and bf16
+            weights. Deterministic from --seed for a fixed thread count; resumable.
+            """)
+        { output, seed, minutes, steps, batch, lr, evalN, resume, threads };
+        cmd.WithExamples("vargpt shapes train-vae --out runs/vae --seed 0", "vargpt shapes train-vae --out runs/vae --resume");
+        cmd.SetAction(p =>
+        {
+            TrainerReproducibility.RequestStrictBlas();
+            set_num_threads(Math.Max(1, p.GetValue(threads)));
+            if (p.GetValue(steps) < 1 || p.GetValue(batch) < 1) throw new UserErrorException("--steps and --batch must be ≥ 1");
+            var opts = new VaeTrainingOptions
+            {
+                OutputDir = Path.GetFullPath(p.GetRequiredValue(output)), Seed = p.GetValue(seed), Minutes = p.GetValue(minutes),
+                Steps = p.GetValue(steps), BatchSize = p.GetValue(batch), LearningRate = p.GetValue(lr), EvalImages = p.GetValue(evalN),
+                Output = p.InvocationConfiguration.Output,
+            };
+            var r = VaeTraining.Train(new ShapesModelConfig(), opts, p.GetValue(resume));
+            return r.Training.Completed ? ExitCodes.Ok : ExitCodes.Failed;
+        });
+        return cmd;
+    }
+
+    static Command EvalVaeCommand()
+    {
+        var weights = new Argument<string>("WEIGHTS") { Description = "vae.safetensors, a trainer checkpoint folder (its model.safetensors) or any safetensors with vae_local.* keys." };
+        var seed = SeedOption();
+        var evalN = new Option<int>("--eval-images") { Description = "Held-out renders.", DefaultValueFactory = _ => 200 };
+        var threads = ThreadsOption();
+        var cmd = new Command("eval-vae", "Evaluate ShapesWorld VAE weights on held-out renders (PSNR, scorer accuracy, bit stability, robustness to flipped bits) in fp32 and bf16.")
+        { weights, seed, evalN, threads };
+        cmd.WithExamples("vargpt shapes eval-vae runs/vae/vae.safetensors", "vargpt shapes eval-vae runs/vae/checkpoint-100");
+        cmd.SetAction(p =>
+        {
+            var o = p.InvocationConfiguration.Output;
+            set_num_threads(Math.Max(1, p.GetValue(threads)));
+            var path = Path.GetFullPath(p.GetRequiredValue(weights));
+            if (Directory.Exists(path)) path = Path.Combine(path, TrainerCheckpoint.ModelFile);
+            if (!File.Exists(path)) throw new UserErrorException($"weights not found: {path}");
+            var sizes = new ShapesModelConfig();
+            var cfg = VaeTraining.VaeConfigOf(sizes);
+            using var f = VarGpt.Checkpoint.SafeTensorsFile.Open(path);
+            var sd = f.Tensors.Keys.Where(k => k.StartsWith(VarGpt.Generation.BsqVae.CheckpointPrefix, StringComparison.Ordinal)).ToDictionary(k => k, k => f.Load(k));
+            var schedule = sizes.Scales.Select(s => s with { T = 1 }).ToArray();
+            var world = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = p.GetValue(seed), ImageSize = sizes.ImageSize });
+            foreach (var dt in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+            {
+                using var vae = new VarGpt.Generation.BsqVae(cfg, dtype: dt);
+                StateDict.Load(vae, sd, new StateDictOptions { Prefix = VarGpt.Generation.BsqVae.CheckpointPrefix });
+                o.WriteLine(VaeTraining.Evaluate(vae, schedule, world, p.GetValue(evalN), p.GetValue(seed)));
+            }
+            return ExitCodes.Ok;
+        });
+        return cmd;
+    }
+
+    static Command BenchCommand()
+    {
+        var repeats = new Option<int>("--repeats") { Description = "Timed repetitions per workload (median; one warm-up first).", DefaultValueFactory = _ => 3 };
+        var threads = ThreadsOption();
+        var cmd = new Command("bench",
+            """
+            Build the ShapesWorld VARGPT from ShapesModelConfig with random weights (float32, CPU) and print its
+            parameters and bf16 bytes per component, then the median forward and forward+backward time of each part
+            (VAE step, vision tower, LM on understanding and text-to-image batches, Infinity, a whole text-to-image SFT
+            step) and of one generated image. Trains the ShapesWorld tokenizer first (a few seconds) for the vocabulary.
+            """)
+        { repeats, threads };
+        cmd.WithExamples("vargpt shapes bench --threads 2");
+        cmd.SetAction(p =>
+        {
+            var o = p.InvocationConfiguration.Output;
+            set_num_threads(Math.Max(1, p.GetValue(threads)));
+            var sizes = new ShapesModelConfig();
+            var tok = BpeTrainer.TrainShapesWorld();
+            var cfg = sizes.ToVargptConfig(tok);
+            manual_seed(0);
+            using var model = new VargptForConditionalGeneration(cfg, CPU, ScalarType.Float32);
+            PrintParameters(model, o);
+            o.WriteLine($"threads {get_num_threads()}");
+            ShapesModelBenchmark.Run(model, sizes, Math.Max(1, p.GetValue(repeats)), o);
+            return ExitCodes.Ok;
+        });
+        return cmd;
+    }
+
+    /// <summary>Parameters and bf16 bytes per component (same grouping as 'vargpt info').</summary>
+    internal static void PrintParameters(VargptForConditionalGeneration model, TextWriter o)
+    {
+        var counts = InfoCommand.Components.ToDictionary(c => c.Name, _ => (N: 0L, Bytes: 0L));
+        (long N, long Bytes) total = (0, 0);
+        foreach (var (name, t) in model.state_dict())
+        {
+            var comp = InfoCommand.Components.FirstOrDefault(c => c.Prefixes.Any(pre => name.StartsWith(pre, StringComparison.Ordinal))).Name ?? "other";
+            long bytes = t.numel() * (t.is_floating_point() ? 2 : t.ElementSize); // floats stored as bf16; the I64 lfq.mask stays I64
+            var c = counts.GetValueOrDefault(comp);
+            counts[comp] = (c.N + t.numel(), c.Bytes + bytes);
+            total = (total.N + t.numel(), total.Bytes + bytes);
+        }
+        foreach (var (name, c) in counts.Append(new("total", total)))
+            o.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{name,-18} {c.N,12:N0} params {c.Bytes / 1e6,8:F2} MB bf16"));
+    }
+}

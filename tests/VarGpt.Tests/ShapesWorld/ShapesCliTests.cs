@@ -1,0 +1,48 @@
+using System.Text.Json.Nodes;
+using VarGpt.Cli;
+using VarGpt.ShapesWorld;
+using VarGpt.Training.Data;
+
+namespace VarGpt.Tests.ShapesWorld;
+
+public class ShapesCliTests
+{
+    static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var o = new StringWriter();
+        var e = new StringWriter();
+        int code = CliRunner.Run(Program.BuildRoot(), args, o, e);
+        return (code, o.ToString(), e.ToString());
+    }
+
+    [Fact]
+    public void Data_writes_a_dataset_the_training_loader_reads()
+    {
+        using var d = TestPaths.Temp();
+        var (code, o, e) = Run("shapes", "data", "--out", d.Path, "--train", "12", "--eval", "5", "--seed", "4");
+        Assert.True(code == 0, e);
+        Assert.Contains("shapesworld_train: 12 samples", o);
+        var info = JsonNode.Parse(File.ReadAllText(d["dataset_info.json"]))!.AsObject();
+        Assert.True(info.ContainsKey(ShapesDataset.TrainName) && info.ContainsKey(ShapesDataset.EvalName));
+        var records = DatasetLoader.Load([ShapesDataset.TrainName], new DatasetLoadOptions { DatasetDir = d.Path, Seed = 0 });
+        Assert.Equal(12, records.Count);
+        Assert.All(records.SelectMany(r => r.Images), im => Assert.True(File.Exists(Path.IsPathRooted(im.Path) ? im.Path : Path.Combine(d.Path, im.Path)), im.Path));
+        var truth = ShapesDataset.ReadTruth(d.Path, ShapesDataset.EvalName);
+        Assert.Equal(5, truth.Count);
+        // Same seed, same dataset.
+        using var d2 = TestPaths.Temp();
+        Assert.Equal(0, Run("shapes", "data", "--out", d2.Path, "--train", "12", "--eval", "5", "--seed", "4").Code);
+        Assert.Equal(File.ReadAllText(d["shapesworld_train.json"]), File.ReadAllText(d2["shapesworld_train.json"]));
+    }
+
+    [Fact]
+    public void Bad_arguments_are_user_errors()
+    {
+        var (code, _, e) = Run("shapes", "data", "--out", "/tmp/x", "--jitter", "0.5");
+        Assert.Equal(2, code);
+        Assert.Contains("--jitter", e);
+        (code, _, e) = Run("shapes", "train-vae");
+        Assert.Equal(2, code);
+        Assert.Contains("--out", e);
+    }
+}
