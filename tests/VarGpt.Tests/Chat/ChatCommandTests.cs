@@ -7,6 +7,8 @@ using VarGpt.Text;
 namespace VarGpt.Tests.Chat;
 
 /// <summary>`vargpt chat` in-process with redirected stdin on the tiny checkpoint.</summary>
+/// <remarks>Loads pipelines (TorchRuntime.DefaultsScope): must not run beside tests that create tensors.</remarks>
+[Collection(nameof(TorchDefaultsCollection))]
 public class ChatCommandTests
 {
     static CancellationToken Ct => TestContext.Current.CancellationToken;
@@ -129,6 +131,8 @@ public class ChatCommandTests
     }
 }
 
+/// <remarks>Loads pipelines (TorchRuntime.DefaultsScope): must not run beside tests that create tensors.</remarks>
+[Collection(nameof(TorchDefaultsCollection))]
 public class BenchChatCommandTests
 {
     [Fact]

@@ -7,6 +7,8 @@ using VarGpt.Vision;
 namespace VarGpt.Tests.Chat;
 
 /// <summary>Every bad input gives an exception whose message names the problem (the CLI prints it as one line, exit 2).</summary>
+/// <remarks>Loads pipelines (TorchRuntime.DefaultsScope): must not run beside tests that create tensors.</remarks>
+[Collection(nameof(TorchDefaultsCollection))]
 public class ChatInputErrorTests
 {
     static CancellationToken Ct => TestContext.Current.CancellationToken;

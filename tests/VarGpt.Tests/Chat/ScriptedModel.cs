@@ -33,11 +33,9 @@ internal static class ScriptedModel
         if (chain.Count - 1 > h) throw new ArgumentException($"a chain of {chain.Count} tokens needs hidden size >= {chain.Count - 1}");
         if (chain.Take(chain.Count - 1).Distinct().Count() != chain.Count - 1) throw new ArgumentException("chain tokens (all but the last) must be distinct");
         using var _ = no_grad();
-        foreach (var layer in m.model.layers)
-        {
-            layer.self_attn.o_proj.weight.zero_();
-            layer.mlp.down_proj.weight.zero_();
-        }
+        foreach (var (name, p) in m.model.layers.named_parameters())
+            if (name.EndsWith("self_attn.o_proj.weight", StringComparison.Ordinal) || name.EndsWith("mlp.down_proj.weight", StringComparison.Ordinal))
+                p.zero_();
         var embed = m.model.embed_tokens.weight!;
         var head = m.lm_head.weight!;
         head.zero_();

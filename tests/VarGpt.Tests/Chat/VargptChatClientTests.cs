@@ -6,6 +6,8 @@ using ChatMessage = Microsoft.Extensions.AI.ChatMessage;
 
 namespace VarGpt.Tests.Chat;
 
+/// <remarks>Loads pipelines (TorchRuntime.DefaultsScope): must not run beside tests that create tensors.</remarks>
+[Collection(nameof(TorchDefaultsCollection))]
 public class VargptChatClientTests
 {
     static CancellationToken Ct => TestContext.Current.CancellationToken;

@@ -5,6 +5,8 @@ using VarGpt.Vision;
 
 namespace VarGpt.Tests.Chat;
 
+/// <remarks>Loads pipelines (TorchRuntime.DefaultsScope): must not run beside tests that create tensors.</remarks>
+[Collection(nameof(TorchDefaultsCollection))]
 public class VargptChatTests
 {
     static CancellationToken Ct => TestContext.Current.CancellationToken;
