@@ -9,13 +9,7 @@ namespace VarGpt.Tests.Cli;
 [Collection(nameof(TorchDefaultsCollection))]
 public class InitInfoBenchCliTests
 {
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int code = CliRunner.Run(Program.BuildRoot(), args, o, e);
-        return (code, o.ToString(), e.ToString());
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => VarGpt.Tests.Cli.CliHarness.Run(args);
 
     [Fact]
     public void Init_tiny_then_info_shows_a_complete_checkpoint()

@@ -10,10 +10,7 @@ public class ImageCliTests
     static (int Code, string Out, string Err) Run(params string[] args)
     {
         TorchTestSetup.Init();
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int code = CliRunner.Run(Program.BuildRoot(), args, o, e);
-        return (code, o.ToString(), e.ToString());
+        return VarGpt.Tests.Cli.CliHarness.Run(args);
     }
 
     [Fact]

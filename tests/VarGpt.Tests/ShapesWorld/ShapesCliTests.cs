@@ -7,13 +7,7 @@ namespace VarGpt.Tests.ShapesWorld;
 
 public class ShapesCliTests
 {
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int code = CliRunner.Run(Program.BuildRoot(), args, o, e);
-        return (code, o.ToString(), e.ToString());
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => VarGpt.Tests.Cli.CliHarness.Run(args);
 
     [Fact]
     public void Data_writes_a_dataset_the_training_loader_reads()
