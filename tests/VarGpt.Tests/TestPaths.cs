@@ -29,6 +29,25 @@ public static class TestPaths
 
     /// <summary>A fresh temporary directory, deleted by the caller's using.</summary>
     public static TempDir Temp() => new();
+
+    /// <summary>
+    /// A temporary directory that lives as long as the test process (shared fixtures such as a tiny checkpoint built
+    /// once); all of them are deleted when the process exits.
+    /// </summary>
+    public static string ProcessTemp(string name)
+    {
+        var dir = Path.Combine(_processTemp.Value, name);
+        Directory.CreateDirectory(dir);
+        return dir;
+    }
+
+    static readonly Lazy<string> _processTemp = new(() =>
+    {
+        var root = Path.Combine(Path.GetTempPath(), $"vargpt-tests-{Environment.ProcessId}-{Guid.NewGuid():N}"[..40]);
+        Directory.CreateDirectory(root);
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => { try { Directory.Delete(root, true); } catch (IOException) { } };
+        return root;
+    });
 }
 
 public sealed class TempDir : IDisposable

@@ -22,9 +22,7 @@ internal static class TinyCheckpoint
     static string Create()
     {
         TorchTestSetup.Init();
-        var dir = Path.Combine(Path.GetTempPath(), "vargpt-chat-tiny-" + Guid.NewGuid().ToString("N")[..10]);
-        Directory.CreateDirectory(dir);
-        AppDomain.CurrentDomain.ProcessExit += (_, _) => { try { Directory.Delete(dir, true); } catch (IOException) { } };
+        var dir = TestPaths.ProcessTemp("chat-tiny");
         Write(dir, seed: 1234);
         return dir;
     }

@@ -25,9 +25,7 @@ public static class TinyImageModel
         lock (Gate)
         {
             if (Built.TryGetValue(key, out var dir)) return dir;
-            dir = Path.Combine(Path.GetTempPath(), $"vargpt-tiny-image-{Environment.ProcessId}-{key}");
-            if (Directory.Exists(dir)) Directory.Delete(dir, true);
-            Directory.CreateDirectory(dir);
+            dir = TestPaths.ProcessTemp("tiny-image-" + key);
             Build(dir, textMaxLen, withGeneration);
             Built[key] = dir;
             return dir;

@@ -37,8 +37,7 @@ public static class TinyVargpt
     {
         var texts = Corpus.SelectMany(t => Enumerable.Repeat(BpeTrainer.ChatText(t, t), 3)).ToList();
         var bpe = BpeTrainer.Train(texts, vocabSize: 400, specialTokens: ByteLevelBpeTokenizer.SpecialTokens);
-        var dir = Path.Combine(Path.GetTempPath(), "vargpt-tiny-tokenizer-" + Environment.ProcessId);
-        Directory.CreateDirectory(dir);
+        var dir = TestPaths.ProcessTemp("tiny-tokenizer");
         bpe.Save(dir);
         return (dir, QwenTokenizer.FromDirectory(dir));
     });
