@@ -22,12 +22,17 @@ public sealed class ModelOptions
         Description = "Compute dtype: float32 (as the official inference scripts), bfloat16 or float16.",
         DefaultValueFactory = _ => "float32",
     };
+    public Option<bool> NoMmap { get; } = new("--no-mmap")
+    {
+        Description = "Copy the weights into memory instead of memory-mapping the safetensors files (CPU default: weights stored in the compute dtype are mapped; see docs/notes/checkpoint-io.md).",
+    };
 
     public void AddTo(Command cmd)
     {
         cmd.Options.Add(Model);
         cmd.Options.Add(Device);
         cmd.Options.Add(DType);
+        cmd.Options.Add(NoMmap);
     }
 
     /// <summary>The model folder: --model, else the VARGPT_MODEL environment variable.</summary>
@@ -51,6 +56,7 @@ public sealed class ModelOptions
                 Device = TorchRuntime.ParseDevice(parse.GetValue(Device)!),
                 DType = TorchRuntime.ParseDType(parse.GetValue(DType)!),
                 Parts = parts,
+                MemoryMap = parse.GetValue(NoMmap) ? false : null,
             };
         }
         catch (ArgumentException e) { throw new UserErrorException(e.Message); }

@@ -148,6 +148,9 @@ public sealed class CheckpointReader : IDisposable
     /// <summary>Copies one tensor into an existing tensor of the same shape, converting dtype/device.</summary>
     public void LoadInto(string name, Tensor target) => Owner(name).LoadInto(name, target);
 
+    /// <summary>Zero-copy memory-mapped CPU view of one tensor in its stored dtype, or null if it is not aligned (see <see cref="SafeTensorsFile.MapView"/>).</summary>
+    public Tensor? MapView(string name) => Owner(name).MapView(name);
+
     public void Dispose()
     {
         foreach (var f in _files) f.Dispose();

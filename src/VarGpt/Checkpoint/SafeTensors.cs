@@ -34,6 +34,8 @@ public sealed class SafeTensorsFile : IDisposable
     readonly Dictionary<string, SafeTensorInfo> _tensors = new(StringComparer.Ordinal);
     readonly Dictionary<string, string> _metadata = new(StringComparer.Ordinal);
     readonly FileStream _stream;
+    /// <summary>Private (copy-on-write) mappings of the whole file, one per element type viewed through it.</summary>
+    readonly Dictionary<ScalarType, Tensor> _maps = new();
 
     /// <summary>Staging buffer size when converting dtype/device (bounds the extra memory of a load).</summary>
     const long ConvertChunkBytes = 16L << 20;
@@ -233,6 +235,32 @@ public sealed class SafeTensorsFile : IDisposable
         }
     }
 
+    /// <summary>
+    /// A zero-copy CPU view of one tensor over a MAP_PRIVATE mapping of the file (torch.from_file, shared = false):
+    /// pages stay file-backed (read on first touch, evictable under memory pressure), and a write into the view copies
+    /// that page privately, never reaching the file. The mapping lives as long as any view of it. Null when the
+    /// tensor's absolute offset is not a multiple of its element size (the format does not require alignment; files
+    /// of the official writer and ours are aligned) or when it is empty: the caller then copies instead.
+    /// </summary>
+    public Tensor? MapView(string name)
+    {
+        var info = Info(name);
+        int size = DTypeSize(info.DType);
+        long offset = DataStart + info.Begin;
+        if (info.ByteLength == 0 || offset % size != 0) return null;
+        var dtype = ToScalarType(info.DType);
+        lock (_maps)
+        {
+            if (!_maps.TryGetValue(dtype, out var map))
+            {
+                map = torch.from_file(Path, shared: false, size: FileLength / size, dtype: dtype).DetachFromDisposeScope();
+                _maps[dtype] = map;
+            }
+            using var flat = map.narrow(0, offset / size, info.ElementCount);
+            return flat.view(info.Shape).DetachFromDisposeScope();
+        }
+    }
+
     void ReadBytes(long offset, Span<byte> dst)
     {
         lock (_stream)
@@ -242,7 +270,16 @@ public sealed class SafeTensorsFile : IDisposable
         }
     }
 
-    public void Dispose() => _stream.Dispose();
+    /// <summary>Closes the file; views handed out by <see cref="MapView"/> keep their mapping alive.</summary>
+    public void Dispose()
+    {
+        _stream.Dispose();
+        lock (_maps)
+        {
+            foreach (var m in _maps.Values) m.Dispose();
+            _maps.Clear();
+        }
+    }
 }
 
 /// <summary>

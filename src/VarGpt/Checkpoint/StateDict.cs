@@ -1,3 +1,4 @@
+using System.Reflection;
 using System.Text;
 using System.Text.RegularExpressions;
 using TorchSharp;
@@ -19,6 +20,15 @@ public sealed record StateDictOptions
     public string Prefix { get; init; } = "";
     /// <summary>Called after each copied tensor with (bytes copied so far, total bytes to copy), e.g. for load progress lines.</summary>
     public Action<long, long>? Progress { get; init; }
+    /// <summary>
+    /// Zero-copy loading (checkpoint readers only): a parameter or buffer on the CPU or META device whose dtype equals
+    /// the stored dtype becomes a view of a private memory mapping of its safetensors file instead of a copy (pages
+    /// are read on first touch, stay file-backed and evictable; writes such as training updates copy the touched
+    /// page and never reach the file). Other tensors on META are materialised on the CPU and read; misaligned tensors
+    /// are copied. The module's Parameter objects are replaced (as Module.to(device) does), so build the module on
+    /// META to never allocate the weights twice, and load before creating optimizers. docs/notes/checkpoint-io.md.
+    /// </summary>
+    public bool MemoryMap { get; init; }
 }
 
 public sealed record ShapeMismatch(string Name, long[] Expected, long[] Found)
@@ -29,6 +39,9 @@ public sealed record ShapeMismatch(string Name, long[] Expected, long[] Found)
 /// <summary>What a load did: keys copied, and the missing/unexpected keys the options allowed.</summary>
 public sealed record StateDictReport(IReadOnlyList<string> Loaded, IReadOnlyList<string> Missing, IReadOnlyList<string> Unexpected)
 {
+    /// <summary>Module keys that became memory-mapped views (<see cref="StateDictOptions.MemoryMap"/>).</summary>
+    public IReadOnlyList<string> Mapped { get; init; } = [];
+
     public override string ToString() =>
         $"loaded {Loaded.Count} tensors; allowed missing {Missing.Count}{List(Missing)}; ignored unexpected {Unexpected.Count}{List(Unexpected)}";
     static string List(IReadOnlyList<string> xs) => xs.Count == 0 ? "" : " (" + string.Join(", ", xs.Take(10)) + (xs.Count > 10 ? ", ..." : "") + ")";
@@ -71,13 +84,96 @@ public sealed class StateDictMismatchException(string source, IReadOnlyList<stri
 /// </summary>
 public static class StateDict
 {
-    public static StateDictReport Load(nn.Module module, CheckpointReader source, StateDictOptions? options = null) =>
-        Load(module, source.Tensors.ToDictionary(kv => kv.Key, kv => kv.Value.Shape, StringComparer.Ordinal),
-            source.LoadInto, source.IndexPath ?? source.Files.FirstOrDefault() ?? source.Directory, options);
+    public static StateDictReport Load(nn.Module module, CheckpointReader source, StateDictOptions? options = null)
+    {
+        var shapes = source.Tensors.ToDictionary(kv => kv.Key, kv => kv.Value.Shape, StringComparer.Ordinal);
+        var sourceName = source.IndexPath ?? source.Files.FirstOrDefault() ?? source.Directory;
+        if (options?.MemoryMap != true) return Load(module, shapes, (src, _, target) => source.LoadInto(src, target), sourceName, options);
+
+        var modules = module.named_modules().ToDictionary(m => m.name, m => m.module, StringComparer.Ordinal);
+        var mapped = new List<string>();
+        var report = Load(module, shapes, (src, name, target) =>
+        {
+            if (target.device_type is not (DeviceType.CPU or DeviceType.META)) { source.LoadInto(src, target); return; }
+            var view = source.MapView(src);
+            if (view is not null && view.dtype == target.dtype)
+            {
+                Replace(module, modules, name, view);
+                mapped.Add(name);
+                return;
+            }
+            view?.Dispose();
+            if (target.device_type == DeviceType.META)
+            {
+                var t = torch.empty(target.shape, target.dtype, CPU);
+                source.LoadInto(src, t);
+                Replace(module, modules, name, t);
+            }
+            else source.LoadInto(src, target);
+        }, sourceName, options);
+        // Anything still on META (an allowed-missing key, a non-persistent buffer) has no data: fail now, not mid-forward.
+        var meta = module.named_parameters().Select(p => p.name).Concat(module.named_buffers().Select(b => b.name))
+            .Where(n => Find(module, modules, n).device_type == DeviceType.META).ToList();
+        if (meta.Count > 0)
+            throw new InvalidOperationException($"{sourceName}: {meta.Count} tensors of the module are still on the META device after a memory-mapped load (not in the checkpoint): "
+                + string.Join(", ", meta.Take(10)) + (meta.Count > 10 ? ", ..." : ""));
+        return report with { Mapped = mapped };
+    }
+
+    static (nn.Module Owner, string Leaf) Split(nn.Module root, Dictionary<string, nn.Module> modules, string name)
+    {
+        int dot = name.LastIndexOf('.');
+        return dot < 0 ? (root, name) : (modules[name[..dot]], name[(dot + 1)..]);
+    }
+
+    static Tensor Find(nn.Module root, Dictionary<string, nn.Module> modules, string name)
+    {
+        var (owner, leaf) = Split(root, modules, name);
+        foreach (var (n, p) in owner.named_parameters(recurse: false)) if (n == leaf) return p;
+        foreach (var (n, b) in owner.named_buffers(recurse: false)) if (n == leaf) return b;
+        throw new KeyNotFoundException(name);
+    }
+
+    /// <summary>
+    /// Replaces parameter or buffer <paramref name="name"/> by <paramref name="value"/> the way TorchSharp's Module.to(device)
+    /// does: a settable public property of that name (Linear.weight, ...) or else re-registration plus the field of that name.
+    /// </summary>
+    static void Replace(nn.Module root, Dictionary<string, nn.Module> modules, string name, Tensor value)
+    {
+        var (owner, leaf) = Split(root, modules, name);
+        var type = owner.GetType();
+        var old = Find(root, modules, name);
+        bool isParam = old is TorchSharp.Modules.Parameter;
+        Tensor replacement = isParam ? new TorchSharp.Modules.Parameter(value, old.requires_grad) : value;
+        var prop = type.GetProperties(BindingFlags.Public | BindingFlags.Instance).FirstOrDefault(p => p.Name == leaf && p.CanWrite && p.PropertyType.IsInstanceOfType(replacement));
+        if (prop is not null) prop.SetValue(owner, replacement);
+        else
+        {
+            var register = typeof(nn.Module).GetMethods(BindingFlags.NonPublic | BindingFlags.Instance)
+                .Where(m => m.Name == (isParam ? "ConditionallyRegisterParameter" : "ConditionallyRegisterBuffer"))
+                .Select(m => (Method: m, Params: m.GetParameters()))
+                .Where(m => m.Params.Length >= 2 && m.Params[0].ParameterType == typeof(string) && m.Params[1].ParameterType.IsInstanceOfType(replacement))
+                .OrderByDescending(m => m.Params[1].ParameterType == replacement.GetType())
+                .Select(m => m.Method).FirstOrDefault()
+                ?? throw new MissingMethodException($"TorchSharp Module has no way to re-register '{name}'");
+            var args = new object?[register.GetParameters().Length];
+            args[0] = leaf; args[1] = replacement;
+            for (int i = 2; i < args.Length; i++) args[i] = register.GetParameters()[i].HasDefaultValue ? register.GetParameters()[i].DefaultValue : true;
+            register.Invoke(owner, args);
+            for (var t = type; t is not null && t != typeof(object); t = t.BaseType)
+            {
+                var field = t.GetField(leaf, BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance | BindingFlags.DeclaredOnly);
+                if (field is null) continue;
+                field.SetValue(owner, replacement);
+                break;
+            }
+        }
+        if (!ReferenceEquals(old, replacement)) old.Dispose();
+    }
 
     public static StateDictReport Load(nn.Module module, IReadOnlyDictionary<string, Tensor> source, StateDictOptions? options = null) =>
         Load(module, source.ToDictionary(kv => kv.Key, kv => kv.Value.shape, StringComparer.Ordinal),
-            (name, target) => target.copy_(source[name]), "a tensor dictionary", options);
+            (name, _, target) => target.copy_(source[name]), "a tensor dictionary", options);
 
     /// <summary>Opens a checkpoint (folder, file or index) and loads it.</summary>
     public static StateDictReport Load(nn.Module module, string path, StateDictOptions? options = null)
@@ -86,7 +182,8 @@ public static class StateDict
         return Load(module, reader, options);
     }
 
-    static StateDictReport Load(nn.Module module, Dictionary<string, long[]> sourceShapes, Action<string, Tensor> copy, string sourceName, StateDictOptions? options)
+    /// <param name="copy">(checkpoint name, module name, module tensor) for every matched key.</param>
+    static StateDictReport Load(nn.Module module, Dictionary<string, long[]> sourceShapes, Action<string, string, Tensor> copy, string sourceName, StateDictOptions? options)
     {
         options ??= new StateDictOptions();
         var targets = module.state_dict();
@@ -98,7 +195,7 @@ public static class StateDict
         using (torch.no_grad())
             foreach (var (name, src) in c.Matched)
             {
-                copy(src, targets[name]);
+                copy(src, name, targets[name]);
                 if (options.Progress is { } progress) progress(done += Bytes(targets[name]), total);
             }
         return new StateDictReport(c.Matched.Select(p => p.Name).ToList(), c.AllowedMissing, c.AllowedUnexpected);

@@ -39,7 +39,7 @@ public sealed class Infinity : nn.Module
     readonly FastRMSNorm text_norm;
     readonly TextAttentivePool text_proj_for_sos;
     readonly Sequential text_proj_for_ca;
-    readonly Embedding lvl_embed;
+    readonly Torch.Embedding lvl_embed;
     readonly Linear word_embed;
     readonly Sequential shared_ada_lin;
     readonly AdaLNBeforeHead head_nm;
@@ -71,7 +71,7 @@ public sealed class Infinity : nn.Module
         text_norm = new FastRMSNorm(ct5, config.NormEps);
         text_proj_for_sos = new TextAttentivePool(ct5, d, config.PoolHeadDim);
         text_proj_for_ca = nn.Sequential(("0", nn.Linear(ct5, d)), ("1", nn.GELU(GELU.Approximate.tanh)), ("2", nn.Linear(d, d)));
-        lvl_embed = nn.Embedding(config.LevelEmbeddings, c);
+        lvl_embed = new Torch.Embedding(config.LevelEmbeddings, c);
         nn.init.trunc_normal_(lvl_embed.weight!, std: initStd);
         word_embed = nn.Linear(config.CodebookDim, c);
         shared_ada_lin = nn.Sequential(("0", nn.SiLU()), ("1", nn.Linear(d, 6 * c)));

@@ -160,7 +160,7 @@ public sealed class Qwen2VLDecoderLayer : Module
 /// </summary>
 public sealed class Qwen2VLModel : Module
 {
-    public readonly Embedding embed_tokens;
+    public readonly Torch.Embedding embed_tokens;
     public readonly ModuleList<Qwen2VLDecoderLayer> layers;
     public readonly Qwen2RMSNorm norm;
 
@@ -170,7 +170,7 @@ public sealed class Qwen2VLModel : Module
     public Qwen2VLModel(VargptConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(Qwen2VLModel))
     {
         Config = c;
-        embed_tokens = Embedding(c.VocabSize, c.HiddenSize, device: device, dtype: dtype);
+        embed_tokens = new Torch.Embedding(c.VocabSize, c.HiddenSize, device, dtype);
         layers = new ModuleList<Qwen2VLDecoderLayer>(Enumerable.Range(0, c.NumHiddenLayers).Select(i => new Qwen2VLDecoderLayer(c, i, device, dtype)).ToArray());
         norm = new Qwen2RMSNorm(c.HiddenSize, c.RmsNormEps, device, dtype);
         RegisterComponents();

@@ -45,7 +45,7 @@ public sealed class VargptForConditionalGeneration : Module
     readonly Infinity? vargpt_gen;
     readonly GenPatchMerger? image_gen_projector;
     readonly GenPatchMerger? image_gen_projector_out;
-    readonly Embedding? sos_embedding;
+    readonly Torch.Embedding? sos_embedding;
 #pragma warning restore IDE1006
 
     public VargptConfig Config { get; }
@@ -62,7 +62,7 @@ public sealed class VargptForConditionalGeneration : Module
     /// <summary>LLM width H → Infinity width C.</summary>
     public GenPatchMerger ImageGenProjectorOut => image_gen_projector_out ?? throw Missing(ModelParts.Generation, "image_gen_projector_out");
     /// <summary>Embedding(image_gen_start_token_id + 1, C); only row image_gen_start_token_id is ever used.</summary>
-    public Embedding SosEmbedding => sos_embedding ?? throw Missing(ModelParts.Generation, "sos_embedding");
+    public Torch.Embedding SosEmbedding => sos_embedding ?? throw Missing(ModelParts.Generation, "sos_embedding");
 
     InvalidOperationException Missing(ModelParts part, string what) =>
         new($"this model was built without its {what}: it was loaded with parts {Parts}, and {part} is needed here");
@@ -93,7 +93,7 @@ public sealed class VargptForConditionalGeneration : Module
             {
                 image_gen_projector = new GenPatchMerger(config.HiddenSize, config.Infinity.EmbedDim);
                 image_gen_projector_out = new GenPatchMerger(config.Infinity.EmbedDim, config.HiddenSize);
-                sos_embedding = Embedding(config.ImageGen.StartId + 1, config.Infinity.EmbedDim);
+                sos_embedding = new Torch.Embedding(config.ImageGen.StartId + 1, config.Infinity.EmbedDim);
             }
         }
         RegisterComponents();

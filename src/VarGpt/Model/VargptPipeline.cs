@@ -16,6 +16,16 @@ public sealed record PipelineOptions
     public ScalarType DType { get; init; } = ScalarType.Float32;
     /// <summary>ModelParts.Understanding skips the generation half (as the official lmms-eval wrapper does) to save memory.</summary>
     public ModelParts Parts { get; init; } = ModelParts.All;
+    /// <summary>
+    /// CPU loads: build the model on META (no allocation, no random init) and make every weight stored in the compute
+    /// dtype a zero-copy view of a private mapping of its safetensors file (StateDictOptions.MemoryMap); the others are
+    /// allocated and read. Pages are read on first use and stay evictable page cache instead of anonymous memory, so a
+    /// bf16 checkpoint run in bf16 fits in less RAM than its size. null (default) = on for the CPU, off elsewhere.
+    /// Trade-off measured in docs/notes/checkpoint-io.md (first-touch reads vs resident memory).
+    /// </summary>
+    public bool? MemoryMap { get; init; }
+
+    internal bool UseMemoryMap => MemoryMap ?? Device.type == DeviceType.CPU;
 }
 
 /// <summary>A prompt the model cannot take (image/message mismatch, empty, too long); the message says what and why.</summary>
@@ -85,10 +95,14 @@ public sealed class VargptPipeline : IDisposable
         var tokenizer = QwenTokenizer.FromDirectory(dir);
         CheckTokenIds(config, tokenizer, dir);
         progress?.Invoke("model", 0);
+        if (options.UseMemoryMap && options.Device.type != DeviceType.CPU)
+            throw new ArgumentException($"PipelineOptions.MemoryMap needs the CPU device, not {options.Device}");
         VargptForConditionalGeneration model;
-        // Build directly in the compute dtype/device so a 9B model is never allocated in float32 first.
-        using (TorchRuntime.DefaultsScope(options.Device, options.DType))
-            model = new VargptForConditionalGeneration(config, options.Device, options.DType, options.Parts);
+        // Build directly in the compute dtype/device so a 9B model is never allocated in float32 first; with memory
+        // mapping on META, the load then gives every parameter its storage.
+        var buildDevice = options.UseMemoryMap ? META : options.Device;
+        using (TorchRuntime.DefaultsScope(buildDevice, options.DType))
+            model = new VargptForConditionalGeneration(config, buildDevice, options.DType, options.Parts);
         model.eval();
         using var reader = CheckpointReader.Open(dir);
         var skipped = new List<string>();
@@ -99,6 +113,7 @@ public sealed class VargptPipeline : IDisposable
         StateDict.Load(model, reader, new StateDictOptions
         {
             AllowUnexpected = skipped,
+            MemoryMap = options.UseMemoryMap,
             Progress = progress is null ? null : (done, total) => progress("weights", total == 0 ? 1 : (double)done / total),
         });
         progress?.Invoke("weights", 1);
