@@ -195,8 +195,9 @@ public static class StateDict
         using (torch.no_grad())
             foreach (var (name, src) in c.Matched)
             {
+                long bytes = options.Progress is null ? 0 : Bytes(targets[name]); // before: a mapped load replaces (disposes) the target
                 copy(src, name, targets[name]);
-                if (options.Progress is { } progress) progress(done += Bytes(targets[name]), total);
+                if (options.Progress is { } progress) progress(done += bytes, total);
             }
         return new StateDictReport(c.Matched.Select(p => p.Name).ToList(), c.AllowedMissing, c.AllowedUnexpected);
     }
