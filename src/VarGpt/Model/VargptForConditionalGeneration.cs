@@ -51,6 +51,11 @@ public sealed class VargptForConditionalGeneration : Module
     public VargptConfig Config { get; }
     public ModelParts Parts { get; }
 
+    /// <summary>Top-level state-dict prefixes of the vision tower (ModelParts.Vision).</summary>
+    public static readonly string[] VisionPrefixes = ["visual."];
+    /// <summary>Top-level state-dict prefixes of the generation half (ModelParts.Generation; official constructor fields).</summary>
+    public static readonly string[] GenerationPrefixes = ["vargpt_gen.", "vae_local.", "image_gen_projector.", "image_gen_projector_out.", "sos_embedding."];
+
     /// <summary>The vision tower (visual.*).</summary>
     public Qwen2VisionTransformerPretrainedModel Visual => visual ?? throw Missing(ModelParts.Vision, "vision tower (visual.*)");
     /// <summary>The BSQ-VAE (vae_local.*).</summary>

@@ -106,9 +106,6 @@ public sealed class NoImageGeneratedException(string text, StopReason stopReason
 /// </summary>
 public sealed class VargptImages : IDisposable
 {
-    /// <summary>Top-level state-dict prefixes of the generation half (official constructor fields).</summary>
-    public static readonly string[] GenerationPrefixes = ["vargpt_gen.", "vae_local.", "image_gen_projector.", "image_gen_projector_out.", "sos_embedding."];
-
     public VargptPipeline Pipeline { get; }
     readonly bool _ownsPipeline;
 
@@ -138,7 +135,7 @@ public sealed class VargptImages : IDisposable
     public static void CheckGenerationWeights(string dir)
     {
         using var reader = CheckpointReader.Open(dir);
-        var missing = GenerationPrefixes.Where(p => !reader.Names.Any(n => n.StartsWith(p, StringComparison.Ordinal))).ToList();
+        var missing = VargptForConditionalGeneration.GenerationPrefixes.Where(p => !reader.Names.Any(n => n.StartsWith(p, StringComparison.Ordinal))).ToList();
         if (missing.Count > 0)
             throw new InvalidDataException(
                 $"{dir}: the checkpoint has no image-generation weights for {string.Join(", ", missing.Select(p => p + "*"))} " +

@@ -106,9 +106,8 @@ public sealed class VargptPipeline : IDisposable
         model.eval();
         using var reader = CheckpointReader.Open(dir);
         var skipped = new List<string>();
-        if (!options.Parts.HasFlag(ModelParts.Vision)) skipped.Add("visual.*");
-        if (!options.Parts.HasFlag(ModelParts.Generation))
-            skipped.AddRange(["vae_local.*", "vargpt_gen.*", "image_gen_projector.*", "image_gen_projector_out.*", "sos_embedding.*"]);
+        if (!options.Parts.HasFlag(ModelParts.Vision)) skipped.AddRange(VargptForConditionalGeneration.VisionPrefixes.Select(p => p + "*"));
+        if (!options.Parts.HasFlag(ModelParts.Generation)) skipped.AddRange(VargptForConditionalGeneration.GenerationPrefixes.Select(p => p + "*"));
         progress?.Invoke("weights", 0);
         StateDict.Load(model, reader, new StateDictOptions
         {

@@ -150,7 +150,7 @@ public class VargptImagesTests
     {
         TorchTestSetup.Init();
         var e = Assert.Throws<InvalidDataException>(() => VargptImages.Load(TinyImageModel.Folder(withGeneration: false)));
-        foreach (var p in VargptImages.GenerationPrefixes) Assert.Contains(p + "*", e.Message);
+        foreach (var p in VargptForConditionalGeneration.GenerationPrefixes) Assert.Contains(p + "*", e.Message);
         Assert.Contains("understanding-only", e.Message);
     }
 
