@@ -128,6 +128,9 @@ public class ShapesDpoPairsTests(ITestOutputHelper output)
         Assert.False(truth[0]!["rejected"]!["color"]!.GetValue<bool>());
         Assert.Equal(pairs[0].Sample.Index, truth[0]!["index"]!.GetValue<long>());
         Assert.NotNull(truth[0]!["requested"]);
+        output.WriteLine(truth[0]!.ToJsonString());
+        // the rejected renders have exactly one wrong attribute: the recoloured object's colour
+        Assert.Equal(new AttributeErrors(0, 0, 6, 0, 0), pairs.Aggregate(AttributeErrors.None, (e, p) => e.Add(p.Rejected.Score)));
 
         var cfg = VargptConfig.Load(ModelDir.Value);
         var collator = new VargptCollator(QwenTokenizer.FromDirectory(ModelDir.Value), cfg, new VargptCollatorOptions { ImageGenResolution = 128 });
