@@ -17,6 +17,7 @@ public static class ShapesCommand
         {
             DataCommand(), TrainCommand(), TrainVaeCommand(), EvalVaeCommand(), BenchCommand(),
         };
+        cmd.Subcommands.Add(MineDpoCommand());
         cmd.WithExamples(
             "vargpt shapes data --out data/shapes --train 20000 --eval 500 --seed 0",
             "vargpt shapes train-vae --out runs/vae --seed 0",
@@ -208,6 +209,71 @@ public static class ShapesCommand
             PrintParameters(model, o);
             o.WriteLine($"threads {get_num_threads()}");
             ShapesModelBenchmark.Run(model, sizes, Math.Max(1, p.GetValue(repeats)), o);
+            return ExitCodes.Ok;
+        });
+        return cmd;
+    }
+
+    static Command MineDpoCommand()
+    {
+        var model = new ModelOptions();
+        var image = new ImageCommandOptions(); // reuse the sampling options of `vargpt generate` (same names, defaults, help)
+        var d = new ShapesDpoMiningOptions();
+        var output = new Option<string>("--out") { Description = "Dataset folder to write (created if missing; other datasets in its dataset_info.json are kept).", Required = true };
+        var prompts = new Option<int>("--prompts") { Description = "Text-to-image train prompts to sample.", DefaultValueFactory = _ => d.Prompts };
+        var samples = new Option<int>("--samples", "-k") { Description = "Images per prompt (≥ 2).", DefaultValueFactory = _ => d.SamplesPerPrompt };
+        var pairs = new Option<int>("--pairs") { Description = "At most this many (correct, wrong) pairs per prompt.", DefaultValueFactory = _ => d.PairsPerPrompt };
+        var start = new Option<long>("--start") { Description = "First train index (default keeps clear of SFT data written by 'shapes data').", DefaultValueFactory = _ => d.Start };
+        var seed = new Option<int>("--seed") { Description = "ShapesWorld seed: must be the --seed of 'shapes data' so the held-out combinations stay out of the pairs.", DefaultValueFactory = _ => 0 };
+        var sampleSeed = new Option<long?>("--sample-seed") { Description = "Seed of the image sampler (default: --seed)." };
+        var maxNew = new Option<int>("--max-new-tokens") { Description = "Text tokens allowed before the image must start (ShapesWorld answers are < 30).", DefaultValueFactory = _ => 64 };
+        var modelAnswer = new Option<bool>("--model-answer") { Description = "Answer of the pairs = the model's own text + <image_gen> (the exact context the images were drawn under) instead of the sample's answer." };
+        var name = new Option<string>("--name") { Description = "Dataset name in dataset_info.json.", DefaultValueFactory = _ => ShapesDpoPairs.DatasetName };
+        var threads = ThreadsOption();
+        var cmd = new Command("mine-dpo",
+            """
+            Mine DPO pairs from a ShapesWorld model (stage E of docs/shapesworld.md): for each train text-to-image prompt
+            draw K images with fixed seeds, score them with ShapesScorer, and pair a correct image (chosen) with a wrong
+            one (rejected). Writes a LLaMA-Factory sharegpt ranking dataset for 'vargpt train dpo' (stage dpo,
+            image_gen_resolution 128): NAME.json (messages + chosen + rejected, images [chosen, rejected]), PNGs under
+            images/NAME/, NAME_truth.json (prompt spec, seeds and scorer readings) and the dataset_info.json entry.
+            Prints the model's train-prompt accuracy and how many prompts were all correct / all wrong.
+            """)
+        { output, prompts, samples, pairs, start, seed, sampleSeed, image.Cfg, image.Tau, image.TopK, image.TopP, image.ForceImageStart, maxNew, modelAnswer, name, threads };
+        model.AddTo(cmd);
+        cmd.WithExamples("vargpt shapes mine-dpo --model runs/sft --out data/shapes --prompts 250 --samples 4 --seed 0");
+        cmd.SetAction(p =>
+        {
+            var o = p.InvocationConfiguration.Output;
+            var log = p.InvocationConfiguration.Error;
+            set_num_threads(Math.Max(1, p.GetValue(threads)));
+            var opts = new ShapesDpoMiningOptions
+            {
+                Prompts = p.GetValue(prompts), SamplesPerPrompt = p.GetValue(samples), PairsPerPrompt = p.GetValue(pairs), Start = p.GetValue(start),
+                Seed = p.GetValue(sampleSeed) ?? p.GetValue(seed), ModelAnswer = p.GetValue(modelAnswer),
+                Image = new ImageOptions
+                {
+                    Cfg = p.GetValue(image.Cfg), Tau = p.GetValue(image.Tau), TopK = p.GetValue(image.TopK), TopP = p.GetValue(image.TopP),
+                    ForceImageStart = p.GetValue(image.ForceImageStart), MaxNewTokens = p.GetValue(maxNew),
+                },
+            };
+            try { opts.Validate(); }
+            catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+            var world = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = p.GetValue(seed) });
+            var dir = Path.GetFullPath(p.GetRequiredValue(output));
+            using var images = new VargptImages(model.Load(p, log, ModelParts.LanguageModel | ModelParts.Generation), ownsPipeline: true);
+            ShapesDpoMiningResult r;
+            try { r = ShapesDpoPairs.Mine(images, world, opts, log); }
+            catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+            o.WriteLine(r.Stats);
+            o.WriteLine(string.Create(CultureInfo.InvariantCulture, $"train-prompt accuracy {r.Stats.FractionCorrect:P1} ({r.Stats.CorrectImages}/{r.Stats.Images} images)"));
+            if (r.Pairs.Count == 0)
+            {
+                log.WriteLine("no pairs: no prompt had both a correct and a wrong image; nothing written (more prompts or samples, or a higher --tau, give more).");
+                return ExitCodes.Failed;
+            }
+            ShapesDpoPairs.Write(dir, r.Pairs, p.GetValue(name)!);
+            o.WriteLine($"wrote {r.Pairs.Count} pairs as dataset '{p.GetValue(name)}' in {dir}");
             return ExitCodes.Ok;
         });
         return cmd;

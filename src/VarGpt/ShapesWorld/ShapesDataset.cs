@@ -45,9 +45,7 @@ public static class ShapesDataset
             }
             records.Add(new JsonObject
             {
-                ["messages"] = new JsonArray(
-                    new JsonObject { ["role"] = "user", ["content"] = s.User },
-                    new JsonObject { ["role"] = "assistant", ["content"] = s.Assistant }),
+                ["messages"] = new JsonArray(Message("user", s.User), Message("assistant", s.Assistant)),
                 ["images"] = paths,
                 ["id"] = s.Index,
             });
@@ -55,21 +53,34 @@ public static class ShapesDataset
             t["descriptions"] = new JsonArray(s.Images.Select(im => (JsonNode)im.Describe()).ToArray());
             truth.Add(t);
         }
-        // Relaxed escaping keeps "<image>" readable (as in the official demo files) instead of "\u003Cimage\u003E".
-        var indented = new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
-        File.WriteAllText(Path.Combine(folder, name + ".json"), records.ToJsonString(indented));
-        File.WriteAllText(Path.Combine(folder, name + "_truth.json"), truth.ToJsonString(indented));
+        WriteJson(Path.Combine(folder, name + ".json"), records);
+        WriteJson(Path.Combine(folder, name + "_truth.json"), truth);
+        RegisterDataset(folder, name, ranking: false);
+    }
 
+    /// <summary>A sharegpt message with the role/content tags of <see cref="RegisterDataset"/>.</summary>
+    internal static JsonObject Message(string role, string content) => new() { ["role"] = role, ["content"] = content };
+
+    // Relaxed escaping keeps "<image>" readable (as in the official demo files) instead of "\u003Cimage\u003E".
+    static readonly JsonSerializerOptions Indented = new() { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    internal static void WriteJson(string path, JsonNode node) => File.WriteAllText(path, node.ToJsonString(Indented));
+
+    /// <summary>Adds (or replaces) the sharegpt entry of dataset name in folder/dataset_info.json; a ranking (DPO) dataset
+    /// also maps the chosen/rejected columns (LLaMA-Factory data/README.md, "Preference Dataset" in sharegpt format).</summary>
+    internal static void RegisterDataset(string folder, string name, bool ranking)
+    {
         var infoPath = Path.Combine(folder, "dataset_info.json");
         var info = File.Exists(infoPath) ? JsonNode.Parse(File.ReadAllText(infoPath))!.AsObject() : new JsonObject();
-        info[name] = new JsonObject
-        {
-            ["file_name"] = name + ".json",
-            ["formatting"] = "sharegpt",
-            ["columns"] = new JsonObject { ["messages"] = "messages", ["images"] = "images" },
-            ["tags"] = new JsonObject { ["role_tag"] = "role", ["content_tag"] = "content", ["user_tag"] = "user", ["assistant_tag"] = "assistant" },
-        };
-        File.WriteAllText(infoPath, info.ToJsonString(indented));
+        var columns = new JsonObject { ["messages"] = "messages" };
+        if (ranking) { columns["chosen"] = "chosen"; columns["rejected"] = "rejected"; }
+        columns["images"] = "images";
+        var entry = new JsonObject { ["file_name"] = name + ".json", ["formatting"] = "sharegpt" };
+        if (ranking) entry["ranking"] = true;
+        entry["columns"] = columns;
+        entry["tags"] = new JsonObject { ["role_tag"] = "role", ["content_tag"] = "content", ["user_tag"] = "user", ["assistant_tag"] = "assistant" };
+        info[name] = entry;
+        WriteJson(infoPath, info);
     }
 
     /// <summary>Reads NAME_truth.json back into samples (for scoring a model's outputs on a written dataset).</summary>
