@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using VarGpt.Checkpoint;
+using VarGpt.Model;
 using VarGpt.Training;
 using static TorchSharp.torch;
 
@@ -97,8 +98,38 @@ public static class ShapesTraining
         // ---- C. SFT on all tasks
         Stage(root, SftDir, log, () => RunYaml(root, SftDir, StageYaml(o, "sft", AlignDir, [ShapesDataset.TrainName], SftDir, o.SftSteps, o.BatchSize, o.LearningRate), log, cancellationToken));
 
+        // ---- D. DPO on text-to-image pairs sampled from the SFT model (chosen = scorer-correct, rejected = wrong),
+        // trained as a LoRA adapter on the language model with everything else frozen, so the adapter holds all of it
+        string? adapter = null;
+        Stage(root, DpoDataDir, log, () =>
+        {
+            using var images = VargptImages.Load(Path.Combine(root, SftDir));
+            var r = ShapesDpoPairs.Mine(images, world, new ShapesDpoMiningOptions
+            {
+                Prompts = o.DpoPrompts, SamplesPerPrompt = o.DpoSamplesPerPrompt, Seed = o.Seed,
+            }, log, cancellationToken);
+            var s = r.Stats;
+            log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"DPO pairs: {s.Pairs} from {s.Prompts} train prompts × {o.DpoSamplesPerPrompt} images; SFT model right on {s.FractionCorrect:P1} of them ({s.AllCorrect} prompts all right, {s.AllWrong} all wrong) in {s.Seconds:F0} s"));
+            Directory.CreateDirectory(Path.Combine(root, DpoDataDir));
+            if (s.Pairs > 0) ShapesDpoPairs.Write(Path.Combine(root, DpoDataDir), r.Pairs);
+            File.WriteAllText(Path.Combine(root, DpoDataDir, "mining.json"), JsonSerializer.Serialize(s, new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        });
+        if (File.Exists(Path.Combine(root, DpoDataDir, ShapesDpoPairs.DatasetName + ".json")))
+        {
+            Stage(root, DpoDir, log, () => RunYaml(root, DpoDir, StageYaml(o, "dpo", SftDir, [ShapesDpoPairs.DatasetName], DpoDir, o.DpoSteps, o.DpoBatchSize, o.DpoLearningRate,
+                new Dictionary<string, string>
+                {
+                    ["finetuning_type"] = "lora", ["lora_rank"] = o.LoraRank.ToString(CultureInfo.InvariantCulture),
+                    ["lora_alpha"] = (2 * o.LoraRank).ToString(CultureInfo.InvariantCulture), ["lora_target"] = "all",
+                    ["vargpt_freeze"] = "vision_tower,infinity,projectors,sos_embedding", ["pref_beta"] = o.DpoBeta.ToString(CultureInfo.InvariantCulture), ["pref_loss"] = "sigmoid",
+                }), log, cancellationToken));
+            adapter = Path.Combine(root, DpoDir, "adapter");
+        }
+        else log.WriteLine("no DPO pairs (the SFT model was right on all or none of the sampled images of every prompt): the model folder gets no adapter");
+
         // ---- the model folder
-        Stage(root, ModelDir, log, () => Assemble(root, null));
+        Stage(root, ModelDir, log, () => Assemble(root, adapter));
 
         log.WriteLine($"ShapesWorld training done in {TrainerLog.Duration(total.Elapsed.TotalSeconds)}; model folder {Path.Combine(root, ModelDir)}");
         return Path.Combine(root, ModelDir);
