@@ -96,9 +96,22 @@ public class LoraAdapterTests
             Assert.Equal(Path.Combine(dir, "adapter"), p.Adapter?.Directory);
         using (var p = VargptPipeline.Load(dir, new PipelineOptions { MergeAdapter = false }))
             Assert.Null(p.Adapter);
-        // understanding-only loads skip nothing here (the adapter is on the LM); the report lists no skipped layers
         using (var p = VargptPipeline.Load(dir, new PipelineOptions { Parts = ModelParts.Understanding }))
             Assert.Empty(p.Adapter!.Skipped);
+        // layers of parts that are not loaded are skipped (listed), not errors; loaded, they are checked
+        var gen = Adapter(tmp, "with-gen", c => c["target_modules"] = new JsonArray("q_proj", "word_embed"), new()
+        {
+            ["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"] = zeros(4, 64),
+            ["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"] = zeros(64, 4),
+            ["base_model.model.vargpt_gen.word_embed.lora_A.weight"] = zeros(4, 3),
+            ["base_model.model.vargpt_gen.word_embed.lora_B.weight"] = zeros(5, 4),
+        });
+        using (var p = VargptPipeline.Load(dir, new PipelineOptions { Parts = ModelParts.Understanding, Adapter = gen }))
+        {
+            Assert.Equal(["model.layers.0.self_attn.q_proj"], p.Adapter!.Merged);
+            Assert.Equal(["vargpt_gen.word_embed"], p.Adapter.Skipped);
+        }
+        Assert.Contains("vargpt_gen.word_embed.lora_A.weight", Assert.Throws<InvalidDataException>(() => VargptPipeline.Load(dir, new PipelineOptions { Adapter = gen })).Message);
         Assert.Throws<ArgumentException>(() => new PipelineOptions { Adapter = dir, MergeAdapter = false }.ResolveAdapter(dir));
         var missing = Assert.Throws<DirectoryNotFoundException>(() => VargptPipeline.Load(dir, new PipelineOptions { Adapter = tmp["nope"] }));
         Assert.Contains(tmp["nope"], missing.Message);
