@@ -52,5 +52,5 @@ public static class CliRunner
 
     static bool IsUserError(Exception e) => e is UserErrorException or FileNotFoundException or DirectoryNotFoundException
         or InvalidDataException or CheckpointFormatException or StateDictMismatchException or JsonException or UnauthorizedAccessException
-        or Vision.ImageLoadException or Model.InvalidPromptException;
+        or Vision.ImageLoadException or Model.InvalidPromptException or Training.TrainingSetupException;
 }

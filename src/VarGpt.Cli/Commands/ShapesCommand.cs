@@ -15,7 +15,7 @@ public static class ShapesCommand
     {
         var cmd = new Command("shapes", "ShapesWorld: synthetic understanding / text-to-image / editing data and the small model trained on it.")
         {
-            DataCommand(), TrainVaeCommand(), EvalVaeCommand(), EvalCommand(), BenchCommand(),
+            DataCommand(), TrainCommand(), TrainVaeCommand(), EvalVaeCommand(), EvalCommand(), BenchCommand(),
         };
         cmd.WithExamples(
             "vargpt shapes data --out data/shapes --train 20000 --eval 500 --seed 0",
@@ -68,6 +68,46 @@ public static class ShapesCommand
             }
             o.WriteLine($"wrote {dir} in {sw.Elapsed.TotalSeconds:F1} s");
             return ExitCodes.Ok;
+        });
+        return cmd;
+    }
+
+    static Command TrainCommand()
+    {
+        var d = new ShapesTrainingOptions { OutputDir = "" };
+        var output = new Option<string>("--out") { Description = "Run folder (data/, base/, vae/, align/, sft/, dpo_data/, dpo/, model/ and one yaml per stage). Rerunning the same command resumes.", Required = true };
+        var seed = SeedOption();
+        var threads = ThreadsOption();
+        var train = new Option<int>("--train-samples") { Description = "Mixed-task training samples.", DefaultValueFactory = _ => d.TrainSamples };
+        var vae = new Option<int>("--vae-steps") { Description = "BSQ-VAE optimizer steps.", DefaultValueFactory = _ => d.VaeSteps };
+        var align = new Option<int>("--align-steps") { Description = "Alignment-stage steps (caption pairs).", DefaultValueFactory = _ => d.AlignSteps };
+        var sft = new Option<int>("--sft-steps") { Description = "SFT steps (all tasks).", DefaultValueFactory = _ => d.SftSteps };
+        var dpo = new Option<int>("--dpo-steps") { Description = "DPO steps.", DefaultValueFactory = _ => d.DpoSteps };
+        var batch = new Option<int>("--batch") { Description = "Samples per alignment/SFT step.", DefaultValueFactory = _ => d.BatchSize };
+        var cmd = new Command("train",
+            """
+            Train the ShapesWorld VARGPT from scratch, end to end: data + BPE tokenizer, the BSQ-VAE, then the
+            LLaMA-Factory style stages (alignment on caption pairs, SFT on all tasks, DPO on sampled text-to-image
+            pairs as a LoRA adapter), each from a yaml written into the run folder (rerun one with
+            `vargpt train sft|dpo FILE`). Finished stages are skipped and an interrupted one resumes from its last
+            checkpoint when the command is run again. The result is OUT/model, a model folder every command takes
+            with --model.
+            """)
+        { output, seed, threads, train, vae, align, sft, dpo, batch };
+        cmd.WithExamples("vargpt shapes train --out runs/shapes --seed 0", "vargpt shapes train --out runs/quick --vae-steps 20 --align-steps 10 --sft-steps 20 --dpo-steps 5");
+        cmd.SetAction((p, ct) =>
+        {
+            set_num_threads(Math.Max(1, p.GetValue(threads)));
+            foreach (var (name, v) in new[] { ("--train-samples", p.GetValue(train)), ("--vae-steps", p.GetValue(vae)), ("--align-steps", p.GetValue(align)), ("--sft-steps", p.GetValue(sft)), ("--dpo-steps", p.GetValue(dpo)), ("--batch", p.GetValue(batch)) })
+                if (v < 1) throw new UserErrorException($"{name} must be ≥ 1, got {v}");
+            var o = new ShapesTrainingOptions
+            {
+                OutputDir = p.GetRequiredValue(output), Seed = p.GetValue(seed), TrainSamples = p.GetValue(train), VaeSteps = p.GetValue(vae),
+                AlignSteps = p.GetValue(align), SftSteps = p.GetValue(sft), DpoSteps = p.GetValue(dpo), BatchSize = p.GetValue(batch),
+                Output = p.InvocationConfiguration.Output,
+            };
+            ShapesTraining.Run(o, cancellationToken: ct);
+            return Task.FromResult(ExitCodes.Ok);
         });
         return cmd;
     }
@@ -157,7 +197,7 @@ public static class ShapesCommand
         var threads = ThreadsOption();
         var cmd = new Command("eval",
             $"""
-            Evaluate a ShapesWorld model folder on held-out samples regenerated from its {ShapesEvaluation.WorldFile}
+            Evaluate a ShapesWorld model folder on held-out samples regenerated from its {ShapesTraining.WorldFile}
             (seed and world options): understanding and description (greedy answer = the exact answer), text-to-image
             (every requested shape/colour/size/position right, ShapesScorer), editing (the change made and the rest kept),
             each through the product path (chat / generate / edit). When the folder has an adapter/ (the DPO stage as a

@@ -13,9 +13,6 @@ namespace VarGpt.Cli.Commands;
 /// <summary>vargpt train sft|dpo CONFIG.yaml: fine-tune from an official-style LLaMA-Factory yaml.</summary>
 public static class TrainCommand
 {
-    /// <summary>lora_target "all" wraps the language model's projections (the layers the port can wrap; see Details).</summary>
-    internal static readonly IReadOnlyList<string> LanguageModelLinears = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
-
     public static Command Create()
     {
         var cmd = new Command("train", "Fine-tune VARGPT (SFT or image DPO) from a LLaMA-Factory style yaml, as the official VARGPT-family-training does.");
@@ -57,115 +54,20 @@ public static class TrainCommand
         var cfg = TrainingConfig.Load(configPath);
         if (cfg.Stage != stage) throw new UserErrorException($"{configPath}: stage is '{cfg.Stage}' but the command is 'train {stage}'; use 'vargpt train {cfg.Stage}'");
         foreach (var n in cfg.Notes) o.WriteLine($"note: {n}");
-        var yamlDir = Path.GetDirectoryName(Path.GetFullPath(configPath))!;
-        string Resolve(string p) => Path.IsPathRooted(p) || Directory.Exists(p) || File.Exists(p) ? p : Path.Combine(yamlDir, p);
-        var modelDir = Resolve(cfg.ModelNameOrPath);
-        if (!Directory.Exists(modelDir)) throw new UserErrorException($"model_name_or_path '{cfg.ModelNameOrPath}' is not a folder (download the checkpoint and point at it)");
-        var device = TorchRuntime.ParseDevice(deviceName);
-        var dtype = cfg.Bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
-
-        var modelCfg = VargptConfig.Load(modelDir);
-        var tokenizer = QwenTokenizer.FromDirectory(modelDir);
-        var pre = Path.Combine(modelDir, PreprocessorConfig.FileName);
-        var processor = File.Exists(pre) ? PreprocessorConfig.Load(pre) : new PreprocessorConfig();
-        IReadOnlyList<TrainingRecord> records;
-        try
+        var options = new FineTuningOptions
         {
-            records = DatasetLoader.Load(cfg.Dataset, new DatasetLoadOptions
-            {
-                DatasetDir = Resolve(cfg.DatasetDir), ImageDir = cfg.ImageDir is { } idir ? Resolve(idir) : null, Stage = stage, MaxSamples = cfg.MaxSamples, Seed = cfg.Seed,
-            });
-        }
-        catch (Exception e) when (e is DatasetValidationException or MissingImagesException or NotSupportedException or ArgumentException) { throw new UserErrorException(e.Message); }
-        VargptCollator collator;
-        EncodedDataset ds;
-        try
-        {
-            collator = new VargptCollator(tokenizer, modelCfg, new VargptCollatorOptions
-            {
-                CutoffLen = cfg.CutoffLen, ImageResolution = cfg.ImageResolution, ImageGenResolution = cfg.ImageGenResolution, Seed = cfg.Seed, Processor = processor,
-            });
-            ds = collator.EncodeAll(records, stage);
-        }
-        catch (ArgumentException e) { throw new UserErrorException(e.Message); }
-        o.WriteLine($"data: {ds.Items.Count} {(stage == "dpo" ? "pair(s)" : "sample(s)")} from {string.Join(", ", cfg.Dataset)}; targets {collator.GenSchedule.Pixels.H}x{collator.GenSchedule.Pixels.W} ({collator.GenSchedule.Pn}, {collator.ImageGenTokenCount} <|image_gen_pad|> tokens each)");
-        if (ds.Skipped.Count > 0) o.WriteLine($"warning: {ds.SkippedSummary()}");
-
-        using var model = LoadModel(modelCfg, modelDir, device, dtype, o);
-        LoraOptions? lora = null;
-        if (cfg.FinetuningType == "lora")
-        {
-            var targets = cfg.LoraTarget is ["all"] ? LanguageModelLinears : cfg.LoraTarget;
-            lora = LoraOptions.FromConfig(cfg) with { Targets = targets };
-            var forbidden = cfg.FreezeModules;
-            var frozenComponents = cfg.FreezeComponents.ToHashSet();
-            Lora.Apply(model, lora, name => Freezing.IsForbidden(name, forbidden) || (Freezing.ComponentOf(name) is { } c && frozenComponents.Contains(c)) || name.StartsWith("vae_local.", StringComparison.Ordinal));
-        }
-        else Freezing.Apply(model, Freezing.Plan(model.named_parameters().Select(p => p.name), cfg));
-        o.WriteLine(Freezing.Summary(model));
-        bool textTrainable = model.named_parameters().Any(p => p.parameter.requires_grad &&
-            (p.name.StartsWith("model.", StringComparison.Ordinal) || p.name.StartsWith("lm_head.", StringComparison.Ordinal) || p.name.StartsWith("visual.", StringComparison.Ordinal)));
-        var textOnly = ds.Items.Where(i => !i.Chosen.HasTarget).ToList();
-        if (!textTrainable && textOnly.Count > 0)
-            throw new UserErrorException($"{textOnly.Count} sample(s) have no generation target (e.g. {textOnly[0].Record.Where}) but this configuration freezes the language model, lm_head and vision tower " +
-                $"(vargpt_train_stage {cfg.VargptTrainStage}, finetuning_type {cfg.FinetuningType}), so a batch of them has no trainable parameter (the official trainer fails on such a batch too); " +
-                "remove them or use a stage that trains the language model (2, 4 or 5)");
-
-        var fwd = new VargptTrainingOptions { Seed = cfg.Seed };
-        ITrainingObjective<VargptBatch> objective;
-        VargptForConditionalGeneration? reference = null;
-        if (stage == "dpo")
-        {
-            var dpo = DpoOptions.FromConfig(cfg);
-            try { dpo.Validate(); } catch (Exception e) when (e is NotSupportedException or ArgumentException) { throw new UserErrorException(e.Message); }
-            reference = LoadModel(modelCfg, modelDir, device, dtype, o);
-            var d = new VargptDpoObjective(model, reference, dpo, fwd);
-            if (precomputeRef)
-            {
-                o.WriteLine($"computing reference log-probs for {ds.Items.Count} pair(s)...");
-                d.PrecomputeReference(collator, ds.Items);
-                reference.Dispose();
-                reference = null;
-            }
-            objective = d;
-        }
-        else objective = new VargptSftObjective(model, fwd);
-
-        var options = TrainerOptions.FromConfig(cfg) with
-        {
-            OutputDir = Resolve(cfg.OutputDir), BaseModelDir = modelDir, Output = o,
-            ExportWeights = lora != null ? () => Lora.MergedStateDict(model) : null,
+            Device = TorchRuntime.ParseDevice(deviceName), PrecomputeReference = precomputeRef, Output = o,
+            BaseDir = Path.GetDirectoryName(Path.GetFullPath(configPath))!,
         };
         try
         {
-            using var trainer = new Trainer<VargptBatch>(model, objective, new VargptData(collator, ds.Items, cfg.PerDeviceTrainBatchSize, cfg.Seed), options);
-            var result = trainer.Train(cfg.ResumeFromCheckpoint, ct);
-            if (objective is VargptDpoObjective dm && dm.LastMetrics.Count > 0)
-                o.WriteLine("last batch: " + string.Join(", ", dm.LastMetrics.Select(kv => $"{kv.Key} {kv.Value:G4}")));
-            if (!result.Completed) return ExitCodes.Failed;
-            trainer.ExportModel(options.OutputDir);
-            if (lora != null)
-            {
-                var extra = Lora.SaveAdapter(Path.Combine(options.OutputDir, "adapter"), model, lora, modelDir);
-                o.WriteLine($"adapter: {Path.Combine(options.OutputDir, "adapter")}" + (extra.Count > 0 ? $" (the {extra.Count} fully trained non-adapter tensors are only in the merged model.safetensors)" : ""));
-            }
-            o.WriteLine($"model: {Path.Combine(options.OutputDir, TrainerCheckpoint.ModelFile)}");
-            return ExitCodes.Ok;
+            var r = VargptFineTuning.Run(cfg, options, ct);
+            return r.ModelPath is null ? ExitCodes.Failed : ExitCodes.Ok;
         }
         catch (TrainingDivergedException e)
         {
             o.WriteLine(e.Message);
             return ExitCodes.Failed;
         }
-        finally { reference?.Dispose(); }
-    }
-
-    static VargptForConditionalGeneration LoadModel(VargptConfig cfg, string dir, Device device, ScalarType dtype, TextWriter o)
-    {
-        var model = new VargptForConditionalGeneration(cfg, device, dtype);
-        using var reader = CheckpointReader.Open(dir);
-        var report = StateDict.Load(model, reader);
-        o.WriteLine($"loaded {report.Loaded.Count} tensors from {dir} ({dtype.ToString().ToLowerInvariant()} on {device})");
-        return model;
     }
 }

@@ -176,7 +176,7 @@ public sealed record ShapesEvaluationResult
 /// <summary>
 /// Held-out evaluation of a ShapesWorld model folder through the product path (<see cref="VargptChat"/> for answers,
 /// <see cref="VargptImages"/> for text-to-image and editing). The Eval split is regenerated from the folder's
-/// shapesworld.json (<see cref="ReadWorld"/>); task k uses samples <c>Sample(Eval, i, k)</c> for i = 0..n−1, so the
+/// shapesworld.json (<see cref="ShapesTraining.ReadWorld"/>); task k uses samples <c>Sample(Eval, i, k)</c> for i = 0..n−1, so the
 /// same folder and options always give the same samples, prompts and image seeds. Scoring: exact answers
 /// (<see cref="ShapesScorer.AnswerCorrect"/>), every requested attribute of a generated image
 /// (<see cref="ShapesScorer.Score(SceneSpec, ReadOnlySpan{byte}, int, int)"/>.Correct) and edits
@@ -185,48 +185,8 @@ public sealed record ShapesEvaluationResult
 /// </summary>
 public static class ShapesEvaluation
 {
-    /// <summary>The world file of a model folder: {"seed": N, "image_size": 128, ...} (ShapesWorldOptions in snake_case).</summary>
-    public const string WorldFile = "shapesworld.json";
-
-    /// <summary>snake_case names of <see cref="ShapesWorldOptions"/> (seed, image_size, held_out_fraction, ...).</summary>
-    public static readonly JsonSerializerOptions WorldJson = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, WriteIndented = true };
-
-    /// <summary>
-    /// Writes DIR/shapesworld.json: the options in snake_case plus any <paramref name="extra"/> fields (e.g. training
-    /// sample counts; ignored when read back).
-    /// </summary>
-    public static void WriteWorld(string modelDir, ShapesWorldOptions world, IReadOnlyDictionary<string, JsonNode?>? extra = null)
-    {
-        var obj = JsonSerializer.SerializeToNode(world, WorldJson)!.AsObject();
-        if (extra != null)
-            foreach (var (k, v) in extra)
-            {
-                if (obj.ContainsKey(k)) throw new ArgumentException($"extra field '{k}' would overwrite a ShapesWorldOptions field", nameof(extra));
-                obj[k] = v?.DeepClone();
-            }
-        Directory.CreateDirectory(modelDir);
-        File.WriteAllText(Path.Combine(modelDir, WorldFile), obj.ToJsonString(WorldJson) + "\n");
-    }
-
-    /// <summary>
-    /// Reads DIR/shapesworld.json. "seed" is required (the held-out triples and every sample depend on it); missing
-    /// option fields take the <see cref="ShapesWorldOptions"/> defaults; unknown fields are ignored.
-    /// </summary>
-    public static ShapesWorldOptions ReadWorld(string modelDir)
-    {
-        var path = Path.Combine(modelDir, WorldFile);
-        if (!File.Exists(path))
-            throw new FileNotFoundException($"{path} not found: a ShapesWorld model folder records the world it was trained on there " +
-                $"({{\"seed\": N, \"image_size\": 128, ...}}, ShapesEvaluation.WriteWorld) so its held-out split can be regenerated", path);
-        JsonNode? node;
-        try { node = JsonNode.Parse(File.ReadAllText(path)); }
-        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e); }
-        if (node is not JsonObject obj) throw new InvalidDataException($"{path}: not a JSON object");
-        if (obj["seed"] is not JsonValue seed || !seed.TryGetValue<int>(out _))
-            throw new InvalidDataException($"{path}: field 'seed' (the ShapesWorld generator seed, an integer) is missing");
-        try { return obj.Deserialize<ShapesWorldOptions>(WorldJson) ?? throw new InvalidDataException($"{path}: empty"); }
-        catch (JsonException e) { throw new InvalidDataException($"{path}: {e.Message}", e); }
-    }
+    /// <summary>snake_case names of <see cref="ShapesWorldOptions"/> (seed, image_size, held_out_fraction, ...), as in shapesworld.json.</summary>
+    internal static readonly JsonSerializerOptions WorldJson = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
     /// <summary>Loads <paramref name="modelDir"/> (with its adapter unless the options say otherwise) and evaluates it; progress lines go to <paramref name="log"/>.</summary>
     public static ShapesEvaluationResult Run(string modelDir, ShapesEvaluationOptions? options = null, TextWriter? log = null, CancellationToken cancellationToken = default)
@@ -235,7 +195,7 @@ public static class ShapesEvaluation
         options.Validate();
         log ??= TextWriter.Null;
         modelDir = Path.GetFullPath(modelDir);
-        var world = ReadWorld(modelDir);
+        var world = ShapesTraining.ReadWorld(modelDir);
         var generator = new ShapesWorldGenerator(world);
         var total = Stopwatch.StartNew();
 

@@ -20,7 +20,6 @@ public static class ShapesReport
     public const string TrainingFolder = "training";
     /// <summary>Stages in recipe order (docs/shapesworld.md); other *.jsonl files follow alphabetically.</summary>
     public static readonly string[] Stages = ["vae", "align", "sft", "dpo"];
-    public const string VaeEvalFile = "vae_eval.json";
 
     public static void Write(string path, ShapesEvaluationResult result)
     {
@@ -154,10 +153,10 @@ public static class ShapesReport
             foreach (var c in curves) sb.Append(Svg(c));
             sb.Append("</div>");
         }
-        var vaePath = Path.Combine(r.ModelDir, TrainingFolder, VaeEvalFile);
+        var vaePath = Path.Combine(r.ModelDir, TrainingFolder, VaeTraining.EvalFile);
         if (File.Exists(vaePath))
         {
-            sb.Append(ci, $"<h3>VAE evaluation ({TrainingFolder}/{VaeEvalFile})</h3>");
+            sb.Append(ci, $"<h3>VAE evaluation ({TrainingFolder}/{VaeTraining.EvalFile})</h3>");
             try
             {
                 var rows = new List<(string, string)>();

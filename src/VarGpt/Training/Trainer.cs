@@ -352,9 +352,11 @@ public sealed class Trainer<TBatch> : IDisposable
         if (_o.BaseModelDir == null) return;
         foreach (var f in Directory.GetFiles(_o.BaseModelDir))
         {
+            // the base folder's descriptive files only (tokenizer, processor, generation config, chat template...):
+            // not its weights, and not the artifacts of a run that produced it (logs, plots, markers)
             var name = Path.GetFileName(f);
-            if (name == "config.json" || name.EndsWith(".safetensors") || name.EndsWith(".safetensors.index.json") ||
-                name.EndsWith(".bin") || name.EndsWith(".pth") || name.EndsWith(".pt")) continue;
+            var ext = Path.GetExtension(name);
+            if (name == "config.json" || name.EndsWith(".safetensors.index.json") || !(ext is ".json" or ".txt" or ".jinja" or ".model")) continue;
             File.Copy(f, Path.Combine(dir, name), overwrite: true);
         }
     }

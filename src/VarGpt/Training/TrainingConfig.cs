@@ -30,6 +30,10 @@ public sealed record TrainingConfig
     public int ImageResolution { get; init; } = 512 * 512;
     /// <summary>Side of the square generation targets (hard-coded 512 in VargptQwen2vlPlugin; 256 for the 0.06M schedule).</summary>
     public int ImageGenResolution { get; init; } = 512;
+    /// <summary>vargpt_gen_augment (VarGpt.NET key): the official train_aug on generation targets (1.125x resize +
+    /// random crop). false = resize straight to image_gen_resolution (for data already at that size, e.g. ShapesWorld,
+    /// where a crop would shift and rescale the objects the prompt places).</summary>
+    public bool ImageGenAugment { get; init; } = true;
 
     // optimisation (HF TrainingArguments defaults)
     public int PerDeviceTrainBatchSize { get; init; } = 8;
@@ -134,7 +138,7 @@ public sealed record TrainingConfig
         "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm", "adam_beta1", "adam_beta2",
         "adam_epsilon", "bf16", "seed", "output_dir", "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint",
         "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "pref_beta", "pref_ftx", "pref_loss", "dpo_label_smoothing",
-        "vargpt_freeze", "vargpt_freeze_modules",
+        "vargpt_freeze", "vargpt_freeze_modules", "vargpt_gen_augment",
     ];
 
     public static readonly IReadOnlyList<string> SchedulerTypes = ["cosine", "linear", "constant", "constant_with_warmup"];
@@ -209,6 +213,7 @@ public sealed record TrainingConfig
             MaxSamples = r.IntOrNull("max_samples"),
             ImageResolution = r.Int("image_resolution", 512 * 512),
             ImageGenResolution = r.Int("image_gen_resolution", 512),
+            ImageGenAugment = r.Bool("vargpt_gen_augment", true),
             PerDeviceTrainBatchSize = r.Int("per_device_train_batch_size", 8),
             GradientAccumulationSteps = r.Int("gradient_accumulation_steps", 1),
             LearningRate = r.Double("learning_rate", 5e-5),

@@ -24,6 +24,8 @@ public sealed record VargptCollatorOptions
     public int Seed { get; init; } = 42;
     /// <summary>Vision processor settings (the checkpoint's preprocessor_config.json).</summary>
     public PreprocessorConfig Processor { get; init; } = new();
+    /// <summary>true (official): train_aug on targets (1.125x LANCZOS resize + random crop); false: LANCZOS resize to S×S (none if already S×S).</summary>
+    public bool TargetAugment { get; init; } = true;
 }
 
 /// <summary>One tokenized row: ids, labels (-100 on prompt tokens) and its images in token order.</summary>
@@ -279,7 +281,7 @@ public sealed class VargptCollator
             foreach (var slot in r.Images)
             {
                 var img = ImageProcessor.PreprocessImageForTraining(LoadImage(r.Record, slot), Options.ImageResolution);
-                if (slot.IsTarget) targets.Add(TargetPixels(img, S, ref rng));
+                if (slot.IsTarget) targets.Add(Options.TargetAugment ? TargetPixels(img, S, ref rng) : ResizedTargetPixels(img, S));
                 else { understanding.Add(img); expectedGrids.Add(r.Grids[gi++]); }
             }
         }
@@ -315,6 +317,17 @@ public sealed class VargptCollator
     {
         var m = new SplitMix64(((ulong)(uint)seed << 32) ^ ((ulong)(uint)epoch << 20) ^ (uint)index ^ 0x5EED_0000_0000_0000UL);
         return m.Next();
+    }
+
+    /// <summary>A target without augmentation: LANCZOS resize to S×S (skipped when it already is), ToTensor, 2x−1. [3, S, S] CHW.</summary>
+    public static float[] ResizedTargetPixels(RgbImage img, int S)
+    {
+        var r = img.Width == S && img.Height == S ? img : PilResize.Resize(img, S, S, PilFilter.Lanczos);
+        var px = new float[3 * S * S];
+        var src = r.Data;
+        for (int i = 0; i < S * S; i++)
+            for (int c = 0; c < 3; c++) px[c * S * S + i] = src[i * 3 + c] / 255f * 2f - 1f;
+        return px;
     }
 
     /// <summary>

@@ -30,16 +30,17 @@ public class ShapesEvaluationTests(ITestOutputHelper output)
     {
         using var tmp = TestPaths.Temp();
         var w = new ShapesWorldOptions { Seed = 42, ImageSize = 96, HeldOutFraction = 0.15, PositionJitter = 0.01f };
-        ShapesEvaluation.WriteWorld(tmp.Path, w, new Dictionary<string, JsonNode?> { ["train_samples"] = 5 });
-        var text = File.ReadAllText(tmp[ShapesEvaluation.WorldFile]);
+        ShapesTraining.WriteWorld(tmp.Path, w);
+        var text = File.ReadAllText(tmp[ShapesTraining.WorldFile]);
         Assert.Contains("\"seed\": 42", text);
         Assert.Contains("\"image_size\": 96", text);
-        Assert.Contains("\"train_samples\": 5", text);
-        Assert.Equal(w, ShapesEvaluation.ReadWorld(tmp.Path));
-        File.WriteAllText(tmp[ShapesEvaluation.WorldFile], """{"image_size": 128}""");
-        Assert.Contains("'seed'", Assert.Throws<InvalidDataException>(() => ShapesEvaluation.ReadWorld(tmp.Path)).Message);
-        File.Delete(tmp[ShapesEvaluation.WorldFile]);
-        Assert.Contains(ShapesEvaluation.WorldFile, Assert.Throws<FileNotFoundException>(() => ShapesEvaluation.ReadWorld(tmp.Path)).Message);
+        Assert.Equal(w, ShapesTraining.ReadWorld(tmp.Path));
+        File.WriteAllText(tmp[ShapesTraining.WorldFile], """{"seed": 5, "image_size": 128, "train_samples": 20000}""");   // extra fields are ignored
+        Assert.Equal(new ShapesWorldOptions { Seed = 5 }, ShapesTraining.ReadWorld(tmp.Path));
+        File.WriteAllText(tmp[ShapesTraining.WorldFile], """{"image_size": 128}""");
+        Assert.Contains("'seed'", Assert.Throws<InvalidDataException>(() => ShapesTraining.ReadWorld(tmp.Path)).Message);
+        File.Delete(tmp[ShapesTraining.WorldFile]);
+        Assert.Contains(ShapesTraining.WorldFile, Assert.Throws<FileNotFoundException>(() => ShapesEvaluation.Run(tmp.Path, cancellationToken: TestContext.Current.CancellationToken)).Message);
     }
 
     [Fact]

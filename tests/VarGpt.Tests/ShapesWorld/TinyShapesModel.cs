@@ -1,4 +1,3 @@
-using System.Text.Json.Nodes;
 using VarGpt.Checkpoint;
 using VarGpt.Model;
 using VarGpt.ShapesWorld;
@@ -36,13 +35,13 @@ public static class TinyShapesModel
         manual_seed(7);
         using (var model = new VargptForConditionalGeneration(cfg))
             StateDict.Save(model, Path.Combine(dir, CheckpointReader.SingleFileName), ScalarType.BFloat16);
-        ShapesEvaluation.WriteWorld(dir, World, new Dictionary<string, JsonNode?> { ["train_samples"] = 20000 });
+        ShapesTraining.WriteWorld(dir, World);
         var training = Path.Combine(dir, ShapesReport.TrainingFolder);
         Directory.CreateDirectory(training);
         foreach (var (stage, n) in new[] { ("vae", 5), ("sft", 8) })
             File.WriteAllLines(Path.Combine(training, stage + ".jsonl"), Enumerable.Range(1, n).Select(i =>
                 $"{{\"current_steps\": {i * 10}, \"total_steps\": {n * 10}, \"loss\": {2.0 / i:R}, \"lr\": 0.001}}"));
-        File.WriteAllText(Path.Combine(training, ShapesReport.VaeEvalFile), """{"steps": 240, "fp32": {"psnr": 31.5, "scorer_accuracy": 0.99}}""");
+        File.WriteAllText(Path.Combine(training, VaeTraining.EvalFile), """{"steps": 240, "fp32": {"psnr": 31.5, "scorer_accuracy": 0.99}}""");
         return dir;
     }, LazyThreadSafetyMode.ExecutionAndPublication);
 

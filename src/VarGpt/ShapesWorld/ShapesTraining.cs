@@ -1,0 +1,281 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using VarGpt.Checkpoint;
+using VarGpt.Training;
+using static TorchSharp.torch;
+
+namespace VarGpt.ShapesWorld;
+
+/// <summary>
+/// The ShapesWorld recipe (<c>vargpt shapes train</c>). Step counts, not minutes, fix each stage so a run is a function
+/// of the seed; the defaults fit the 60-minute budget on 2 cores (docs/shapesworld.md has the measured times).
+/// </summary>
+public sealed record ShapesTrainingOptions
+{
+    public required string OutputDir { get; init; }
+    public int Seed { get; init; }
+    /// <summary>Mixed-task training samples written to data/ (understanding, descriptions, text-to-image, edits).</summary>
+    public int TrainSamples { get; init; } = 20000;
+    /// <summary>Caption pairs of the alignment stage (descriptions and text-to-image, half each).</summary>
+    public int AlignSamples { get; init; } = 6000;
+    public int EvalSamples { get; init; } = 400;
+    public int VaeSteps { get; init; } = 400;
+    public int VaeEvalImages { get; init; } = 200;
+    public int LoggingSteps { get; init; } = 10;
+    public int AlignSteps { get; init; } = 400;
+    public int SftSteps { get; init; } = 1600;
+    public int BatchSize { get; init; } = 8;
+    public double LearningRate { get; init; } = 1e-3;
+    /// <summary>DPO: prompts to sample for pairs, images per prompt, optimizer steps, pairs per batch, LoRA rank.</summary>
+    public int DpoPrompts { get; init; } = 600;
+    public int DpoSamplesPerPrompt { get; init; } = 4;
+    public int DpoSteps { get; init; } = 120;
+    public int DpoBatchSize { get; init; } = 4;
+    public double DpoLearningRate { get; init; } = 5e-4;
+    public double DpoBeta { get; init; } = 0.1;
+    public int LoraRank { get; init; } = 16;
+    public TextWriter Output { get; init; } = TextWriter.Null;
+}
+
+/// <summary>
+/// Trains the shipped small VARGPT from scratch with the classes and code paths of the 9B model: data and tokenizer,
+/// the BSQ-VAE (<see cref="VaeTraining"/>), then LLaMA-Factory style stages run by <see cref="VargptFineTuning"/> from
+/// yaml files written next to their outputs (so each stage can be rerun with <c>vargpt train sft|dpo FILE</c>):
+/// alignment (caption pairs in both directions), SFT on all tasks, and DPO on sampled text-to-image pairs through a
+/// LoRA adapter on the language model. Every stage leaves a DONE marker; a rerun skips finished stages and resumes the
+/// current one from its latest checkpoint. The result, OUT/model, is a model folder: bf16 weights of the SFT state,
+/// the DPO adapter in adapter/, shapesworld.json and the stage logs.
+/// </summary>
+public static class ShapesTraining
+{
+    public const string DataDir = "data", BaseDir = "base", VaeDir = "vae", AlignDir = "align", SftDir = "sft", DpoDataDir = "dpo_data", DpoDir = "dpo", ModelDir = "model";
+    public const string AlignName = "shapesworld_align";
+    public const string WorldFile = "shapesworld.json", DoneFile = "DONE";
+
+    public static string Run(ShapesTrainingOptions o, ShapesModelConfig? sizes = null, CancellationToken cancellationToken = default)
+    {
+        sizes ??= new ShapesModelConfig();
+        sizes.Validate();
+        var root = Path.GetFullPath(o.OutputDir);
+        Directory.CreateDirectory(root);
+        var log = o.Output;
+        var total = Stopwatch.StartNew();
+        var world = new ShapesWorldGenerator(WorldOptions(o.Seed, sizes));
+
+        // ---- 0. data and tokenizer, the random initial model
+        Stage(root, DataDir, log, () =>
+        {
+            var data = Path.Combine(root, DataDir);
+            log.WriteLine($"writing {o.TrainSamples} training + {o.EvalSamples} held-out samples and {o.AlignSamples} caption pairs to {data}");
+            ShapesDataset.Write(data, world, o.TrainSamples, o.EvalSamples);
+            var align = world.Samples(ShapesSplit.Train, o.AlignSamples / 2, ShapesTaskKind.Description, start: o.TrainSamples)
+                .Concat(world.Samples(ShapesSplit.Train, o.AlignSamples - o.AlignSamples / 2, ShapesTaskKind.TextToImage, start: o.TrainSamples));
+            ShapesDataset.WriteDataset(data, AlignName, align, sizes.ImageSize);
+            var corpus = BpeTrainer.ShapesCorpus(world, 4000);
+            var tokenizer = BpeTrainer.Train(corpus);
+            var baseDir = Path.Combine(root, BaseDir);
+            Directory.CreateDirectory(baseDir);
+            tokenizer.Save(baseDir);
+            sizes.WriteModelFolder(baseDir, tokenizer);
+            WriteWorld(baseDir, world.Options);
+        });
+
+        // ---- A. the BSQ-VAE, then the initial model = random init (HF initializer_range) + the trained VAE
+        Stage(root, VaeDir, log, () =>
+        {
+            VaeTraining.Train(sizes, new VaeTrainingOptions { OutputDir = Path.Combine(root, VaeDir), Seed = o.Seed, Steps = o.VaeSteps, EvalImages = o.VaeEvalImages, LoggingSteps = o.LoggingSteps, Output = log },
+                resume: Directory.EnumerateDirectories(Path.Combine(root, VaeDir)).Any(d => Path.GetFileName(d).StartsWith("checkpoint-", StringComparison.Ordinal)));
+            WriteInitialWeights(Path.Combine(root, BaseDir), Path.Combine(root, VaeDir, VaeTraining.WeightsFile), o.Seed);
+        }, create: true);
+
+        // ---- B. alignment: caption pairs in both directions (descriptions, text-to-image), everything but the VAE
+        Stage(root, AlignDir, log, () => RunYaml(root, AlignDir, StageYaml(o, "sft", BaseDir, [AlignName], AlignDir, o.AlignSteps, o.BatchSize, o.LearningRate), log, cancellationToken));
+
+        // ---- C. SFT on all tasks
+        Stage(root, SftDir, log, () => RunYaml(root, SftDir, StageYaml(o, "sft", AlignDir, [ShapesDataset.TrainName], SftDir, o.SftSteps, o.BatchSize, o.LearningRate), log, cancellationToken));
+
+        // ---- the model folder
+        Stage(root, ModelDir, log, () => Assemble(root, null));
+
+        log.WriteLine($"ShapesWorld training done in {TrainerLog.Duration(total.Elapsed.TotalSeconds)}; model folder {Path.Combine(root, ModelDir)}");
+        return Path.Combine(root, ModelDir);
+    }
+
+    /// <summary>
+    /// OUT/model: the SFT state as bf16 model.safetensors (the released checkpoint's dtype) with config.json saying so,
+    /// the tokenizer/processor/generation files, the DPO LoRA adapter in adapter/ (kept apart so the pre-DPO state of
+    /// what DPO trains stays in the folder and dpo_gain is measured at eval time), shapesworld.json and the stage logs
+    /// under training/.
+    /// </summary>
+    static void Assemble(string root, string? adapterDir)
+    {
+        var sft = Path.Combine(root, SftDir);
+        var dir = Path.Combine(root, ModelDir);
+        var tmp = dir + ".tmp";
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
+        Directory.CreateDirectory(tmp);
+        foreach (var f in Directory.GetFiles(sft))
+        {
+            var name = Path.GetFileName(f);
+            var ext = Path.GetExtension(name);
+            if (name != "config.json" && ext is ".json" or ".txt" or ".jinja" or ".model") File.Copy(f, Path.Combine(tmp, name));
+        }
+        using (var st = SafeTensorsFile.Open(Path.Combine(sft, TrainerCheckpoint.ModelFile)))
+        {
+            var tensors = st.Tensors.Keys.Select(k => new KeyValuePair<string, Tensor>(k, Bf16(st.Load(k)))).ToList();
+            try { SafeTensorsWriter.Save(Path.Combine(tmp, TrainerCheckpoint.ModelFile), tensors, new Dictionary<string, string> { ["format"] = "pt" }); }
+            finally { foreach (var t in tensors) t.Value.Dispose(); }
+        }
+        TrainerCheckpoint.WriteConfig(tmp, sft, ScalarType.BFloat16);
+        if (adapterDir is not null)
+        {
+            Directory.CreateDirectory(Path.Combine(tmp, "adapter"));
+            foreach (var f in Directory.GetFiles(adapterDir)) File.Copy(f, Path.Combine(tmp, "adapter", Path.GetFileName(f)));
+        }
+        var training = Path.Combine(tmp, "training");
+        Directory.CreateDirectory(training);
+        foreach (var (stage, name) in new[] { (VaeDir, "vae"), (AlignDir, "align"), (SftDir, "sft"), (DpoDir, "dpo") })
+        {
+            var jsonl = Path.Combine(root, stage, TrainerLog.JsonlFile);
+            if (File.Exists(jsonl)) File.Copy(jsonl, Path.Combine(training, name + ".jsonl"));
+        }
+        var vaeEval = Path.Combine(root, VaeDir, VaeTraining.EvalFile);
+        if (File.Exists(vaeEval)) File.Copy(vaeEval, Path.Combine(training, VaeTraining.EvalFile));
+        if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+        Directory.Move(tmp, dir);
+    }
+
+    /// <summary>Floating tensors to bf16 (round to nearest even, as torch's .to), others unchanged.</summary>
+    static Tensor Bf16(Tensor t)
+    {
+        if (!t.is_floating_point() || t.dtype == ScalarType.BFloat16) return t;
+        var r = t.to(ScalarType.BFloat16);
+        t.Dispose();
+        return r;
+    }
+
+    public static ShapesWorldOptions WorldOptions(int seed, ShapesModelConfig sizes) => new() { Seed = seed, ImageSize = sizes.ImageSize };
+
+    /// <summary>shapesworld.json: the generator options, so evaluation regenerates the same held-out split.</summary>
+    public static void WriteWorld(string dir, ShapesWorldOptions w) =>
+        File.WriteAllText(Path.Combine(dir, WorldFile), JsonSerializer.Serialize(w, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower }) + "\n");
+
+    public static ShapesWorldOptions ReadWorld(string dir)
+    {
+        var path = Path.Combine(dir, WorldFile);
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path} not found: not a ShapesWorld model folder (it records the world seed and options)", path);
+        var text = File.ReadAllText(path);
+        try
+        {
+            // the seed fixes the held-out triples and every sample: a file without it must not silently mean seed 0
+            if (JsonNode.Parse(text) is not JsonObject obj || obj["seed"] is not JsonValue seed || !seed.TryGetValue<int>(out _))
+                throw new InvalidDataException($"{path}: field 'seed' (the ShapesWorld generator seed, an integer) is missing");
+            return JsonSerializer.Deserialize<ShapesWorldOptions>(text, new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower })
+                ?? throw new InvalidDataException($"{path}: empty");
+        }
+        catch (JsonException e) { throw new InvalidDataException($"{path}: {e.Message}", e); }
+    }
+
+    /// <summary>Runs <paramref name="body"/> unless OUT/name/DONE exists; writes DONE (with the wall time) after it.</summary>
+    static void Stage(string root, string name, TextWriter log, Action body, bool create = false)
+    {
+        var dir = Path.Combine(root, name);
+        var done = Path.Combine(dir, DoneFile);
+        if (File.Exists(done)) { log.WriteLine($"[{name}] done already ({File.ReadAllText(done).Trim()}), skipping"); return; }
+        if (create) Directory.CreateDirectory(dir);
+        log.WriteLine($"[{name}] starting");
+        var sw = Stopwatch.StartNew();
+        body();
+        Directory.CreateDirectory(dir);
+        File.WriteAllText(done, string.Create(CultureInfo.InvariantCulture, $"{sw.Elapsed.TotalSeconds:F0} s") + "\n");
+        log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"[{name}] finished in {TrainerLog.Duration(sw.Elapsed.TotalSeconds)}"));
+    }
+
+    /// <summary>Random init of every tensor (RandomCheckpoint: N(0, 0.02), norms 1) with the trained VAE in place, fp32.</summary>
+    static void WriteInitialWeights(string baseDir, string vaeWeights, int seed)
+    {
+        var config = VargptConfig.Load(baseDir);
+        var arch = ModelArchitecture.Enumerate(config, ScalarType.Float32);
+        var tmp = Path.Combine(baseDir, "random");
+        Directory.CreateDirectory(tmp);
+        var files = RandomCheckpoint.WriteWeights(tmp, arch, seed);
+        var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        try
+        {
+            foreach (var f in files)
+            {
+                using var st = SafeTensorsFile.Open(f);
+                foreach (var name in st.Tensors.Keys) tensors[name] = st.Load(name);
+            }
+            using (var vae = SafeTensorsFile.Open(vaeWeights))
+                foreach (var name in vae.Tensors.Keys)
+                {
+                    if (!tensors.TryGetValue(name, out var old)) throw new InvalidDataException($"{vaeWeights}: tensor {name} is not part of the model");
+                    var t = vae.Load(name, old.dtype);
+                    if (!t.shape.SequenceEqual(old.shape)) throw new InvalidDataException($"{vaeWeights}: {name} has shape [{string.Join(",", t.shape)}], the model [{string.Join(",", old.shape)}]");
+                    old.Dispose();
+                    tensors[name] = t;
+                }
+            SafeTensorsWriter.Save(Path.Combine(baseDir, "model.safetensors"), tensors.Select(kv => kv), new Dictionary<string, string> { ["format"] = "pt" });
+        }
+        finally
+        {
+            foreach (var t in tensors.Values) t.Dispose();
+            Directory.Delete(tmp, recursive: true);
+        }
+    }
+
+    /// <summary>A LLaMA-Factory yaml for one stage (official keys; paths relative to the run folder).</summary>
+    static string StageYaml(ShapesTrainingOptions o, string stage, string model, IReadOnlyList<string> datasets, string output, int steps, int batch, double lr,
+        IReadOnlyDictionary<string, string>? extra = null)
+    {
+        var sb = new StringBuilder();
+        void Kv(string k, object v) => sb.Append(k).Append(": ").Append(Convert.ToString(v, CultureInfo.InvariantCulture)).Append('\n');
+        sb.Append("# ShapesWorld stage '").Append(output).Append("' (written by vargpt shapes train; rerun: vargpt train ").Append(stage).Append(" THIS_FILE)\n");
+        Kv("model_name_or_path", model);
+        Kv("stage", stage);
+        Kv("do_train", "true");
+        Kv("finetuning_type", extra is not null && extra.ContainsKey("finetuning_type") ? extra["finetuning_type"] : "full");
+        Kv("vargpt_train_stage", 5);
+        Kv("dataset", string.Join(",", datasets));
+        Kv("dataset_dir", stage == "dpo" ? DpoDataDir : DataDir);
+        Kv("template", "vargpt_qwen2_vl");
+        Kv("cutoff_len", 512);
+        Kv("image_resolution", 128 * 128);
+        Kv("image_gen_resolution", 128);
+        Kv("vargpt_gen_augment", "false");
+        Kv("output_dir", output);
+        Kv("per_device_train_batch_size", batch);
+        Kv("gradient_accumulation_steps", 1);
+        Kv("learning_rate", lr);
+        Kv("max_steps", steps);
+        Kv("lr_scheduler_type", "cosine");
+        Kv("warmup_ratio", 0.03);
+        Kv("adam_beta2", 0.95);
+        Kv("weight_decay", 0.0);
+        Kv("max_grad_norm", 1.0);
+        Kv("logging_steps", o.LoggingSteps);
+        Kv("save_steps", 200);
+        Kv("save_total_limit", 1);
+        Kv("seed", o.Seed);
+        if (extra is not null)
+            foreach (var (k, v) in extra)
+                if (k != "finetuning_type") Kv(k, v);
+        return sb.ToString();
+    }
+
+    static void RunYaml(string root, string name, string yaml, TextWriter log, CancellationToken ct)
+    {
+        var path = Path.Combine(root, name + ".yaml");
+        File.WriteAllText(path, yaml);
+        var cfg = TrainingConfig.Load(path);
+        bool resumable = Directory.Exists(Path.Combine(root, name)) &&
+            Directory.EnumerateDirectories(Path.Combine(root, name)).Any(d => Path.GetFileName(d).StartsWith("checkpoint-", StringComparison.Ordinal));
+        if (resumable) cfg = cfg with { ResumeFromCheckpoint = "latest" };
+        var r = VargptFineTuning.Run(cfg, new FineTuningOptions { BaseDir = root, Output = log }, ct);
+        if (r.ModelPath is null) throw new OperationCanceledException($"stage {name} stopped at step {r.Training.GlobalStep} of {r.Training.TotalSteps}; rerun to resume");
+    }
+}
