@@ -16,7 +16,7 @@ public static class BenchChatCommand
     public static Command Create()
     {
         var preset = new Option<string?>("--preset") { Description = "tiny, small or full: benchmark a random checkpoint of that size (written, measured, deleted)." };
-        var modelDir = new Option<string?>("--model", "-m") { Description = "Benchmark this checkpoint folder instead of a fresh random one." };
+        var modelDir = new Option<string?>("--model", "-m") { Description = $"Benchmark this checkpoint folder instead of a fresh random one. With neither --model nor --preset: ${VarGpt.Model.ShippedModel.EnvironmentVariable} if set, else the shipped ShapesWorld model." };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "Tokenizer folder for the random checkpoint (required for small/full, e.g. ../shared/tokenizers/qwen2-vl)." };
         var dtype = new Option<string>("--dtype") { Description = "Compute dtype: float32 or bfloat16 (the random checkpoint is stored in the preset's dtype, bf16 for small/full).", DefaultValueFactory = _ => "float32" };
         var device = BenchCommand.DeviceOption();
@@ -36,8 +36,9 @@ public static class BenchChatCommand
             --repeats timed runs; the median run is reported. A decode step reads every language-model weight once, so
             decode tokens/s <= memory read bandwidth / weight bytes; decode_fraction_of_bound says how close it gets.
             peak_rss is the process peak (VmHWM) from the start of loading to the end (checkpoint writing excluded).
-            Without --model a random checkpoint of --preset is written first (the full preset needs ~18 GB of disk in
-            bf16 and --tokenizer); it is deleted afterwards unless --keep.
+            With --preset a random checkpoint of that size is written first (the full preset needs ~18 GB of disk in
+            bf16 and --tokenizer); it is deleted afterwards unless --keep. With neither --preset nor --model the shipped
+            model is measured.
             """);
         cmd.WithExamples(
             "vargpt bench chat --preset tiny",
@@ -50,7 +51,8 @@ public static class BenchChatCommand
             var log = parse.InvocationConfiguration.Error;
             BenchCommand.ApplyThreads(parse.GetValue(threads));
             string? presetName = parse.GetValue(preset), model = parse.GetValue(modelDir);
-            if ((presetName is null) == (model is null)) throw new UserErrorException("give either --preset tiny|small|full or --model DIR");
+            if (presetName is not null && model is not null) throw new UserErrorException("give either --preset tiny|small|full or --model DIR, not both");
+            if (presetName is null) model = ModelOptions.ResolveModelDir(model); // neither: the shipped model
             PipelineOptions pipelineOptions;
             ModelPreset? p = null;
             try

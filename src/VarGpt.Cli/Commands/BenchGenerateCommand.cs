@@ -12,7 +12,7 @@ public static class BenchGenerateCommand
     public static Command Create()
     {
         var preset = new Option<string?>("--preset") { Description = "Random checkpoint to create and time: tiny, small or full (released shapes, ~18.8 GB bf16 on disk)." };
-        var modelDir = new Option<string?>("--model", "-m") { Description = "Time an existing model folder instead of a preset." };
+        var modelDir = new Option<string?>("--model", "-m") { Description = $"Time an existing model folder instead of a preset. With neither --model nor --preset: ${VarGpt.Model.ShippedModel.EnvironmentVariable} if set, else the shipped ShapesWorld model." };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "Tokenizer folder for the small/full presets (Qwen2-VL layout with the <|image_gen_*|> tokens)." };
         var work = new Option<string?>("--work-dir") { Description = "Where the preset checkpoint is written (default: /tmp/vargpt-<preset>-gen); deleted afterwards unless --keep." };
         var keep = new Option<bool>("--keep") { Description = "Keep the preset checkpoint folder." };
@@ -45,7 +45,8 @@ public static class BenchGenerateCommand
             var o = parse.InvocationConfiguration.Output;
             var log = parse.InvocationConfiguration.Error;
             string? presetName = parse.GetValue(preset), dir = parse.GetValue(modelDir);
-            if ((presetName is null) == (dir is null)) throw new UserErrorException("give either --preset tiny|small|full or --model DIR");
+            if (presetName is not null && dir is not null) throw new UserErrorException("give either --preset tiny|small|full or --model DIR, not both");
+            if (presetName is null) dir = ModelOptions.ResolveModelDir(dir); // neither: the shipped model
             int n = parse.GetValue(images), w = parse.GetValue(warmup);
             if (n < 1) throw new UserErrorException($"--images must be at least 1, got {n}");
             if (w < 0) throw new UserErrorException($"--warmup must be ≥ 0, got {w}");

@@ -5,7 +5,7 @@ using VarGpt.Torch;
 
 namespace VarGpt.Cli.Commands;
 
-/// <summary>vargpt info DIR: what a checkpoint folder holds (configs, and parameters/bytes/dtypes per component).</summary>
+/// <summary>vargpt info [DIR]: what a checkpoint folder holds (configs, and parameters/bytes/dtypes per component).</summary>
 public static class InfoCommand
 {
     /// <summary>Components of the official state dict by key prefix (VARGPTQwen2VLForConditionalGeneration attributes).</summary>
@@ -21,7 +21,12 @@ public static class InfoCommand
 
     public static Command Create()
     {
-        var dir = new Argument<string>("DIR") { Description = "Checkpoint folder: config.json, generation_config.json, preprocessor_config.json, model.safetensors or a sharded model.safetensors.index.json." };
+        var dir = new Argument<string?>("DIR")
+        {
+            Description = "Checkpoint folder: config.json, generation_config.json, preprocessor_config.json, model.safetensors or a sharded model.safetensors.index.json. " +
+                $"Default: ${VarGpt.Model.ShippedModel.EnvironmentVariable} if set, else the shipped ShapesWorld model ({VarGpt.Model.ShippedModel.RelativePath}).",
+            Arity = ArgumentArity.ZeroOrOne,
+        };
         var strict = new Option<bool>("--strict") { Description = "Exit with code 1 if the weights do not match the architecture of config.json (missing/unexpected keys, shape mismatches)." };
         var cmd = new Command("info", "Summarise a checkpoint folder (configs; parameters, bytes and dtypes per component; key audit) without loading weights.")
         { dir, strict };
@@ -38,7 +43,7 @@ public static class InfoCommand
             tensors stored in a dtype other than config torch_dtype.
             """);
         cmd.WithExamples("vargpt info ~/models/VARGPT-v1.1", "vargpt info --strict /tmp/vargpt-tiny   # exit 1 unless every key and shape matches");
-        cmd.SetAction(parse => Run(parse.GetRequiredValue(dir), parse.GetValue(strict), parse.InvocationConfiguration.Output));
+        cmd.SetAction(parse => Run(ModelOptions.ResolveModelDir(parse.GetValue(dir)), parse.GetValue(strict), parse.InvocationConfiguration.Output));
         return cmd;
     }
 

@@ -5,12 +5,20 @@ using VarGpt.Torch;
 
 namespace VarGpt.Cli.Commands;
 
-/// <summary>The options every model-running command shares (--model, --device, --dtype) and loading with progress lines.</summary>
+/// <summary>The options every model-running command shares (--model, --device, --dtype, --no-mmap, --adapter, --no-adapter) and loading with progress lines.</summary>
 public sealed class ModelOptions
 {
     public Option<string?> Model { get; } = new("--model", "-m")
     {
-        Description = "Model folder in the official layout (config.json, tokenizer files, safetensors).",
+        Description = $"Model folder in the official layout (config.json, tokenizer files, safetensors). Default: ${ShippedModel.EnvironmentVariable} if set, else the shipped ShapesWorld model ({ShippedModel.RelativePath}).",
+    };
+    public Option<string?> Adapter { get; } = new("--adapter")
+    {
+        Description = $"PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to merge into the weights at load. Default: the model folder's {PipelineOptions.DefaultAdapterFolder}/ subfolder when it exists.",
+    };
+    public Option<bool> NoAdapter { get; } = new("--no-adapter")
+    {
+        Description = $"Load the base weights only: do not merge the model folder's {PipelineOptions.DefaultAdapterFolder}/ adapter.",
     };
     public Option<string> Device { get; } = new("--device")
     {
@@ -33,33 +41,46 @@ public sealed class ModelOptions
         cmd.Options.Add(Device);
         cmd.Options.Add(DType);
         cmd.Options.Add(NoMmap);
+        cmd.Options.Add(Adapter);
+        cmd.Options.Add(NoAdapter);
     }
 
-    /// <summary>The model folder: --model, else the VARGPT_MODEL environment variable.</summary>
-    public string ResolveModelDir(ParseResult parse)
+    /// <summary>The model folder: --model, else <see cref="ShippedModel.Resolve"/> (VARGPT_MODEL, then the shipped model).</summary>
+    public string ResolveModelDir(ParseResult parse) => ResolveModelDir(parse.GetValue(Model));
+
+    /// <summary>An explicit folder, else the shipped/default model (a user error naming where it was looked for).</summary>
+    public static string ResolveModelDir(string? explicitDir)
     {
-        var dir = parse.GetValue(Model) ?? Environment.GetEnvironmentVariable("VARGPT_MODEL");
-        if (string.IsNullOrWhiteSpace(dir))
-            throw new UserErrorException("no model folder given: pass --model DIR (or set VARGPT_MODEL)");
-        return Path.GetFullPath(dir);
+        if (!string.IsNullOrWhiteSpace(explicitDir)) return Path.GetFullPath(explicitDir);
+        try { return ShippedModel.Resolve(); }
+        catch (ShippedModelNotFoundException e) { throw new UserErrorException(e.Message); }
+    }
+
+    /// <summary>The load options of --device, --dtype, --no-mmap, --adapter and --no-adapter.</summary>
+    public PipelineOptions LoadOptions(ParseResult parse, ModelParts parts = ModelParts.All)
+    {
+        if (parse.GetValue(NoAdapter) && parse.GetValue(Adapter) is not null)
+            throw new UserErrorException("--adapter and --no-adapter cannot be combined");
+        try
+        {
+            return new PipelineOptions
+            {
+                Device = TorchRuntime.ParseDevice(parse.GetValue(Device)!),
+                DType = TorchRuntime.ParseDType(parse.GetValue(DType)!),
+                Parts = parts,
+                MemoryMap = parse.GetValue(NoMmap) ? false : null,
+                Adapter = parse.GetValue(Adapter) is { } a ? Path.GetFullPath(a) : null,
+                MergeAdapter = !parse.GetValue(NoAdapter),
+            };
+        }
+        catch (ArgumentException e) { throw new UserErrorException(e.Message); }
     }
 
     /// <summary>Loads the pipeline, printing plain progress lines to <paramref name="log"/> (stderr in the commands).</summary>
     public VargptPipeline Load(ParseResult parse, TextWriter log, ModelParts parts = ModelParts.All)
     {
         var dir = ResolveModelDir(parse);
-        PipelineOptions options;
-        try
-        {
-            options = new PipelineOptions
-            {
-                Device = TorchRuntime.ParseDevice(parse.GetValue(Device)!),
-                DType = TorchRuntime.ParseDType(parse.GetValue(DType)!),
-                Parts = parts,
-                MemoryMap = parse.GetValue(NoMmap) ? false : null,
-            };
-        }
-        catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+        var options = LoadOptions(parse, parts);
         var sw = Stopwatch.StartNew();
         log.WriteLine($"loading {dir} ({TorchRuntime.DTypeName(options.DType)} on {options.Device.type.ToString().ToLowerInvariant()})");
         int tenths = 0;
@@ -75,6 +96,7 @@ public sealed class ModelOptions
                 log.WriteLine($"  weights {tenths * 10}% ({lastLine:F1} s)");
             }
         });
+        if (p.Adapter is { } a) log.WriteLine($"merged LoRA adapter {a.Directory} (r {a.Config.Rank}, alpha {a.Config.Alpha}, {a.Merged.Count} layers)");
         log.WriteLine($"loaded in {sw.Elapsed.TotalSeconds:F1} s");
         return p;
     }

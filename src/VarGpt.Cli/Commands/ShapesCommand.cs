@@ -8,19 +8,20 @@ using static TorchSharp.torch;
 
 namespace VarGpt.Cli.Commands;
 
-/// <summary>vargpt shapes data | train-vae | bench: the ShapesWorld toy world and the recipe of the shipped small model (docs/shapesworld.md).</summary>
+/// <summary>vargpt shapes data | train-vae | eval-vae | eval | bench: the ShapesWorld toy world and the recipe of the shipped small model (docs/shapesworld.md).</summary>
 public static class ShapesCommand
 {
     public static Command Create()
     {
         var cmd = new Command("shapes", "ShapesWorld: synthetic understanding / text-to-image / editing data and the small model trained on it.")
         {
-            DataCommand(), TrainCommand(), TrainVaeCommand(), EvalVaeCommand(), BenchCommand(),
+            DataCommand(), TrainCommand(), TrainVaeCommand(), EvalVaeCommand(), EvalCommand(), BenchCommand(),
         };
         cmd.Subcommands.Add(MineDpoCommand());
         cmd.WithExamples(
             "vargpt shapes data --out data/shapes --train 20000 --eval 500 --seed 0",
             "vargpt shapes train-vae --out runs/vae --seed 0",
+            "vargpt shapes eval --fast --report report.html",
             "vargpt shapes bench");
         return cmd;
     }
@@ -179,6 +180,64 @@ public static class ShapesCommand
                 StateDict.Load(vae, sd, new StateDictOptions { Prefix = VarGpt.Generation.BsqVae.CheckpointPrefix });
                 o.WriteLine(VaeTraining.Evaluate(vae, schedule, world, p.GetValue(evalN), p.GetValue(seed)));
             }
+            return ExitCodes.Ok;
+        });
+        return cmd;
+    }
+
+    static Command EvalCommand()
+    {
+        var model = new ModelOptions();
+        var json = new Option<bool>("--json") { Description = "Print exactly one JSON object (accuracies as fractions 0-1, counts, breakdowns, seconds) instead of the table; progress goes to stderr." };
+        var report = new Option<string?>("--report") { Description = "Write a self-contained HTML report (image grids, examples, training curves) to this file." };
+        var fast = new Option<bool>("--fast") { Description = $"{ShapesEvaluationOptions.FastCount} samples per task (CI preset) instead of {ShapesEvaluationOptions.DefaultCount}." };
+        var count = new Option<int?>("--count") { Description = $"Samples per task (default {ShapesEvaluationOptions.DefaultCount})." };
+        var seed = new Option<long>("--seed") { Description = "Image sampler seed base: sample i uses seed + i (the same with and without the adapter).", DefaultValueFactory = _ => 0 };
+        var examples = new Option<int>("--examples") { Description = "Samples per task shown in the report.", DefaultValueFactory = _ => 16 };
+        var force = new Option<bool>("--force-image-start") { Description = "Begin every image reply with <|image_gen_start|> instead of waiting for the model to emit it (diagnostic; not the product path)." };
+        var threads = ThreadsOption();
+        var cmd = new Command("eval",
+            $"""
+            Evaluate a ShapesWorld model folder on held-out samples regenerated from its {ShapesTraining.WorldFile}
+            (seed and world options): understanding and description (greedy answer = the exact answer), text-to-image
+            (every requested shape/colour/size/position right, ShapesScorer), editing (the change made and the rest kept),
+            each through the product path (chat / generate / edit). When the folder has an adapter/ (the DPO stage as a
+            LoRA adapter), text-to-image is measured again without it on the same prompts and seeds: dpo_gain =
+            generation_acc - generation_acc_before_dpo. Deterministic for a given folder, count and seed.
+            """)
+        { json, report, fast, count, seed, examples, force, threads };
+        model.AddTo(cmd);
+        cmd.WithExamples(
+            "vargpt shapes eval                                   # the shipped model, 200 samples per task",
+            "vargpt shapes eval --fast --json",
+            "vargpt shapes eval --model runs/shapes/model --report report.html");
+        cmd.SetAction(p =>
+        {
+            var o = p.InvocationConfiguration.Output;
+            var log = p.InvocationConfiguration.Error;
+            if (p.GetValue(fast) && p.GetValue(count) is not null) throw new UserErrorException("--fast and --count cannot be combined");
+            int n = p.GetValue(count) ?? (p.GetValue(fast) ? ShapesEvaluationOptions.FastCount : ShapesEvaluationOptions.DefaultCount);
+            if (n < 1) throw new UserErrorException($"--count must be at least 1, got {n}");
+            if (p.GetValue(examples) < 0) throw new UserErrorException("--examples must be ≥ 0");
+            var dir = model.ResolveModelDir(p);
+            var options = ShapesEvaluationOptions.PerTask(n) with
+            {
+                ImageSeed = p.GetValue(seed),
+                Examples = p.GetValue(report) is null ? 0 : p.GetValue(examples),
+                Image = new ShapesEvaluationOptions().Image with { ForceImageStart = p.GetValue(force) },
+                Pipeline = model.LoadOptions(p),
+            };
+            set_num_threads(Math.Max(1, p.GetValue(threads)));
+            ShapesEvaluationResult r;
+            try { r = ShapesEvaluation.Run(dir, options, log); }
+            catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+            if (p.GetValue(report) is { } reportPath)
+            {
+                ShapesReport.Write(reportPath, r);
+                log.WriteLine($"report written to {Path.GetFullPath(reportPath)}");
+            }
+            if (p.GetValue(json)) o.WriteLine(r.ToJson().ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+            else o.Write(r.ToTable());
             return ExitCodes.Ok;
         });
         return cmd;

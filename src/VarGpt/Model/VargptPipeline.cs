@@ -3,6 +3,7 @@ using VarGpt.Checkpoint;
 using VarGpt.LanguageModel;
 using VarGpt.Text;
 using VarGpt.Torch;
+using VarGpt.Training;
 using VarGpt.Vision;
 using static TorchSharp.torch;
 
@@ -26,6 +27,34 @@ public sealed record PipelineOptions
     public bool? MemoryMap { get; init; }
 
     internal bool UseMemoryMap => MemoryMap ?? Device.type == DeviceType.CPU;
+
+    /// <summary>Name of the subfolder of a model folder whose PEFT LoRA adapter is merged at load by default.</summary>
+    public const string DefaultAdapterFolder = "adapter";
+
+    /// <summary>
+    /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) merged into the weights at load
+    /// (<see cref="LoraAdapter.Merge"/>). null (default) = the model folder's <c>adapter/</c> subfolder when it exists.
+    /// </summary>
+    public string? Adapter { get; init; }
+    /// <summary>false = never merge an adapter (the base weights alone, even when the folder has <c>adapter/</c>).</summary>
+    public bool MergeAdapter { get; init; } = true;
+
+    /// <summary>The adapter folder a load of <paramref name="modelDir"/> merges, or null.</summary>
+    public string? ResolveAdapter(string modelDir)
+    {
+        if (!MergeAdapter)
+        {
+            if (Adapter is not null) throw new ArgumentException($"PipelineOptions: Adapter = {Adapter} but MergeAdapter = false; set one or the other");
+            return null;
+        }
+        if (Adapter is not null)
+        {
+            var full = Path.GetFullPath(Adapter);
+            return System.IO.Directory.Exists(full) ? full : throw new DirectoryNotFoundException($"LoRA adapter folder not found: {full}");
+        }
+        var own = Path.Combine(modelDir, DefaultAdapterFolder);
+        return System.IO.Directory.Exists(own) ? Path.GetFullPath(own) : null;
+    }
 }
 
 /// <summary>A prompt the model cannot take (image/message mismatch, empty, too long); the message says what and why.</summary>
@@ -70,12 +99,14 @@ public sealed class VargptPipeline : IDisposable
     public ImageProcessor ImageProcessor { get; }
     public VargptForConditionalGeneration Model { get; }
     public PipelineOptions Options { get; }
+    /// <summary>The LoRA adapter merged at load (<see cref="PipelineOptions.Adapter"/>), or null.</summary>
+    public LoraAdapterMergeReport? Adapter { get; }
 
     VargptPipeline(string dir, VargptConfig config, GenerationConfig generation, PreprocessorConfig preprocessor, QwenTokenizer tokenizer,
-        VargptForConditionalGeneration model, PipelineOptions options)
+        VargptForConditionalGeneration model, PipelineOptions options, LoraAdapterMergeReport? adapter)
     {
         Directory = dir; Config = config; Generation = generation; Preprocessor = preprocessor; Tokenizer = tokenizer;
-        ImageProcessor = new ImageProcessor(preprocessor); Model = model; Options = options;
+        ImageProcessor = new ImageProcessor(preprocessor); Model = model; Options = options; Adapter = adapter;
     }
 
     /// <summary>
@@ -116,7 +147,20 @@ public sealed class VargptPipeline : IDisposable
             Progress = progress is null ? null : (done, total) => progress("weights", total == 0 ? 1 : (double)done / total),
         });
         progress?.Invoke("weights", 1);
-        return new VargptPipeline(dir, config, generation, pre, tokenizer, model, options);
+        LoraAdapterMergeReport? adapter = null;
+        if (options.ResolveAdapter(dir) is { } adapterDir)
+        {
+            progress?.Invoke("adapter", 0);
+            try
+            {
+                // layers of parts that were not loaded (options.Parts) are skipped, not errors
+                var notLoaded = skipped.Select(p => p.TrimEnd('*')).ToList();
+                adapter = LoraAdapter.Merge(model, adapterDir, name => notLoaded.Any(p => (name + ".").StartsWith(p, StringComparison.Ordinal)));
+            }
+            catch { model.Dispose(); throw; }
+            progress?.Invoke("adapter", 1);
+        }
+        return new VargptPipeline(dir, config, generation, pre, tokenizer, model, options, adapter);
     }
 
     /// <summary>The ids in config.json must name the same tokens in the tokenizer files (a mismatched folder fails here, not mid-generation).</summary>

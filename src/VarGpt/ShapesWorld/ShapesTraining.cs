@@ -198,8 +198,16 @@ public static class ShapesTraining
     {
         var path = Path.Combine(dir, WorldFile);
         if (!File.Exists(path)) throw new FileNotFoundException($"{path} not found: not a ShapesWorld model folder (it records the world seed and options)", path);
-        return JsonSerializer.Deserialize<ShapesWorldOptions>(File.ReadAllText(path), new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower })
-            ?? throw new InvalidDataException($"{path}: empty");
+        var text = File.ReadAllText(path);
+        try
+        {
+            // the seed fixes the held-out triples and every sample: a file without it must not silently mean seed 0
+            if (JsonNode.Parse(text) is not JsonObject obj || obj["seed"] is not JsonValue seed || !seed.TryGetValue<int>(out _))
+                throw new InvalidDataException($"{path}: field 'seed' (the ShapesWorld generator seed, an integer) is missing");
+            return JsonSerializer.Deserialize<ShapesWorldOptions>(text, new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower })
+                ?? throw new InvalidDataException($"{path}: empty");
+        }
+        catch (JsonException e) { throw new InvalidDataException($"{path}: {e.Message}", e); }
     }
 
     /// <summary>Runs <paramref name="body"/> unless OUT/name/DONE exists; writes DONE (with the wall time) after it.</summary>

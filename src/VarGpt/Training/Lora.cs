@@ -67,13 +67,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>W + (B·A)·scaling, computed in fp32 and rounded to the base dtype.</summary>
-    public Tensor MergedWeight()
-    {
-        using var scope = torch.NewDisposeScope();
-        var w = base_layer.weight!;
-        var delta = lora_B.weight!.to(ScalarType.Float32).matmul(lora_A.weight!.to(ScalarType.Float32)).mul(Scaling);
-        return w.to(ScalarType.Float32).add(delta).to(w.dtype).detach().MoveToOuterDisposeScope();
-    }
+    public Tensor MergedWeight() => Lora.MergedWeight(base_layer.weight!, lora_A.weight!, lora_B.weight!, Scaling);
 }
 
 /// <summary>
@@ -122,6 +116,17 @@ public static class Lora
             p.requires_grad_(train);
         }
         return targets;
+    }
+
+    /// <summary>
+    /// W + (B·A)·scaling as a new tensor in W's dtype and device: the product and the sum in fp32, then rounded (PEFT
+    /// merges in the weight dtype; fp32 keeps a bf16 merge within one rounding of the exact result).
+    /// </summary>
+    public static Tensor MergedWeight(Tensor weight, Tensor loraA, Tensor loraB, double scaling)
+    {
+        using var scope = torch.NewDisposeScope();
+        var delta = loraB.to(ScalarType.Float32, weight.device).matmul(loraA.to(ScalarType.Float32, weight.device)).mul(scaling);
+        return weight.to(ScalarType.Float32).add(delta).to(weight.dtype).detach().MoveToOuterDisposeScope();
     }
 
     public static bool IsAdapterParam(string name) => name.EndsWith(".lora_A.weight", StringComparison.Ordinal) || name.EndsWith(".lora_B.weight", StringComparison.Ordinal);
