@@ -60,9 +60,11 @@ public sealed record ShapesModelConfig
     public int TextMaxLen { get; init; } = 128;
 
     // ---- BSQ-VAE ----
-    /// <summary>GroupNorm needs channel counts divisible by 32 or 24.</summary>
-    public int VaeBaseCh { get; init; } = 32;
-    public int[] VaeChMult { get; init; } = [1, 1, 2, 2, 4];
+    /// <summary>GroupNorm needs channel counts divisible by 32 or 24. 48 gives 24 groups of 2 channels at full resolution:
+    /// with 32 (one channel per group) the decoder's last norm turns each channel into a per-image z-score, so an object's
+    /// colour depended on how much of the white image was foreground (measured: reconstructions collapsed to 3–4 hues).</summary>
+    public int VaeBaseCh { get; init; } = 48;
+    public int[] VaeChMult { get; init; } = [1, 1, 2, 2, 2];
     public int VaeNumResBlocks { get; init; } = 1;
     /// <summary>Bits per latent cell (BSQ codebook_dim): Infinity emits 2 logits per bit.</summary>
     public int CodebookDim { get; init; } = 16;

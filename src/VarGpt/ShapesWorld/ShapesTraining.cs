@@ -23,7 +23,7 @@ public sealed record ShapesTrainingOptions
     /// <summary>Caption pairs of the alignment stage (descriptions and text-to-image, half each).</summary>
     public int AlignSamples { get; init; } = 6000;
     public int EvalSamples { get; init; } = 400;
-    public int VaeSteps { get; init; } = 400;
+    public int VaeSteps { get; init; } = 800;
     public int VaeEvalImages { get; init; } = 200;
     public int LoggingSteps { get; init; } = 10;
     public int AlignSteps { get; init; } = 400;
@@ -31,7 +31,7 @@ public sealed record ShapesTrainingOptions
     public int BatchSize { get; init; } = 8;
     public double LearningRate { get; init; } = 1e-3;
     /// <summary>DPO: prompts to sample for pairs, images per prompt, optimizer steps, pairs per batch, LoRA rank.</summary>
-    public int DpoPrompts { get; init; } = 600;
+    public int DpoPrompts { get; init; } = 300;
     public int DpoSamplesPerPrompt { get; init; } = 4;
     public int DpoSteps { get; init; } = 120;
     public int DpoBatchSize { get; init; } = 4;

@@ -15,17 +15,17 @@ public sealed record VaeTrainingOptions
 {
     public required string OutputDir { get; init; }
     public int Seed { get; init; }
-    public int Steps { get; init; } = 240;
+    public int Steps { get; init; } = 800;
     /// <summary>Images per full-size (128²) step.</summary>
     public int BatchSize { get; init; } = 4;
     /// <summary>The first CropFraction of the steps train on random 16-aligned CropSize² crops of the renders (a conv
     /// VAE is translation-equivariant, so crops teach the same local coding at a quarter of the cost per crop); the rest
     /// on whole images with the real scale schedule. 0 disables cropping.</summary>
-    public double CropFraction { get; init; } = 0.75;
+    public double CropFraction { get; init; } = 0.85;
     public int CropSize { get; init; } = 64;
-    public int CropBatchSize { get; init; } = 16;
-    public double LearningRate { get; init; } = 2e-3;
-    public double MaxGradNorm { get; init; } = 1.0;
+    public int CropBatchSize { get; init; } = 8;
+    public double LearningRate { get; init; } = 3e-3;
+    public double MaxGradNorm { get; init; } = 2.0;
     public double WarmupRatio { get; init; } = 0.05;
     public string LrScheduler { get; init; } = "cosine";
     /// <summary>Reconstruction terms on the decoder output (official recon_loss_type 'l1'; the L2 term lifts PSNR, the
@@ -35,14 +35,20 @@ public sealed record VaeTrainingOptions
     public double EdgeWeight { get; init; } = 0.5;
     /// <summary>BSQ commitment: mean over scales of ||u − û||² (u = l2-normalised residual, û its ±1/√d corner),
     /// pulling features away from the bit boundaries so bit labels are stable.</summary>
-    public double CommitmentWeight { get; init; } = 0.25;
+    public double CommitmentWeight { get; init; } = 0.1;
+    /// <summary>Keeps the encoder output's per-position norm near NormTarget: weight · mean (‖h‖ − target)². Without it
+    /// ‖h‖ drifts large (measured absmax 19), which shrinks the gradient through the l2-normalisation (∝ 1/‖h‖) and makes
+    /// every scale's residual ≈ h, so all scales repeat the same signs.</summary>
+    public double NormWeight { get; init; } = 0.1;
+    public double NormTarget { get; init; } = 2.0;
+
     /// <summary>Box-centre jitter of the training renders (fraction of the side); the dataset renders jitter-free.</summary>
     public float PositionJitter { get; init; } = ShapesPalette.MaxJitter;
     /// <summary>Objects per training render, uniform in [MinObjects, MaxObjects] (the dataset shows 1–2; the VAE sees
     /// denser scenes so that most crops hold an object: with 1–2 small shapes on white, the decoder settles on the white
     /// image first and the pixel losses hardly move it — measured: an all-white reconstruction after 300 steps).</summary>
-    public int MinObjects { get; init; } = 3;
-    public int MaxObjects { get; init; } = 5;
+    public int MinObjects { get; init; } = 1;
+    public int MaxObjects { get; init; } = 3;
     /// <summary>Extra weight of foreground pixels (any channel of the render below 250) in the pixel losses.</summary>
     public double ForegroundWeight { get; init; } = 4;
     /// <summary>Wall-clock cap: the run stops after this many minutes (final weights are still written; resume continues).</summary>
@@ -281,6 +287,7 @@ public sealed class VaeReconstructionObjective(BsqVae vae, IReadOnlyList<Scale> 
         var (z, commit) = VaeTraining.QuantizeForTraining(vae.quantizer.lfq, h, ScalesFor((int)h.shape[2], (int)h.shape[3]));
         var rec = vae.decoder.forward(z.to(vae.DType)).to(ScalarType.Float32); // official training: no clamp
         var loss = commit * o.CommitmentWeight;
+        if (o.NormWeight != 0) loss = loss + (h.to(ScalarType.Float32).norm(1) - o.NormTarget).pow(2).mean() * o.NormWeight;
         // per-pixel weight 1 + fg·[pixel is not background white] (x in [-1,1]; 250/255 → 0.96)
         var w = x.amin([1], keepdim: true).lt(0.96).to(ScalarType.Float32).mul(o.ForegroundWeight).add(1);
         var wsum = w.sum() * x.shape[1];
