@@ -12,7 +12,7 @@ namespace VarGpt.Torch;
 /// reads ~21 GB/s and two ~30 GB/s (docs/performance.md, "Chat"). A decode step is nothing but such weight reads, so
 /// the language model's linears call <see cref="Forward"/>: the fast path for the few-row, no-autograd CPU fp32/bf16
 /// case, plain <c>linear</c> otherwise (prefill, training, LoRA-wrapped layers, CUDA, fp16).
-/// Numerics: the same products summed in another order (fp32 accumulators, 8 lanes per row); bf16 results are
+/// Numerics: the same products summed in another order (fp32, 4 vector accumulators per row); bf16 results are
 /// accumulated in fp32 (bias included) and rounded to nearest-even once, as libtorch's bf16 linear does.
 /// </summary>
 public static class DecodeLinear
@@ -66,7 +66,7 @@ public static class DecodeLinear
             fixed (byte* pw = weight.bytes, px = xf.bytes, py = y.bytes, pb = bc is null ? default : bc.bytes)
             {
                 var job = new Job(pw, (float*)px, py, pb, weight.dtype == ScalarType.BFloat16, rows, O, I);
-                // n contiguous chunks of whole 8-row blocks, one per thread (the caller runs one of them)
+                // n contiguous chunks of whole blocks of rows (cache-line multiples of the output), one per thread
                 long blocks = (O + RowsPerBlock - 1) / RowsPerBlock;
                 int n = (int)Math.Min(threads, blocks);
                 if (n == 1) job.Run(0, O);
@@ -77,7 +77,7 @@ public static class DecodeLinear
         return y;
     }
 
-    const int RowsPerBlock = 8;
+    const int RowsPerBlock = 16;
 
     /// <summary>Pointers and sizes of one call; Run computes output columns [s, e) of every row.</summary>
     readonly unsafe struct Job(byte* w, float* x, byte* y, byte* b, bool bf16, int rows, long o, long i)
@@ -91,20 +91,12 @@ public static class DecodeLinear
         void RunF32(long s, long e)
         {
             var W = (float*)w; var Y = (float*)y; var B = (float*)b;
-            var acc = stackalloc float[RowsPerBlock];
-            for (long r0 = s; r0 < e; r0 += RowsPerBlock)
-            {
-                int nr = (int)Math.Min(RowsPerBlock, e - r0);
-                // the block's weight rows (8 × I) stay in L1/L2 across the input rows
-                for (int row = 0; row < rows; row++)
+            for (long r = s; r < e; r++)
+                for (int row = 0; row < rows; row++)   // the weight row stays in L1/L2 across the input rows
                 {
-                    var xr = x + row * i;
-                    if (nr == RowsPerBlock) DotF32x8(W + r0 * i, xr, i, acc);
-                    else for (int j = 0; j < nr; j++) acc[j] = DotF32(W + (r0 + j) * i, xr, i);
-                    var yr = Y + row * o + r0;
-                    for (int j = 0; j < nr; j++) yr[j] = B == null ? acc[j] : acc[j] + B[r0 + j];
+                    float v = DotF32(W + r * i, x + row * i, i);
+                    Y[row * o + r] = B == null ? v : v + B[r];
                 }
-            }
         }
 
         void RunBf16(long s, long e)
@@ -120,41 +112,26 @@ public static class DecodeLinear
         }
     }
 
-    /// <summary>Dot products of 8 consecutive weight rows with x (x read once per vector for all 8).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static unsafe void DotF32x8(float* w, float* x, long n, float* acc)
-    {
-        int L = Vector<float>.Count;
-        long nv = n - n % L;
-        Vector<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
-        for (long k = 0; k < nv; k += L)
-        {
-            var xv = Vector.Load(x + k);
-            float* p = w + k;
-            a0 = Vector.FusedMultiplyAdd(Vector.Load(p), xv, a0); p += n;
-            a1 = Vector.FusedMultiplyAdd(Vector.Load(p), xv, a1); p += n;
-            a2 = Vector.FusedMultiplyAdd(Vector.Load(p), xv, a2); p += n;
-            a3 = Vector.FusedMultiplyAdd(Vector.Load(p), xv, a3); p += n;
-            a4 = Vector.FusedMultiplyAdd(Vector.Load(p), xv, a4); p += n;
-            a5 = Vector.FusedMultiplyAdd(Vector.Load(p), xv, a5); p += n;
-            a6 = Vector.FusedMultiplyAdd(Vector.Load(p), xv, a6); p += n;
-            a7 = Vector.FusedMultiplyAdd(Vector.Load(p), xv, a7);
-        }
-        acc[0] = Vector.Sum(a0); acc[1] = Vector.Sum(a1); acc[2] = Vector.Sum(a2); acc[3] = Vector.Sum(a3);
-        acc[4] = Vector.Sum(a4); acc[5] = Vector.Sum(a5); acc[6] = Vector.Sum(a6); acc[7] = Vector.Sum(a7);
-        for (long k = nv; k < n; k++)
-            for (int j = 0; j < RowsPerBlock; j++) acc[j] += w[j * n + k] * x[k];
-    }
-
+    /// <summary>
+    /// One weight row · x with 4 accumulators. Rows are streamed one after the other (a single sequential stream for
+    /// the hardware prefetcher): measured 24 GB/s on one core, against 18 GB/s interleaving 8 rows and 11-12 GB/s for MKL.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static unsafe float DotF32(float* w, float* x, long n)
     {
         int L = Vector<float>.Count;
-        long nv = n - n % L;
-        Vector<float> a = default;
-        for (long k = 0; k < nv; k += L) a = Vector.FusedMultiplyAdd(Vector.Load(w + k), Vector.Load(x + k), a);
-        float s = Vector.Sum(a);
-        for (long k = nv; k < n; k++) s += w[k] * x[k];
+        long n4 = n - n % (4 * L), n1 = n - n % L, k = 0;
+        Vector<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (; k < n4; k += 4 * L)
+        {
+            a0 = Vector.FusedMultiplyAdd(Vector.Load(w + k), Vector.Load(x + k), a0);
+            a1 = Vector.FusedMultiplyAdd(Vector.Load(w + k + L), Vector.Load(x + k + L), a1);
+            a2 = Vector.FusedMultiplyAdd(Vector.Load(w + k + 2 * L), Vector.Load(x + k + 2 * L), a2);
+            a3 = Vector.FusedMultiplyAdd(Vector.Load(w + k + 3 * L), Vector.Load(x + k + 3 * L), a3);
+        }
+        for (; k < n1; k += L) a0 = Vector.FusedMultiplyAdd(Vector.Load(w + k), Vector.Load(x + k), a0);
+        float s = Vector.Sum((a0 + a1) + (a2 + a3));
+        for (; k < n; k++) s += w[k] * x[k];
         return s;
     }
 
@@ -163,16 +140,25 @@ public static class DecodeLinear
     static unsafe float DotBf16(ushort* w, float* x, long n)
     {
         int L = Vector<ushort>.Count, H = Vector<float>.Count; // L = 2H
-        long nv = n - n % L;
-        Vector<float> a0 = default, a1 = default;
-        for (long k = 0; k < nv; k += L)
+        long n2 = n - n % (2 * L), n1 = n - n % L, k = 0;
+        Vector<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (; k < n2; k += 2 * L)
+        {
+            Vector.Widen(Vector.Load(w + k), out Vector<uint> lo, out Vector<uint> hi);
+            a0 = Vector.FusedMultiplyAdd(Vector.AsVectorSingle(Vector.ShiftLeft(lo, 16)), Vector.Load(x + k), a0);
+            a1 = Vector.FusedMultiplyAdd(Vector.AsVectorSingle(Vector.ShiftLeft(hi, 16)), Vector.Load(x + k + H), a1);
+            Vector.Widen(Vector.Load(w + k + L), out lo, out hi);
+            a2 = Vector.FusedMultiplyAdd(Vector.AsVectorSingle(Vector.ShiftLeft(lo, 16)), Vector.Load(x + k + L), a2);
+            a3 = Vector.FusedMultiplyAdd(Vector.AsVectorSingle(Vector.ShiftLeft(hi, 16)), Vector.Load(x + k + L + H), a3);
+        }
+        for (; k < n1; k += L)
         {
             Vector.Widen(Vector.Load(w + k), out Vector<uint> lo, out Vector<uint> hi);
             a0 = Vector.FusedMultiplyAdd(Vector.AsVectorSingle(Vector.ShiftLeft(lo, 16)), Vector.Load(x + k), a0);
             a1 = Vector.FusedMultiplyAdd(Vector.AsVectorSingle(Vector.ShiftLeft(hi, 16)), Vector.Load(x + k + H), a1);
         }
-        float s = Vector.Sum(a0 + a1);
-        for (long k = nv; k < n; k++) s += BitConverter.Int32BitsToSingle(w[k] << 16) * x[k];
+        float s = Vector.Sum((a0 + a1) + (a2 + a3));
+        for (; k < n; k++) s += BitConverter.Int32BitsToSingle(w[k] << 16) * x[k];
         return s;
     }
 
