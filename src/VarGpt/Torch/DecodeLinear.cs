@@ -20,8 +20,8 @@ public static class DecodeLinear
     /// <summary>Inputs with at most this many rows (product of the leading dims) take the fast path.</summary>
     public const int MaxRows = 4;
 
-    /// <summary>Weights smaller than this run on the calling thread only (a fork/join costs ~10 µs).</summary>
-    const long ParallelMinBytes = 256 << 10;
+    /// <summary>Each thread gets at least this much weight (a fork/join costs ~10 µs, 128 KiB takes ~5 µs to read).</summary>
+    const long BytesPerThread = 128 << 10;
 
     /// <summary><paramref name="layer"/>(x), through the fast GEMV when <see cref="Applies"/> (the layer must be a plain nn.Linear).</summary>
     public static Tensor Forward(nn.Module<Tensor, Tensor> layer, Tensor x) =>
@@ -45,7 +45,7 @@ public static class DecodeLinear
 
     /// <summary>linear(x, weight, bias) by the fast GEMV; x [..., I], weight [O, I], bias [O] → [..., O]. Check <see cref="Applies"/> first.</summary>
     public static Tensor Linear(Tensor x, Tensor weight, Tensor? bias) =>
-        Linear(x, weight, bias, weight.numel() * weight.element_size() >= ParallelMinBytes ? Math.Max(1, get_num_threads()) : 1);
+        Linear(x, weight, bias, (int)Math.Clamp(weight.numel() * weight.element_size() / BytesPerThread, 1, Math.Max(1, get_num_threads())));
 
     /// <summary>As <see cref="Linear(Tensor, Tensor, Tensor?)"/> with the rows split into <paramref name="threads"/> chunks (tests).</summary>
     internal static Tensor Linear(Tensor x, Tensor weight, Tensor? bias, int threads)
