@@ -1,6 +1,7 @@
 using TorchSharp;
 using TorchSharp.Modules;
 using VarGpt.Checkpoint;
+using VarGpt.Torch;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
 
@@ -57,7 +58,8 @@ public sealed class Qwen2MLP : Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        return down_proj.forward(functional.silu(gate_proj.forward(x)) * up_proj.forward(x)).MoveToOuterDisposeScope();
+        // decode steps (one row, no autograd, CPU) take the multi-threaded GEMV; everything else plain linear
+        return DecodeLinear.Forward(down_proj, functional.silu(DecodeLinear.Forward(gate_proj, x)) * DecodeLinear.Forward(up_proj, x)).MoveToOuterDisposeScope();
     }
 }
 
@@ -90,9 +92,9 @@ public sealed class Qwen2VLAttention : Module
         using var scope = NewDisposeScope();
         long B = x.shape[0], L = x.shape[1];
         int groups = _numHeads / _numKvHeads;
-        var q = q_proj.forward(x).view(B, L, _numHeads, _headDim).transpose(1, 2);
-        var k = k_proj.forward(x).view(B, L, _numKvHeads, _headDim).transpose(1, 2);
-        var v = v_proj.forward(x).view(B, L, _numKvHeads, _headDim).transpose(1, 2);
+        var q = DecodeLinear.Forward(q_proj, x).view(B, L, _numHeads, _headDim).transpose(1, 2);
+        var k = DecodeLinear.Forward(k_proj, x).view(B, L, _numKvHeads, _headDim).transpose(1, 2);
+        var v = DecodeLinear.Forward(v_proj, x).view(B, L, _numKvHeads, _headDim).transpose(1, 2);
         q = MultimodalRotaryEmbedding.Apply(q, cos, sin);
         k = MultimodalRotaryEmbedding.Apply(k, cos, sin);
         if (cache is not null) (k, v) = cache.Update(_layerIdx, k, v);
@@ -116,7 +118,7 @@ public sealed class Qwen2VLAttention : Module
             o = functional.scaled_dot_product_attention(q, RepeatKv(k, groups), RepeatKv(v, groups), mask, is_casual: isCausal);
         }
         o = o.transpose(1, 2).reshape(B, L, _numHeads * _headDim);
-        return o_proj.forward(o).MoveToOuterDisposeScope();
+        return DecodeLinear.Forward(o_proj, o).MoveToOuterDisposeScope();
     }
 
     /// <summary>[B, Hkv, T, D] -> [B, Hkv * n, T, D] with each kv head repeated n times in place (official repeat_kv).</summary>

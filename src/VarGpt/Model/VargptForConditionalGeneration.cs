@@ -3,6 +3,7 @@ using VarGpt.Checkpoint;
 using VarGpt.Generation;
 using VarGpt.LanguageModel;
 using VarGpt.Vision;
+using VarGpt.Torch;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
 
@@ -156,7 +157,7 @@ public sealed class VargptForConditionalGeneration : Module
         if (hidden is not null) allHiddenStates!.AddRange(hidden.Select(t => t.MoveToOuterDisposeScope()));
         var last = lastPositionOnly ? h.narrow(1, h.shape[1] - 1, 1) : h;
         // logits in the model dtype, then float32 (official: lm_head(h), then .float() in the sampler)
-        var logits = lm_head.forward(last).to(ScalarType.Float32);
+        var logits = DecodeLinear.Forward(lm_head, last).to(ScalarType.Float32);  // few rows: the multi-threaded GEMV
         return new CausalLMOutput(logits.MoveToOuterDisposeScope(), h.MoveToOuterDisposeScope());
     }
 }
