@@ -165,6 +165,11 @@ public static class ShapesTraining
         {
             Directory.CreateDirectory(Path.Combine(tmp, "adapter"));
             foreach (var f in Directory.GetFiles(adapterDir)) File.Copy(f, Path.Combine(tmp, "adapter", Path.GetFileName(f)));
+            // the base model is the folder the adapter sits in (not the run's sft/ path on the training machine)
+            var cfgPath = Path.Combine(tmp, "adapter", "adapter_config.json");
+            var node = JsonNode.Parse(File.ReadAllText(cfgPath))!.AsObject();
+            node["base_model_name_or_path"] = "..";
+            File.WriteAllText(cfgPath, node.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         }
         var training = Path.Combine(tmp, "training");
         Directory.CreateDirectory(training);

@@ -4,15 +4,17 @@ using VarGpt.ShapesWorld;
 namespace VarGpt.Tests.ShapesWorld;
 
 /// <summary>
-/// CI regression gate of the shipped ShapesWorld model (models/shapesworld): the fast held-out subset (48 samples per
-/// task, fixed seeds) must keep the accuracy it had when the model was shipped, within a margin. The floors are the
-/// fast-subset figures measured at ship time (docs/shapesworld.md) minus about two samples' worth; the issue's targets
-/// are stated on the full 200-per-task set by `vargpt shapes eval`.
+/// CI regression gate of the shipped ShapesWorld model (models/shapesworld) on the fast held-out subset (48 samples per
+/// task, fixed seeds). The floors sit a few samples below what the shipped model measured there at ship time
+/// (docs/shapesworld.md: understanding 15/48, text-to-image position 46/79 and size 45/64 of the requested objects,
+/// edit change made 12/48). The shipped model misses the issue's targets (whole-image text-to-image and editing
+/// accuracy are 0, so those are gated per attribute instead, where it is measurably above zero); a model that
+/// regresses to noise fails here.
 /// </summary>
 [Collection(nameof(TorchDefaultsCollection))]
 public class ShippedModelEvaluationTests(ITestOutputHelper output)
 {
-    public const double UnderstandingFloor = 0.0, GenerationFloor = 0.0, EditingFloor = 0.0, DpoGainFloor = 0.0;
+    const double UnderstandingFloor = 0.25, PositionFloor = 0.45, SizeFloor = 0.55, ChangeMadeFloor = 0.15;
 
     [Fact]
     public void The_shipped_model_keeps_its_accuracy_on_the_fast_held_out_subset()
@@ -24,9 +26,10 @@ public class ShippedModelEvaluationTests(ITestOutputHelper output)
         output.WriteLine(log.ToString());
         output.WriteLine(r.ToTable());
         Assert.NotNull(r.AdapterDir);
+        Assert.NotNull(r.DpoGain);
         Assert.True(r.Understanding.Accuracy >= UnderstandingFloor, $"understanding {r.Understanding.Count} < floor {UnderstandingFloor:P0}");
-        Assert.True(r.Generation.Accuracy >= GenerationFloor, $"text-to-image {r.Generation.Count} < floor {GenerationFloor:P0}");
-        Assert.True(r.Editing.Accuracy >= EditingFloor, $"editing {r.Editing.Count} < floor {EditingFloor:P0}");
-        Assert.True(r.DpoGain >= DpoGainFloor, $"DPO gain {r.DpoGain:P1} < floor {DpoGainFloor:P1}");
+        Assert.True(r.Generation.Breakdown["position"].Accuracy >= PositionFloor, $"text-to-image position {r.Generation.Breakdown["position"]} < floor {PositionFloor:P0}");
+        Assert.True(r.Generation.Breakdown["size"].Accuracy >= SizeFloor, $"text-to-image size {r.Generation.Breakdown["size"]} < floor {SizeFloor:P0}");
+        Assert.True(r.Editing.Breakdown["change_made"].Accuracy >= ChangeMadeFloor, $"edit change made {r.Editing.Breakdown["change_made"]} < floor {ChangeMadeFloor:P0}");
     }
 }
