@@ -31,7 +31,7 @@ public class CliTests
     [Fact]
     public void Usage_errors_exit_2_on_stderr_without_stack_traces()
     {
-        foreach (var args in new[] { new[] { "bogus" }, new[] { "fixtures" }, new[] { "info" }, new[] { "info", "a", "b" } })
+        foreach (var args in new[] { new[] { "bogus" }, new[] { "fixtures" }, new[] { "info", "a", "b" } })
         {
             var (code, o, e) = Run(args);
             Assert.Equal(2, code);
