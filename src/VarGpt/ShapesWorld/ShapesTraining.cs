@@ -75,8 +75,7 @@ public static class ShapesTraining
             var align = world.Samples(ShapesSplit.Train, o.AlignSamples / 2, ShapesTaskKind.Description, start: o.TrainSamples)
                 .Concat(world.Samples(ShapesSplit.Train, o.AlignSamples - o.AlignSamples / 2, ShapesTaskKind.TextToImage, start: o.TrainSamples));
             ShapesDataset.WriteDataset(data, AlignName, align, sizes.ImageSize);
-            var corpus = BpeTrainer.ShapesCorpus(world, 4000);
-            var tokenizer = BpeTrainer.Train(corpus);
+            var tokenizer = BpeTrainer.TrainShapesWorld(world);
             var baseDir = Path.Combine(root, BaseDir);
             Directory.CreateDirectory(baseDir);
             tokenizer.Save(baseDir);
@@ -88,7 +87,7 @@ public static class ShapesTraining
         Stage(root, VaeDir, log, () =>
         {
             VaeTraining.Train(sizes, new VaeTrainingOptions { OutputDir = Path.Combine(root, VaeDir), Seed = o.Seed, Steps = o.VaeSteps, EvalImages = o.VaeEvalImages, LoggingSteps = o.LoggingSteps, Output = log },
-                resume: Directory.EnumerateDirectories(Path.Combine(root, VaeDir)).Any(d => Path.GetFileName(d).StartsWith("checkpoint-", StringComparison.Ordinal)));
+                resume: TrainerCheckpoint.Latest(Path.Combine(root, VaeDir)) is not null);
             WriteInitialWeights(Path.Combine(root, BaseDir), Path.Combine(root, VaeDir, VaeTraining.WeightsFile), o.Seed);
         }, create: true);
 
@@ -148,16 +147,15 @@ public static class ShapesTraining
         var tmp = dir + ".tmp";
         if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
         Directory.CreateDirectory(tmp);
-        foreach (var f in Directory.GetFiles(sft))
-        {
-            var name = Path.GetFileName(f);
-            var ext = Path.GetExtension(name);
-            if (name != "config.json" && ext is ".json" or ".txt" or ".jinja" or ".model") File.Copy(f, Path.Combine(tmp, name));
-        }
+        TrainerCheckpoint.CopyDescriptiveFiles(sft, tmp);
         using (var st = SafeTensorsFile.Open(Path.Combine(sft, TrainerCheckpoint.ModelFile)))
         {
-            var tensors = st.Tensors.Keys.Select(k => new KeyValuePair<string, Tensor>(k, Bf16(st.Load(k)))).ToList();
-            try { SafeTensorsWriter.Save(Path.Combine(tmp, TrainerCheckpoint.ModelFile), tensors, new Dictionary<string, string> { ["format"] = "pt" }); }
+            var tensors = st.Tensors.Keys.Select(k => new KeyValuePair<string, Tensor>(k, st.Load(k))).ToList();
+            try
+            {
+                SafeTensorsWriter.Save(Path.Combine(tmp, TrainerCheckpoint.ModelFile), tensors, new Dictionary<string, string> { ["format"] = "pt" },
+                    floatDType: ScalarType.BFloat16);
+            }
             finally { foreach (var t in tensors) t.Value.Dispose(); }
         }
         TrainerCheckpoint.WriteConfig(tmp, sft, ScalarType.BFloat16);
@@ -182,15 +180,6 @@ public static class ShapesTraining
         if (File.Exists(vaeEval)) File.Copy(vaeEval, Path.Combine(training, VaeTraining.EvalFile));
         if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
         Directory.Move(tmp, dir);
-    }
-
-    /// <summary>Floating tensors to bf16 (round to nearest even, as torch's .to), others unchanged.</summary>
-    static Tensor Bf16(Tensor t)
-    {
-        if (!t.is_floating_point() || t.dtype == ScalarType.BFloat16) return t;
-        var r = t.to(ScalarType.BFloat16);
-        t.Dispose();
-        return r;
     }
 
     public static ShapesWorldOptions WorldOptions(int seed, ShapesModelConfig sizes) => new() { Seed = seed, ImageSize = sizes.ImageSize };
@@ -308,9 +297,7 @@ public static class ShapesTraining
         var path = Path.Combine(root, name + ".yaml");
         File.WriteAllText(path, yaml);
         var cfg = TrainingConfig.Load(path);
-        bool resumable = Directory.Exists(Path.Combine(root, name)) &&
-            Directory.EnumerateDirectories(Path.Combine(root, name)).Any(d => Path.GetFileName(d).StartsWith("checkpoint-", StringComparison.Ordinal));
-        if (resumable) cfg = cfg with { ResumeFromCheckpoint = "latest" };
+        if (TrainerCheckpoint.Latest(Path.Combine(root, name)) is not null) cfg = cfg with { ResumeFromCheckpoint = "latest" };
         var r = VargptFineTuning.Run(cfg, new FineTuningOptions { BaseDir = root, Output = log }, ct);
         if (r.ModelPath is null) throw new OperationCanceledException($"stage {name} stopped at step {r.Training.GlobalStep} of {r.Training.TotalSteps}; rerun to resume");
     }

@@ -349,16 +349,7 @@ public sealed class Trainer<TBatch> : IDisposable
     {
         Directory.CreateDirectory(dir);
         ExportWeights(dir);
-        if (_o.BaseModelDir == null) return;
-        foreach (var f in Directory.GetFiles(_o.BaseModelDir))
-        {
-            // the base folder's descriptive files only (tokenizer, processor, generation config, chat template...):
-            // not its weights, and not the artifacts of a run that produced it (logs, plots, markers)
-            var name = Path.GetFileName(f);
-            var ext = Path.GetExtension(name);
-            if (name == "config.json" || name.EndsWith(".safetensors.index.json") || !(ext is ".json" or ".txt" or ".jinja" or ".model")) continue;
-            File.Copy(f, Path.Combine(dir, name), overwrite: true);
-        }
+        if (_o.BaseModelDir != null) TrainerCheckpoint.CopyDescriptiveFiles(_o.BaseModelDir, dir);
     }
 
     TrainerState Resume(string dir)

@@ -123,6 +123,22 @@ public static class TrainerCheckpoint
         WriteAllTextDurable(Path.Combine(dir, "config.json"), node.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 
+    /// <summary>
+    /// Copies a model folder's descriptive files (tokenizer, processor, generation config, chat template...) into
+    /// <paramref name="toDir"/>: not config.json (written with the output's dtype), not weights or their index, and not
+    /// the artifacts of a run that produced the folder (logs, plots, markers).
+    /// </summary>
+    public static void CopyDescriptiveFiles(string fromDir, string toDir)
+    {
+        foreach (var f in Directory.GetFiles(fromDir))
+        {
+            var name = Path.GetFileName(f);
+            var ext = Path.GetExtension(name);
+            if (name == "config.json" || name.EndsWith(".safetensors.index.json") || !(ext is ".json" or ".txt" or ".jinja" or ".model")) continue;
+            File.Copy(f, Path.Combine(toDir, name), overwrite: true);
+        }
+    }
+
     /// <summary>Saves AdamW moments per parameter name.</summary>
     public static void SaveOptimizer(string path, IReadOnlyList<(string Name, TorchSharp.Modules.AdamW.State State)> states)
     {

@@ -323,11 +323,7 @@ public sealed class VargptCollator
     public static float[] ResizedTargetPixels(RgbImage img, int S)
     {
         var r = img.Width == S && img.Height == S ? img : PilResize.Resize(img, S, S, PilFilter.Lanczos);
-        var px = new float[3 * S * S];
-        var src = r.Data;
-        for (int i = 0; i < S * S; i++)
-            for (int c = 0; c < 3; c++) px[c * S * S + i] = src[i * 3 + c] / 255f * 2f - 1f;
-        return px;
+        return CropToTensor(r, 0, 0, S);
     }
 
     /// <summary>
@@ -344,12 +340,18 @@ public sealed class VargptCollator
         else { oh = mid; ow = (int)((long)mid * w / h); }
         var resized = (ow == w && oh == h) ? img : PilResize.Resize(img, ow, oh, PilFilter.Lanczos);
         int top = (int)rng.NextBelow((ulong)(oh - S + 1)), left = (int)rng.NextBelow((ulong)(ow - S + 1));
+        return CropToTensor(resized, top, left, S);
+    }
+
+    /// <summary>The S×S crop at (top, left) as ToTensor then 2x−1: [3, S, S] float32 CHW.</summary>
+    static float[] CropToTensor(RgbImage img, int top, int left, int S)
+    {
         var px = new float[3 * S * S];
-        var src = resized.Data;
+        var src = img.Data;
         for (int y = 0; y < S; y++)
             for (int x = 0; x < S; x++)
             {
-                int si = ((top + y) * ow + left + x) * 3;
+                int si = ((top + y) * img.Width + left + x) * 3;
                 for (int c = 0; c < 3; c++) px[c * S * S + y * S + x] = src[si + c] / 255f * 2f - 1f;
             }
         return px;
