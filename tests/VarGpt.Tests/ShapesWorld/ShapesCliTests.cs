@@ -38,5 +38,19 @@ public class ShapesCliTests
         (code, _, e) = Run("shapes", "train-vae");
         Assert.Equal(2, code);
         Assert.Contains("--out", e);
+        (code, _, e) = Run("shapes", "train", "--out", "/tmp/never-written", "--sft-steps", "0");
+        Assert.Equal(2, code);
+        Assert.Contains("--sft-steps must be ≥ 1", e);
+        Assert.False(Directory.Exists("/tmp/never-written"));
+    }
+
+    [Fact]
+    public void Eval_of_a_folder_that_is_not_a_ShapesWorld_model_names_the_missing_file()
+    {
+        using var d = TestPaths.Temp();
+        var (code, _, e) = Run("shapes", "eval", "--model", d.Path, "--fast");
+        Assert.Equal(2, code);
+        Assert.Contains("shapesworld.json", e);
+        Assert.DoesNotContain("   at ", e);
     }
 }
