@@ -76,35 +76,37 @@ public static class ShapesCommand
     static Command TrainCommand()
     {
         var d = new ShapesTrainingOptions { OutputDir = "" };
-        var output = new Option<string>("--out") { Description = "Run folder (data/, base/, vae/, align/, sft/, dpo_data/, dpo/, model/ and one yaml per stage). Rerunning the same command resumes.", Required = true };
+        var output = new Option<string>("--out") { Description = "Run folder (data/, base/, vae/, vision/, understanding/, align/, sft/, dpo_data/, dpo/, model/ and one yaml per stage). Rerunning the same command resumes.", Required = true };
         var seed = SeedOption();
         var threads = ThreadsOption();
         var train = new Option<int>("--train-samples") { Description = "Mixed-task training samples.", DefaultValueFactory = _ => d.TrainSamples };
         var vae = new Option<int>("--vae-steps") { Description = "BSQ-VAE optimizer steps.", DefaultValueFactory = _ => d.VaeSteps };
+        var vision = new Option<int>("--vision-steps") { Description = "Vision-tower pretraining steps (per-token probe).", DefaultValueFactory = _ => d.VisionSteps };
+        var und = new Option<int>("--understanding-steps") { Description = "Understanding-stage steps (questions and descriptions).", DefaultValueFactory = _ => d.UnderstandingSteps };
         var align = new Option<int>("--align-steps") { Description = "Alignment-stage steps (caption pairs).", DefaultValueFactory = _ => d.AlignSteps };
         var sft = new Option<int>("--sft-steps") { Description = "SFT steps (all tasks).", DefaultValueFactory = _ => d.SftSteps };
         var dpo = new Option<int>("--dpo-steps") { Description = "DPO steps.", DefaultValueFactory = _ => d.DpoSteps };
         var batch = new Option<int>("--batch") { Description = "Samples per alignment/SFT step.", DefaultValueFactory = _ => d.BatchSize };
         var cmd = new Command("train",
             """
-            Train the ShapesWorld VARGPT from scratch, end to end: data + BPE tokenizer, the BSQ-VAE, then the
-            LLaMA-Factory style stages (alignment on caption pairs, SFT on all tasks, DPO on sampled text-to-image
-            pairs as a LoRA adapter), each from a yaml written into the run folder (rerun one with
+            Train the ShapesWorld VARGPT from scratch, end to end: data + BPE tokenizer, the BSQ-VAE, the vision
+            tower's pretraining, then the LLaMA-Factory style stages (understanding on questions and descriptions,
+            alignment on caption pairs, SFT on all tasks, DPO on sampled text-to-image pairs as a LoRA adapter), each from a yaml written into the run folder (rerun one with
             `vargpt train sft|dpo FILE`). Finished stages are skipped and an interrupted one resumes from its last
             checkpoint when the command is run again. The result is OUT/model, a model folder every command takes
             with --model.
             """)
-        { output, seed, threads, train, vae, align, sft, dpo, batch };
-        cmd.WithExamples("vargpt shapes train --out runs/shapes --seed 0", "vargpt shapes train --out runs/quick --vae-steps 20 --align-steps 10 --sft-steps 20 --dpo-steps 5");
+        { output, seed, threads, train, vae, vision, und, align, sft, dpo, batch };
+        cmd.WithExamples("vargpt shapes train --out runs/shapes --seed 0", "vargpt shapes train --out runs/quick --vae-steps 20 --vision-steps 10 --understanding-steps 10 --align-steps 10 --sft-steps 20 --dpo-steps 5");
         cmd.SetAction((p, ct) =>
         {
             set_num_threads(Math.Max(1, p.GetValue(threads)));
-            foreach (var (name, v) in new[] { ("--train-samples", p.GetValue(train)), ("--vae-steps", p.GetValue(vae)), ("--align-steps", p.GetValue(align)), ("--sft-steps", p.GetValue(sft)), ("--dpo-steps", p.GetValue(dpo)), ("--batch", p.GetValue(batch)) })
+            foreach (var (name, v) in new[] { ("--train-samples", p.GetValue(train)), ("--vae-steps", p.GetValue(vae)), ("--vision-steps", p.GetValue(vision)), ("--understanding-steps", p.GetValue(und)), ("--align-steps", p.GetValue(align)), ("--sft-steps", p.GetValue(sft)), ("--dpo-steps", p.GetValue(dpo)), ("--batch", p.GetValue(batch)) })
                 if (v < 1) throw new UserErrorException($"{name} must be ≥ 1, got {v}");
             var o = new ShapesTrainingOptions
             {
                 OutputDir = p.GetRequiredValue(output), Seed = p.GetValue(seed), TrainSamples = p.GetValue(train), VaeSteps = p.GetValue(vae),
-                AlignSteps = p.GetValue(align), SftSteps = p.GetValue(sft), DpoSteps = p.GetValue(dpo), BatchSize = p.GetValue(batch),
+                VisionSteps = p.GetValue(vision), UnderstandingSteps = p.GetValue(und), AlignSteps = p.GetValue(align), SftSteps = p.GetValue(sft), DpoSteps = p.GetValue(dpo), BatchSize = p.GetValue(batch),
                 Output = p.InvocationConfiguration.Output,
             };
             ShapesTraining.Run(o, cancellationToken: ct);

@@ -49,6 +49,37 @@ public static class ShapesRenderer
         return inside;
     }
 
+    /// <summary>
+    /// Per cell of a cells×cells grid over the image: the object covering most of the cell (at least minCover of it,
+    /// pixel centres tested with <see cref="Contains"/>), as labels 1 + colour / 1 + shape / 1 + size, 0 = background.
+    /// Row-major cells. Training targets of the probes that teach the VAE codes and the vision tower's tokens what is
+    /// where (<see cref="VaeTrainingOptions.ProbeWeight"/>, <see cref="VisionPretraining"/>).
+    /// </summary>
+    public static CellLabel[] CellLabels(Scene scene, int imageSize, int cells, double minCover = 0.1)
+    {
+        int cell = imageSize / cells;
+        var best = new double[cells * cells];
+        var labels = new CellLabel[cells * cells];
+        foreach (var o in scene.Objects)
+        {
+            var (cx, cy, h) = Box(o, imageSize);
+            var cover = new double[cells * cells];
+            int x0 = Math.Max(0, (int)(cx - h)), x1 = Math.Min(imageSize - 1, (int)(cx + h) + 1);
+            int y0 = Math.Max(0, (int)(cy - h)), y1 = Math.Min(imageSize - 1, (int)(cy + h) + 1);
+            for (int y = y0; y <= y1; y++)
+                for (int x = x0; x <= x1; x++)
+                    if (Contains(o.Shape, (x + 0.5 - cx) / h, (y + 0.5 - cy) / h) && y / cell < cells && x / cell < cells)
+                        cover[y / cell * cells + x / cell] += 1.0 / (cell * cell);
+            for (int k = 0; k < cover.Length; k++)
+                if (cover[k] >= minCover && cover[k] > best[k])
+                {
+                    best[k] = cover[k];
+                    labels[k] = new CellLabel((byte)(1 + (int)o.Color), (byte)(1 + (int)o.Shape), (byte)(1 + (int)o.Size));
+                }
+        }
+        return labels;
+    }
+
     /// <summary>Box of an object in pixels: centre and half side.</summary>
     public static (float Cx, float Cy, float Half) Box(ShapeObject o, int imageSize)
     {
@@ -142,4 +173,10 @@ public static class ShapesRenderer
         }
         return bmp;
     }
+}
+
+/// <summary>What covers one grid cell of a scene: 1 + ShapeColor, 1 + Shape, 1 + ObjectSize; all 0 = background.</summary>
+public readonly record struct CellLabel(byte Color, byte Shape, byte Size)
+{
+    public const int ColorClasses = 8, ShapeClasses = 6, SizeClasses = 3;
 }

@@ -22,10 +22,16 @@ public sealed record ShapesTrainingOptions
     public int TrainSamples { get; init; } = 20000;
     /// <summary>Caption pairs of the alignment stage (descriptions and text-to-image, half each).</summary>
     public int AlignSamples { get; init; } = 6000;
+    /// <summary>Samples of the understanding stage (three quarters questions, one quarter descriptions).</summary>
+    public int UnderstandingSamples { get; init; } = 12000;
     public int EvalSamples { get; init; } = 400;
     public int VaeSteps { get; init; } = 800;
     public int VaeEvalImages { get; init; } = 200;
     public int LoggingSteps { get; init; } = 10;
+    public int VisionSteps { get; init; } = 300;
+    public int UnderstandingSteps { get; init; } = 800;
+    /// <summary>Batch of the understanding stage: its sequences are short (no image to generate), so it takes more per step.</summary>
+    public int UnderstandingBatchSize { get; init; } = 16;
     public int AlignSteps { get; init; } = 400;
     public int SftSteps { get; init; } = 1600;
     public int BatchSize { get; init; } = 8;
@@ -52,8 +58,8 @@ public sealed record ShapesTrainingOptions
 /// </summary>
 public static class ShapesTraining
 {
-    public const string DataDir = "data", BaseDir = "base", VaeDir = "vae", AlignDir = "align", SftDir = "sft", DpoDataDir = "dpo_data", DpoDir = "dpo", ModelDir = "model";
-    public const string AlignName = "shapesworld_align";
+    public const string DataDir = "data", BaseDir = "base", VaeDir = "vae", VisionDir = "vision", UnderstandingDir = "understanding", AlignDir = "align", SftDir = "sft", DpoDataDir = "dpo_data", DpoDir = "dpo", ModelDir = "model";
+    public const string AlignName = "shapesworld_align", UnderstandingName = "shapesworld_understanding";
     public const string WorldFile = "shapesworld.json", DoneFile = "DONE";
 
     public static string Run(ShapesTrainingOptions o, ShapesModelConfig? sizes = null, CancellationToken cancellationToken = default)
@@ -75,6 +81,11 @@ public static class ShapesTraining
             var align = world.Samples(ShapesSplit.Train, o.AlignSamples / 2, ShapesTaskKind.Description, start: o.TrainSamples)
                 .Concat(world.Samples(ShapesSplit.Train, o.AlignSamples - o.AlignSamples / 2, ShapesTaskKind.TextToImage, start: o.TrainSamples));
             ShapesDataset.WriteDataset(data, AlignName, align, sizes.ImageSize);
+            long uStart = o.TrainSamples + o.AlignSamples;
+            int questions = o.UnderstandingSamples * 3 / 4;
+            var understanding = world.Samples(ShapesSplit.Train, questions, ShapesTaskKind.Understanding, start: uStart)
+                .Concat(world.Samples(ShapesSplit.Train, o.UnderstandingSamples - questions, ShapesTaskKind.Description, start: uStart + questions));
+            ShapesDataset.WriteDataset(data, UnderstandingName, understanding, sizes.ImageSize);
             var tokenizer = BpeTrainer.TrainShapesWorld(world);
             var baseDir = Path.Combine(root, BaseDir);
             Directory.CreateDirectory(baseDir);
@@ -91,13 +102,24 @@ public static class ShapesTraining
             WriteInitialWeights(Path.Combine(root, BaseDir), Path.Combine(root, VaeDir, VaeTraining.WeightsFile), o.Seed);
         }, create: true);
 
-        // ---- B. alignment: caption pairs in both directions (descriptions, text-to-image), everything but the VAE
-        Stage(root, AlignDir, log, () => RunYaml(root, AlignDir, StageYaml(o, "sft", BaseDir, [AlignName], AlignDir, o.AlignSteps, o.BatchSize, o.LearningRate), log, cancellationToken));
+        // ---- B. the vision tower: a per-token probe teaches its tokens what is where (VARGPT starts from a pretrained ViT)
+        Stage(root, VisionDir, log, () => VisionPretraining.Run(new VisionPretrainingOptions
+        {
+            ModelDir = Path.Combine(root, BaseDir), OutputDir = Path.Combine(root, VisionDir), Seed = o.Seed, Steps = o.VisionSteps,
+            LoggingSteps = o.LoggingSteps, Output = log,
+        }), create: true);
 
-        // ---- C. SFT on all tasks
+        // ---- C. understanding: questions and descriptions only (short sequences, so a larger batch), everything but the VAE
+        Stage(root, UnderstandingDir, log, () => RunYaml(root, UnderstandingDir, StageYaml(o, "sft", VisionDir, [UnderstandingName], UnderstandingDir,
+            o.UnderstandingSteps, o.UnderstandingBatchSize, o.LearningRate), log, cancellationToken));
+
+        // ---- D. alignment: caption pairs in both directions (descriptions, text-to-image), everything but the VAE
+        Stage(root, AlignDir, log, () => RunYaml(root, AlignDir, StageYaml(o, "sft", UnderstandingDir, [AlignName], AlignDir, o.AlignSteps, o.BatchSize, o.LearningRate), log, cancellationToken));
+
+        // ---- E. SFT on all tasks
         Stage(root, SftDir, log, () => RunYaml(root, SftDir, StageYaml(o, "sft", AlignDir, [ShapesDataset.TrainName], SftDir, o.SftSteps, o.BatchSize, o.LearningRate), log, cancellationToken));
 
-        // ---- D. DPO on text-to-image pairs sampled from the SFT model (chosen = scorer-correct, rejected = wrong),
+        // ---- F. DPO on text-to-image pairs sampled from the SFT model (chosen = scorer-correct, rejected = wrong),
         // trained as a LoRA adapter on the language model with everything else frozen, so the adapter holds all of it
         string? adapter = null;
         Stage(root, DpoDataDir, log, () =>
@@ -171,7 +193,7 @@ public static class ShapesTraining
         }
         var training = Path.Combine(tmp, "training");
         Directory.CreateDirectory(training);
-        foreach (var (stage, name) in new[] { (VaeDir, "vae"), (AlignDir, "align"), (SftDir, "sft"), (DpoDir, "dpo") })
+        foreach (var (stage, name) in new[] { (VaeDir, "vae"), (VisionDir, "vision"), (UnderstandingDir, "understanding"), (AlignDir, "align"), (SftDir, "sft"), (DpoDir, "dpo") })
         {
             var jsonl = Path.Combine(root, stage, TrainerLog.JsonlFile);
             if (File.Exists(jsonl)) File.Copy(jsonl, Path.Combine(training, name + ".jsonl"));

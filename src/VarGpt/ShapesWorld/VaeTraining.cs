@@ -51,6 +51,12 @@ public sealed record VaeTrainingOptions
     public int MaxObjects { get; init; } = 3;
     /// <summary>Extra weight of foreground pixels (any channel of the render below 250) in the pixel losses.</summary>
     public double ForegroundWeight { get; init; } = 4;
+    /// <summary>Weight of the code probe: a linear read-out of the quantized codes (<see cref="VaeCodeProbe"/>) trained to
+    /// name each latent cell's colour and shape (or background). Pixel losses are averages over mostly-white pixels, so
+    /// within a short run the codes only learn the largest colour contrasts (warm/cool/grey, measured); the probe's
+    /// per-cell cross-entropy reaches the encoder through the straight-through estimator and makes the bits carry
+    /// every hue. The probe is training-only: it is not part of the VAE or of the checkpoint. 0 disables it.</summary>
+    public double ProbeWeight { get; init; } = 0;
     /// <summary>Wall-clock cap: the run stops after this many minutes (final weights are still written; resume continues).</summary>
     public double? Minutes { get; init; }
     public int LoggingSteps { get; init; } = 10;
@@ -105,7 +111,9 @@ public static class VaeTraining
 
         var world = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = o.Seed, ImageSize = sizes.ImageSize, PositionJitter = o.PositionJitter });
         var data = new ShapesVaeData(world, o, ShapesModelConfig.VaePatchSize);
-        var objective = new VaeReconstructionObjective(vae, schedule, o);
+        using var probe = o.ProbeWeight != 0 ? new VaeCodeProbe(vaeCfg.CodebookDim) : null;
+        using var trained = probe is null ? null : new VaeWithProbe(vae, probe);
+        var objective = new VaeReconstructionObjective(vae, schedule, o, probe);
         var options = new TrainerOptions
         {
             OutputDir = o.OutputDir, LearningRate = o.LearningRate, LrSchedulerType = o.LrScheduler, WarmupRatio = o.WarmupRatio,
@@ -115,7 +123,7 @@ public static class VaeTraining
         };
         using var cts = o.Minutes is { } m ? new CancellationTokenSource(TimeSpan.FromMinutes(m)) : new CancellationTokenSource();
         TrainingResult result;
-        using (var trainer = new Trainer<Tensor>(vae, objective, data, options))
+        using (var trainer = new Trainer<Tensor>(trained is null ? vae : trained, objective, data, options))
             result = trainer.Train(resume ? "latest" : null, cts.Token);
         vae.eval();
 
@@ -184,12 +192,15 @@ public static class VaeTraining
     }
 
     /// <summary>Rendered scenes as a [B,3,H,W] float32 batch in [-1,1] (pixel/127.5 − 1, the official normalisation).</summary>
-    public static Tensor ToPixels(IReadOnlyList<byte[]> rgb, int side)
+    /// <summary>(With <paramref name="channels"/> 5: channels 3–4 are the code probe's cell labels, kept as integers.)</summary>
+    public static Tensor ToPixels(IReadOnlyList<byte[]> rgb, int side, int channels = 3)
     {
-        var buf = new byte[rgb.Count * side * side * 3];
-        for (int i = 0; i < rgb.Count; i++) rgb[i].CopyTo(buf, i * side * side * 3);
-        using var u8 = tensor(buf, [rgb.Count, side, side, 3], ScalarType.Byte);
-        return u8.permute(0, 3, 1, 2).to(ScalarType.Float32).div_(127.5).sub_(1);
+        var buf = new byte[rgb.Count * side * side * channels];
+        for (int i = 0; i < rgb.Count; i++) rgb[i].CopyTo(buf, i * side * side * channels);
+        using var u8 = tensor(buf, [rgb.Count, side, side, channels], ScalarType.Byte);
+        using var f = u8.permute(0, 3, 1, 2).to(ScalarType.Float32);
+        if (channels == 3) return f.div(127.5).sub_(1);
+        return cat([f.narrow(1, 0, 3).div(127.5).sub_(1), f.narrow(1, 3, channels - 3)], 1);
     }
 
     /// <summary>
@@ -262,27 +273,49 @@ public sealed class ShapesVaeData(ShapesWorldGenerator world, VaeTrainingOptions
         int side = world.Options.ImageSize;
         bool crop = index < CropSteps(o) && o.CropSize < side;
         int n = crop ? o.CropBatchSize : o.BatchSize;
-        var rgb = Enumerable.Range(0, n).Select(_ => ShapesRenderer.RenderRgb(world.RandomScene(rng, o.MinObjects + rng.Next(o.MaxObjects - o.MinObjects + 1)), side)).ToList();
-        if (!crop) return VaeTraining.ToPixels(rgb, side);
+        var scenes = Enumerable.Range(0, n).Select(_ => world.RandomScene(rng, o.MinObjects + rng.Next(o.MaxObjects - o.MinObjects + 1))).ToList();
+        var rgb = scenes.Select(s => ShapesRenderer.RenderRgb(s, side)).ToList();
+        if (o.ProbeWeight != 0) rgb = rgb.Select((img, i) => WithCellLabels(img, scenes[i], side, patch)).ToList();
+        int ch = o.ProbeWeight != 0 ? 5 : 3;
+        if (!crop) return VaeTraining.ToPixels(rgb, side, ch);
         int c = o.CropSize, positions = (side - c) / patch + 1;
         var crops = rgb.Select(img =>
         {
             int x0 = rng.Next(positions) * patch, y0 = rng.Next(positions) * patch;
-            var dst = new byte[c * c * 3];
-            for (int y = 0; y < c; y++) Array.Copy(img, ((y0 + y) * side + x0) * 3, dst, y * c * 3, c * 3);
+            var dst = new byte[c * c * ch];
+            for (int y = 0; y < c; y++) Array.Copy(img, ((y0 + y) * side + x0) * ch, dst, y * c * ch, c * ch);
             return dst;
         }).ToList();
-        return VaeTraining.ToPixels(crops, c);
+        return VaeTraining.ToPixels(crops, c, ch);
+    }
+
+    /// <summary>The render with two extra byte channels per pixel: the colour and shape labels of the pixel's latent
+    /// cell (<see cref="ShapesRenderer.CellLabels"/>), for the code probe.</summary>
+    static byte[] WithCellLabels(byte[] rgb, Scene scene, int side, int patch)
+    {
+        int g = side / patch;
+        var label = ShapesRenderer.CellLabels(scene, side, g);
+        var dst = new byte[side * side * 5];
+        for (int y = 0; y < side; y++)
+            for (int x = 0; x < side; x++)
+            {
+                int i = y * side + x;
+                dst[5 * i] = rgb[3 * i]; dst[5 * i + 1] = rgb[3 * i + 1]; dst[5 * i + 2] = rgb[3 * i + 2];
+                var l = label[y / patch * g + x / patch];
+                dst[5 * i + 3] = l.Color; dst[5 * i + 4] = l.Shape;
+            }
+        return dst;
     }
 }
 
 /// <summary>Reconstruction objective of the VAE run: encoder → training-side multi-scale BSQ → decoder, loss =
 /// w1·L1 + w2·L2 + we·edge-L1 + wc·commitment. Tokens = images (the progress line's "tok/s" is images/s).
 /// A crop with a smaller latent uses the schedule's scales that fit it, ending at its own latent size.</summary>
-public sealed class VaeReconstructionObjective(BsqVae vae, IReadOnlyList<Scale> schedule, VaeTrainingOptions o) : ITrainingObjective<Tensor>
+public sealed class VaeReconstructionObjective(BsqVae vae, IReadOnlyList<Scale> schedule, VaeTrainingOptions o, VaeCodeProbe? probe = null) : ITrainingObjective<Tensor>
 {
-    public ObjectiveOutput Compute(Tensor x)
+    public ObjectiveOutput Compute(Tensor batch)
     {
+        var x = batch.shape[1] == 3 ? batch : batch.narrow(1, 0, 3);
         var h = vae.encoder.forward(x.to(vae.DType));
         var (z, commit) = VaeTraining.QuantizeForTraining(vae.quantizer.lfq, h, ScalesFor((int)h.shape[2], (int)h.shape[3]));
         var rec = vae.decoder.forward(z.to(vae.DType)).to(ScalarType.Float32); // official training: no clamp
@@ -294,6 +327,13 @@ public sealed class VaeReconstructionObjective(BsqVae vae, IReadOnlyList<Scale> 
         if (o.L1Weight != 0) loss = loss + ((rec - x).abs() * w).sum() / wsum * o.L1Weight;
         if (o.L2Weight != 0) loss = loss + ((rec - x).pow(2) * w).sum() / wsum * o.L2Weight;
         if (o.EdgeWeight != 0) loss = loss + EdgeLoss(rec, x) * o.EdgeWeight;
+        if (probe is not null && o.ProbeWeight != 0 && batch.shape[1] == 5)
+        {
+            int p = ShapesModelConfig.VaePatchSize;
+            // one label per latent cell (constant inside the cell): [B,2,h,w] → colour, shape
+            var labels = batch.narrow(1, 3, 2).slice(2, 0, batch.shape[2], p).slice(3, 0, batch.shape[3], p).to(ScalarType.Int64);
+            loss = loss + probe.Loss(z.to(ScalarType.Float32), labels) * o.ProbeWeight;
+        }
         return new ObjectiveOutput(loss, x.shape[0]);
     }
 
@@ -314,5 +354,40 @@ public sealed class VaeReconstructionObjective(BsqVae vae, IReadOnlyList<Scale> 
         var dya = a.narrow(2, 1, h - 1) - a.narrow(2, 0, h - 1);
         var dyb = b.narrow(2, 1, h - 1) - b.narrow(2, 0, h - 1);
         return nn.functional.l1_loss(dxa, dxb) + nn.functional.l1_loss(dya, dyb);
+    }
+}
+
+/// <summary>Training-only linear read-out of the quantized VAE codes per latent cell: colour (8 classes: background +
+/// 7) and shape (6). See <see cref="VaeTrainingOptions.ProbeWeight"/>.</summary>
+public sealed class VaeCodeProbe : nn.Module
+{
+    public readonly TorchSharp.Modules.Linear color, shape;
+
+    public VaeCodeProbe(int codebookDim) : base(nameof(VaeCodeProbe))
+    {
+        color = nn.Linear(codebookDim, CellLabel.ColorClasses);
+        shape = nn.Linear(codebookDim, CellLabel.ShapeClasses);
+        RegisterComponents();
+    }
+
+    /// <summary>Mean cross-entropy of both read-outs; z [B,d,h,w], labels [B,2,h,w] int64.</summary>
+    public Tensor Loss(Tensor z, Tensor labels)
+    {
+        var cells = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]);
+        return nn.functional.cross_entropy(color.forward(cells), labels.select(1, 0).reshape(-1))
+            + nn.functional.cross_entropy(shape.forward(cells), labels.select(1, 1).reshape(-1));
+    }
+}
+
+/// <summary>The VAE and its training-only probe as one module, so the trainer optimises and checkpoints both.</summary>
+public sealed class VaeWithProbe : nn.Module
+{
+    public readonly BsqVae vae;
+    public readonly VaeCodeProbe probe;
+
+    public VaeWithProbe(BsqVae vae, VaeCodeProbe probe) : base(nameof(VaeWithProbe))
+    {
+        this.vae = vae; this.probe = probe;
+        RegisterComponents();
     }
 }

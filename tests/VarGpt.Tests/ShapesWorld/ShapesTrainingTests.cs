@@ -1,4 +1,5 @@
 using System.Text.Json;
+using VarGpt.Checkpoint;
 using VarGpt.Model;
 using VarGpt.ShapesWorld;
 using VarGpt.Training;
@@ -18,12 +19,13 @@ public class ShapesTrainingTests(ITestOutputHelper output)
         var o = new ShapesTrainingOptions
         {
             OutputDir = dir.Path, Seed = 5, TrainSamples = 48, AlignSamples = 32, EvalSamples = 8, VaeSteps = 6, VaeEvalImages = 4,
+            VisionSteps = 8, UnderstandingSamples = 32, UnderstandingSteps = 6, UnderstandingBatchSize = 4,
             AlignSteps = 6, SftSteps = 8, BatchSize = 4, LoggingSteps = 1, Output = log,
         };
         var model = ShapesTraining.Run(o, cancellationToken: TestContext.Current.CancellationToken);
         output.WriteLine(log.ToString());
 
-        foreach (var stage in new[] { ShapesTraining.VaeDir, ShapesTraining.AlignDir, ShapesTraining.SftDir })
+        foreach (var stage in new[] { ShapesTraining.VaeDir, ShapesTraining.VisionDir, ShapesTraining.UnderstandingDir, ShapesTraining.AlignDir, ShapesTraining.SftDir })
         {
             var losses = File.ReadAllLines(Path.Combine(dir.Path, stage, TrainerLog.JsonlFile))
                 .Select(l => JsonDocument.Parse(l).RootElement.GetProperty("loss").GetDouble()).ToArray();
@@ -33,6 +35,21 @@ public class ShapesTrainingTests(ITestOutputHelper output)
             Assert.True(File.Exists(Path.Combine(dir.Path, stage, ShapesTraining.DoneFile)));
         }
         Assert.True(File.Exists(Path.Combine(dir.Path, "sft.yaml")), "each stage leaves its yaml");
+
+        // the vision stage changes visual.* only, and writes a complete model folder
+        using (var before = SafeTensorsFile.Open(Path.Combine(dir.Path, ShapesTraining.BaseDir, "model.safetensors")))
+        using (var after = SafeTensorsFile.Open(Path.Combine(dir.Path, ShapesTraining.VisionDir, "model.safetensors")))
+        {
+            Assert.Equal(before.Tensors.Keys.Order(), after.Tensors.Keys.Order());
+            foreach (var k in new[] { "visual.patch_embed.proj.weight", "visual.merger.mlp.2.weight", "model.embed_tokens.weight", "vae_local.decoder.conv_out.conv.weight" })
+            {
+                using var a = before.Load(k);
+                using var b = after.Load(k);
+                bool same = a.allclose(b, rtol: 0, atol: 0);
+                Assert.True(k.StartsWith("visual.") != same, $"{k}: unchanged = {same}");
+            }
+        }
+        Assert.True(File.Exists(Path.Combine(dir.Path, ShapesTraining.VisionDir, "config.json")));
         Assert.Equal(5, ShapesTraining.ReadWorld(model).Seed);
         Assert.True(File.Exists(Path.Combine(model, "training", "sft.jsonl")));
 

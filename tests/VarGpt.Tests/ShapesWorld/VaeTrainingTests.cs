@@ -50,6 +50,43 @@ public class VaeTrainingTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void The_code_probe_trains_with_the_vae_but_stays_out_of_its_weights()
+    {
+        TorchTestSetup.Init();
+        using var d = TestPaths.Temp();
+        var r = VaeTraining.Train(Tiny, Options(d.Path) with { ProbeWeight = 1 });
+        var losses = r.Training.Steps.Select(s => s.Loss).ToArray();
+        output.WriteLine(string.Join(" ", losses.Select(l => l.ToString("F4"))));
+        Assert.True(losses[4] < losses[0], $"crop-phase loss did not fall: {losses[0]} -> {losses[4]}");
+        using var f = SafeTensorsFile.Open(r.WeightsPath);
+        using var vae = new BsqVae(VaeTraining.VaeConfigOf(Tiny));
+        Assert.Equal(vae.state_dict().Keys.Select(k => BsqVae.CheckpointPrefix + k).Order(), f.Tensors.Keys.Order());
+    }
+
+    [Fact]
+    public void Cell_labels_name_the_object_covering_each_cell()
+    {
+        var scene = new Scene([new ShapeObject(Shape.Square, ShapeColor.Red, ObjectSize.Large, Position.Center),
+            new ShapeObject(Shape.Circle, ShapeColor.Blue, ObjectSize.Small, Position.Left)]);
+        var labels = ShapesRenderer.CellLabels(scene, 128, 8);
+        var rgb = ShapesRenderer.RenderRgb(scene, 128);
+        Assert.Equal(new CellLabel(1 + (int)ShapeColor.Red, 1 + (int)Shape.Square, 1 + (int)ObjectSize.Large), labels[3 * 8 + 3]);
+        Assert.Equal(default, labels[0]);
+        Assert.Contains(labels, l => l.Color == 1 + (int)ShapeColor.Blue && l.Shape == 1 + (int)Shape.Circle && l.Size == 1 + (int)ObjectSize.Small);
+        // against the rendered pixels: a labelled cell is at least ~10% non-white, an unlabelled one has < 10%
+        for (int k = 0; k < 64; k++)
+        {
+            int cy = k / 8 * 16, cx = k % 8 * 16, ink = 0;
+            for (int y = cy; y < cy + 16; y++)
+                for (int x = cx; x < cx + 16; x++)
+                    if (rgb[(y * 128 + x) * 3 + 2] < 200 || rgb[(y * 128 + x) * 3] < 200) ink++;
+            double cover = ink / 256.0;
+            if (labels[k] == default) Assert.True(cover < 0.12, $"cell {k}: {cover:P0} ink but no label");
+            else Assert.True(cover > 0.08, $"cell {k}: labelled {labels[k]} but {cover:P0} ink");
+        }
+    }
+
+    [Fact]
     public void Training_quantizer_matches_the_inference_ladder_and_passes_gradients()
     {
         TorchTestSetup.Init();
