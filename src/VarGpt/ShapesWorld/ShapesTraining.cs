@@ -33,7 +33,7 @@ public sealed record ShapesTrainingOptions
     /// <summary>Batch of the understanding stage: its sequences are short (no image to generate), so it takes more per step.</summary>
     public int UnderstandingBatchSize { get; init; } = 16;
     public int AlignSteps { get; init; } = 400;
-    public int SftSteps { get; init; } = 1600;
+    public int SftSteps { get; init; } = 1300;
     public int BatchSize { get; init; } = 8;
     public double LearningRate { get; init; } = 1e-3;
     /// <summary>DPO: prompts to sample for pairs, images per prompt, optimizer steps, pairs per batch, LoRA rank.</summary>
@@ -49,8 +49,9 @@ public sealed record ShapesTrainingOptions
 
 /// <summary>
 /// Trains the shipped small VARGPT from scratch with the classes and code paths of the 9B model: data and tokenizer,
-/// the BSQ-VAE (<see cref="VaeTraining"/>), then LLaMA-Factory style stages run by <see cref="VargptFineTuning"/> from
-/// yaml files written next to their outputs (so each stage can be rerun with <c>vargpt train sft|dpo FILE</c>):
+/// the BSQ-VAE (<see cref="VaeTraining"/>), the vision tower's pretraining (<see cref="VisionPretraining"/>), then
+/// LLaMA-Factory style stages run by <see cref="VargptFineTuning"/> from yaml files written next to their outputs (so
+/// each stage can be rerun with <c>vargpt train sft|dpo FILE</c>): understanding (questions and descriptions),
 /// alignment (caption pairs in both directions), SFT on all tasks, and DPO on sampled text-to-image pairs through a
 /// LoRA adapter on the language model. Every stage leaves a DONE marker; a rerun skips finished stages and resumes the
 /// current one from its latest checkpoint. The result, OUT/model, is a model folder: bf16 weights of the SFT state,

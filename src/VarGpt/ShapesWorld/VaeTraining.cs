@@ -47,8 +47,8 @@ public sealed record VaeTrainingOptions
     /// <summary>Objects per training render, uniform in [MinObjects, MaxObjects] (the dataset shows 1–2; the VAE sees
     /// denser scenes so that most crops hold an object: with 1–2 small shapes on white, the decoder settles on the white
     /// image first and the pixel losses hardly move it — measured: an all-white reconstruction after 300 steps).</summary>
-    public int MinObjects { get; init; } = 1;
-    public int MaxObjects { get; init; } = 3;
+    public int MinObjects { get; init; } = 2;
+    public int MaxObjects { get; init; } = 4;
     /// <summary>Extra weight of foreground pixels (any channel of the render below 250) in the pixel losses.</summary>
     public double ForegroundWeight { get; init; } = 4;
     /// <summary>Weight of the code probe: a linear read-out of the quantized codes (<see cref="VaeCodeProbe"/>) trained to

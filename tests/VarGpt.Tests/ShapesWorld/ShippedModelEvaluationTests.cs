@@ -6,15 +6,15 @@ namespace VarGpt.Tests.ShapesWorld;
 /// <summary>
 /// CI regression gate of the shipped ShapesWorld model (models/shapesworld) on the fast held-out subset (48 samples per
 /// task, fixed seeds). The floors sit a few samples below what the shipped model measured there at ship time
-/// (docs/shapesworld.md: understanding 15/48, text-to-image position 46/79 and size 45/64 of the requested objects,
-/// edit change made 12/48). The shipped model misses the targets (whole-image text-to-image and editing
+/// (docs/shapesworld.md: understanding 17/48, text-to-image position 58/79 and size 49/64 of the requested objects,
+/// edit change made 18/48). The shipped model misses the targets (whole-image text-to-image and editing
 /// accuracy are 0, so those are gated per attribute instead, where it is measurably above zero); a model that
 /// regresses to noise fails here.
 /// </summary>
 [Collection(nameof(TorchDefaultsCollection))]
 public class ShippedModelEvaluationTests(ITestOutputHelper output)
 {
-    const double UnderstandingFloor = 0.25, PositionFloor = 0.45, SizeFloor = 0.55, ChangeMadeFloor = 0.15;
+    const double UnderstandingFloor = 0.29, PositionFloor = 0.66, SizeFloor = 0.70, ChangeMadeFloor = 0.29;
 
     [Fact]
     public void The_shipped_model_keeps_its_accuracy_on_the_fast_held_out_subset()
