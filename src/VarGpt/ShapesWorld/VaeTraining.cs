@@ -191,8 +191,8 @@ public static class VaeTraining
         return (sum!.squeeze(2).MoveToOuterDisposeScope(), (commit! / schedule.Count).MoveToOuterDisposeScope());
     }
 
-    /// <summary>Rendered scenes as a [B,3,H,W] float32 batch in [-1,1] (pixel/127.5 − 1, the official normalisation).</summary>
-    /// <summary>(With <paramref name="channels"/> 5: channels 3–4 are the code probe's cell labels, kept as integers.)</summary>
+    /// <summary>Rendered scenes as a [B,3,H,W] float32 batch in [-1,1] (pixel/127.5 − 1, the official normalisation);
+    /// with <paramref name="channels"/> 5, channels 3–4 are the code probe's cell labels, kept as integers.</summary>
     public static Tensor ToPixels(IReadOnlyList<byte[]> rgb, int side, int channels = 3)
     {
         var buf = new byte[rgb.Count * side * side * channels];
@@ -275,8 +275,9 @@ public sealed class ShapesVaeData(ShapesWorldGenerator world, VaeTrainingOptions
         int n = crop ? o.CropBatchSize : o.BatchSize;
         var scenes = Enumerable.Range(0, n).Select(_ => world.RandomScene(rng, o.MinObjects + rng.Next(o.MaxObjects - o.MinObjects + 1))).ToList();
         var rgb = scenes.Select(s => ShapesRenderer.RenderRgb(s, side)).ToList();
-        if (o.ProbeWeight != 0) rgb = rgb.Select((img, i) => WithCellLabels(img, scenes[i], side, patch)).ToList();
-        int ch = o.ProbeWeight != 0 ? 5 : 3;
+        bool labelled = o.ProbeWeight != 0;
+        if (labelled) rgb = rgb.Select((img, i) => WithCellLabels(img, scenes[i], side, patch)).ToList();
+        int ch = labelled ? 5 : 3;
         if (!crop) return VaeTraining.ToPixels(rgb, side, ch);
         int c = o.CropSize, positions = (side - c) / patch + 1;
         var crops = rgb.Select(img =>
@@ -327,7 +328,7 @@ public sealed class VaeReconstructionObjective(BsqVae vae, IReadOnlyList<Scale> 
         if (o.L1Weight != 0) loss = loss + ((rec - x).abs() * w).sum() / wsum * o.L1Weight;
         if (o.L2Weight != 0) loss = loss + ((rec - x).pow(2) * w).sum() / wsum * o.L2Weight;
         if (o.EdgeWeight != 0) loss = loss + EdgeLoss(rec, x) * o.EdgeWeight;
-        if (probe is not null && o.ProbeWeight != 0 && batch.shape[1] == 5)
+        if (probe is not null) // then the data carries the labels (ShapesVaeData with ProbeWeight ≠ 0)
         {
             int p = ShapesModelConfig.VaePatchSize;
             // one label per latent cell (constant inside the cell): [B,2,h,w] → colour, shape

@@ -42,12 +42,7 @@ public static class VisionPretraining
         Directory.CreateDirectory(o.OutputDir);
 
         using var visual = new Qwen2VisionTransformerPretrainedModel(config.Vision);
-        using (var st = SafeTensorsFile.Open(source))
-        {
-            var weights = st.Tensors.Keys.Where(k => k.StartsWith(Prefix, StringComparison.Ordinal)).ToDictionary(k => k, k => st.Load(k));
-            try { StateDict.Load(visual, weights, new StateDictOptions { Prefix = Prefix }); }
-            finally { foreach (var t in weights.Values) t.Dispose(); }
-        }
+        StateDict.Load(visual, source, new StateDictOptions { Prefix = Prefix }); // only visual.* take part
         torch.manual_seed(o.Seed); // the probe's initial weights
         using var probe = new TokenProbe(config.Vision.HiddenSize);
         using var model = new ProbedVisionTower(visual, probe);
