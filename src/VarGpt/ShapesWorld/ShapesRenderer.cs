@@ -74,7 +74,7 @@ public static class ShapesRenderer
                 if (cover[k] >= minCover && cover[k] > best[k])
                 {
                     best[k] = cover[k];
-                    labels[k] = new CellLabel((byte)(1 + (int)o.Color), (byte)(1 + (int)o.Shape), (byte)(1 + (int)o.Size));
+                    labels[k] = new CellLabel((byte)(1 + (int)o.Color), (byte)(1 + (int)o.Shape), (byte)(1 + (int)o.Size), (byte)(1 + (int)o.Position));
                 }
         }
         return labels;
@@ -175,8 +175,9 @@ public static class ShapesRenderer
     }
 }
 
-/// <summary>What covers one grid cell of a scene: 1 + ShapeColor, 1 + Shape, 1 + ObjectSize; all 0 = background.</summary>
-public readonly record struct CellLabel(byte Color, byte Shape, byte Size)
+/// <summary>What covers one grid cell of a scene: 1 + ShapeColor, 1 + Shape, 1 + ObjectSize, 1 + Position (the object's
+/// named place, not the cell's); all 0 = background.</summary>
+public readonly record struct CellLabel(byte Color, byte Shape, byte Size, byte Position)
 {
-    public const int ColorClasses = 8, ShapeClasses = 6, SizeClasses = 3;
+    public const int ColorClasses = 8, ShapeClasses = 6, SizeClasses = 3, PositionClasses = 6;
 }

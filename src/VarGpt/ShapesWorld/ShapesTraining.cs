@@ -23,15 +23,20 @@ public sealed record ShapesTrainingOptions
     /// <summary>Caption pairs of the alignment stage (descriptions and text-to-image, half each).</summary>
     public int AlignSamples { get; init; } = 6000;
     /// <summary>Samples of the understanding stage (three quarters questions, one quarter descriptions).</summary>
-    public int UnderstandingSamples { get; init; } = 12000;
+    public int UnderstandingSamples { get; init; } = 24000;
     public int EvalSamples { get; init; } = 400;
-    public int VaeSteps { get; init; } = 800;
+    public int VaeSteps { get; init; } = 1000;
     public int VaeEvalImages { get; init; } = 200;
     public int LoggingSteps { get; init; } = 10;
     public int VisionSteps { get; init; } = 300;
-    public int UnderstandingSteps { get; init; } = 800;
+    public int UnderstandingSteps { get; init; } = 1600;
     /// <summary>Batch of the understanding stage: its sequences are short (no image to generate), so it takes more per step.</summary>
     public int UnderstandingBatchSize { get; init; } = 16;
+    /// <summary>
+    /// Freeze the pretrained vision tower (visual.*) in the understanding, alignment and SFT stages. Trained on by the
+    /// language-model losses at lr 1e-3, its tokens collapsed toward one direction again (docs/shapesworld.md, Stage B).
+    /// </summary>
+    public bool FreezeVisionTower { get; init; } = true;
     public int AlignSteps { get; init; } = 400;
     public int SftSteps { get; init; } = 1300;
     public int BatchSize { get; init; } = 8;
@@ -53,7 +58,8 @@ public sealed record ShapesTrainingOptions
 /// LLaMA-Factory style stages run by <see cref="VargptFineTuning"/> from yaml files written next to their outputs (so
 /// each stage can be rerun with <c>vargpt train sft|dpo FILE</c>): understanding (questions and descriptions),
 /// alignment (caption pairs in both directions), SFT on all tasks, and DPO on sampled text-to-image pairs through a
-/// LoRA adapter on the language model. Every stage leaves a DONE marker; a rerun skips finished stages and resumes the
+/// LoRA adapter on the language model. Every stage leaves a marker OUT/NAME.done (beside its folder, so
+/// output folders such as OUT/model hold only their content); a rerun skips finished stages and resumes the
 /// current one from its latest checkpoint. The result, OUT/model, is a model folder: bf16 weights of the SFT state,
 /// the DPO adapter in adapter/, shapesworld.json and the stage logs.
 /// </summary>
@@ -61,7 +67,7 @@ public static class ShapesTraining
 {
     public const string DataDir = "data", BaseDir = "base", VaeDir = "vae", VisionDir = "vision", UnderstandingDir = "understanding", AlignDir = "align", SftDir = "sft", DpoDataDir = "dpo_data", DpoDir = "dpo", ModelDir = "model";
     public const string AlignName = "shapesworld_align", UnderstandingName = "shapesworld_understanding";
-    public const string WorldFile = "shapesworld.json", DoneFile = "DONE";
+    public const string WorldFile = "shapesworld.json";
 
     public static string Run(ShapesTrainingOptions o, ShapesModelConfig? sizes = null, CancellationToken cancellationToken = default)
     {
@@ -111,14 +117,16 @@ public static class ShapesTraining
         }), create: true);
 
         // ---- C. understanding: questions and descriptions only (short sequences, so a larger batch), everything but the VAE
+        // and (FreezeVisionTower) the pretrained tower
+        var lmStage = o.FreezeVisionTower ? new Dictionary<string, string> { ["vargpt_freeze"] = "vision_tower" } : null;
         Stage(root, UnderstandingDir, log, () => RunYaml(root, UnderstandingDir, StageYaml(o, "sft", VisionDir, [UnderstandingName], UnderstandingDir,
-            o.UnderstandingSteps, o.UnderstandingBatchSize, o.LearningRate), log, cancellationToken));
+            o.UnderstandingSteps, o.UnderstandingBatchSize, o.LearningRate, lmStage), log, cancellationToken));
 
-        // ---- D. alignment: caption pairs in both directions (descriptions, text-to-image), everything but the VAE
-        Stage(root, AlignDir, log, () => RunYaml(root, AlignDir, StageYaml(o, "sft", UnderstandingDir, [AlignName], AlignDir, o.AlignSteps, o.BatchSize, o.LearningRate), log, cancellationToken));
+        // ---- D. alignment: caption pairs in both directions (descriptions, text-to-image), everything but the VAE (and the tower)
+        Stage(root, AlignDir, log, () => RunYaml(root, AlignDir, StageYaml(o, "sft", UnderstandingDir, [AlignName], AlignDir, o.AlignSteps, o.BatchSize, o.LearningRate, lmStage), log, cancellationToken));
 
         // ---- E. SFT on all tasks
-        Stage(root, SftDir, log, () => RunYaml(root, SftDir, StageYaml(o, "sft", AlignDir, [ShapesDataset.TrainName], SftDir, o.SftSteps, o.BatchSize, o.LearningRate), log, cancellationToken));
+        Stage(root, SftDir, log, () => RunYaml(root, SftDir, StageYaml(o, "sft", AlignDir, [ShapesDataset.TrainName], SftDir, o.SftSteps, o.BatchSize, o.LearningRate, lmStage), log, cancellationToken));
 
         // ---- F. DPO on text-to-image pairs sampled from the SFT model (chosen = scorer-correct, rejected = wrong),
         // trained as a LoRA adapter on the language model with everything else frozen, so the adapter holds all of it
@@ -227,17 +235,19 @@ public static class ShapesTraining
         catch (JsonException e) { throw new InvalidDataException($"{path}: {e.Message}", e); }
     }
 
-    /// <summary>Runs <paramref name="body"/> unless OUT/name/DONE exists; writes DONE (with the wall time) after it.</summary>
+    /// <summary>OUT/name.done: the marker of a finished stage (its wall time).</summary>
+    public static string DoneMarker(string root, string name) => Path.Combine(root, name + ".done");
+
+    /// <summary>Runs <paramref name="body"/> unless the stage's marker exists; writes the marker (with the wall time) after it.</summary>
     static void Stage(string root, string name, TextWriter log, Action body, bool create = false)
     {
         var dir = Path.Combine(root, name);
-        var done = Path.Combine(dir, DoneFile);
+        var done = DoneMarker(root, name);
         if (File.Exists(done)) { log.WriteLine($"[{name}] done already ({File.ReadAllText(done).Trim()}), skipping"); return; }
         if (create) Directory.CreateDirectory(dir);
         log.WriteLine($"[{name}] starting");
         var sw = Stopwatch.StartNew();
         body();
-        Directory.CreateDirectory(dir);
         File.WriteAllText(done, string.Create(CultureInfo.InvariantCulture, $"{sw.Elapsed.TotalSeconds:F0} s") + "\n");
         log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"[{name}] finished in {TrainerLog.Duration(sw.Elapsed.TotalSeconds)}"));
     }

@@ -161,6 +161,18 @@ public sealed class ShapesWorldGenerator
         return new Scene(objs.ToArray());
     }
 
+    /// <summary>A <see cref="RandomScene"/> with no held-out triple: what image-only training (the VAE, the vision
+    /// tower's pretraining) may see, so held-out combinations stay unseen by every stage.</summary>
+    public Scene RandomTrainingScene(ShapesRng rng, int? objects = null)
+    {
+        for (int attempt = 0; attempt < 10000; attempt++)
+        {
+            var s = RandomScene(rng, objects);
+            if (!s.Objects.Any(IsHeldOut)) return s;
+        }
+        throw new InvalidOperationException($"no scene of {objects} objects without a held-out triple after 10000 draws (HeldOutFraction={Options.HeldOutFraction})");
+    }
+
     // ---- understanding ----
 
     static readonly string[] CountQ = ["How many shapes are in the image?", "How many objects are there?", "Count the shapes in the picture."];

@@ -49,8 +49,9 @@ public sealed record VaeTrainingOptions
     /// image first and the pixel losses hardly move it — measured: an all-white reconstruction after 300 steps).</summary>
     public int MinObjects { get; init; } = 2;
     public int MaxObjects { get; init; } = 4;
-    /// <summary>Extra weight of foreground pixels (any channel of the render below 250) in the pixel losses.</summary>
-    public double ForegroundWeight { get; init; } = 4;
+    /// <summary>Extra weight of foreground pixels (any channel of the render below 250) in the pixel losses. 12 rather than
+    /// 4: red, orange and yellow then decode as three hues instead of one orange (measured at 800 steps; docs/shapesworld.md).</summary>
+    public double ForegroundWeight { get; init; } = 12;
     /// <summary>Weight of the code probe: a linear read-out of the quantized codes (<see cref="VaeCodeProbe"/>) trained to
     /// name each latent cell's colour and shape (or background). Pixel losses are averages over mostly-white pixels, so
     /// within a short run the codes only learn the largest colour contrasts (warm/cool/grey, measured); the probe's
@@ -273,7 +274,7 @@ public sealed class ShapesVaeData(ShapesWorldGenerator world, VaeTrainingOptions
         int side = world.Options.ImageSize;
         bool crop = index < CropSteps(o) && o.CropSize < side;
         int n = crop ? o.CropBatchSize : o.BatchSize;
-        var scenes = Enumerable.Range(0, n).Select(_ => world.RandomScene(rng, o.MinObjects + rng.Next(o.MaxObjects - o.MinObjects + 1))).ToList();
+        var scenes = Enumerable.Range(0, n).Select(_ => world.RandomTrainingScene(rng, o.MinObjects + rng.Next(o.MaxObjects - o.MinObjects + 1))).ToList();
         var rgb = scenes.Select(s => ShapesRenderer.RenderRgb(s, side)).ToList();
         bool labelled = o.ProbeWeight != 0;
         if (labelled) rgb = rgb.Select((img, i) => WithCellLabels(img, scenes[i], side, patch)).ToList();

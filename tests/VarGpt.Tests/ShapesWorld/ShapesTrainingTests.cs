@@ -32,7 +32,7 @@ public class ShapesTrainingTests(ITestOutputHelper output)
             output.WriteLine($"{stage}: {string.Join(" ", losses.Select(l => l.ToString("F3")))}");
             Assert.True(losses.Length >= 6, $"{stage}: {losses.Length} logged steps");
             Assert.True(losses.TakeLast(2).Average() < losses[0], $"{stage}: loss did not fall ({losses[0]:F4} -> {losses[^1]:F4})");
-            Assert.True(File.Exists(Path.Combine(dir.Path, stage, ShapesTraining.DoneFile)));
+            Assert.True(File.Exists(ShapesTraining.DoneMarker(dir.Path, stage)));
         }
         Assert.True(File.Exists(Path.Combine(dir.Path, "sft.yaml")), "each stage leaves its yaml");
 
@@ -50,6 +50,19 @@ public class ShapesTrainingTests(ITestOutputHelper output)
             }
         }
         Assert.True(File.Exists(Path.Combine(dir.Path, ShapesTraining.VisionDir, "config.json")));
+        // the LM stages keep the pretrained tower frozen (FreezeVisionTower) and train the language model
+        using (var vision = SafeTensorsFile.Open(Path.Combine(dir.Path, ShapesTraining.VisionDir, "model.safetensors")))
+        using (var sft = SafeTensorsFile.Open(Path.Combine(dir.Path, ShapesTraining.SftDir, "model.safetensors")))
+            foreach (var k in new[] { "visual.patch_embed.proj.weight", "visual.merger.mlp.2.weight", "model.embed_tokens.weight" })
+            {
+                using var a = vision.Load(k);
+                using var b = sft.Load(k);
+                bool same = a.allclose(b, rtol: 0, atol: 0);
+                Assert.True(k.StartsWith("visual.") == same, $"{k}: unchanged by the LM stages = {same}");
+            }
+        // stage markers sit beside the stage folders: the model folder holds only the model
+        Assert.True(File.Exists(ShapesTraining.DoneMarker(dir.Path, ShapesTraining.ModelDir)));
+        Assert.False(File.Exists(Path.Combine(model, "DONE")));
         Assert.Equal(5, ShapesTraining.ReadWorld(model).Seed);
         Assert.True(File.Exists(Path.Combine(model, "training", "sft.jsonl")));
 

@@ -59,6 +59,18 @@ public class ShapesWorldGeneratorTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Image_only_training_scenes_hold_no_held_out_triple()
+    {
+        // the VAE and the vision tower's pretraining draw RandomTrainingScene; plain RandomScene does show held-out triples
+        var gen = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = 11 });
+        var rng = new ShapesRng(7);
+        var training = Enumerable.Range(0, 500).Select(i => gen.RandomTrainingScene(rng, 1 + i % 4)).ToList();
+        Assert.DoesNotContain(training.SelectMany(s => s.Objects), gen.IsHeldOut);
+        Assert.Equal(Enumerable.Range(0, 500).Select(i => 1 + i % 4), training.Select(s => s.Objects.Count));
+        Assert.Contains(Enumerable.Range(0, 500).SelectMany(_ => gen.RandomScene(rng, 4).Objects), gen.IsHeldOut);
+    }
+
+    [Fact]
     public void SamplesAreWellFormed()
     {
         var gen = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = 1, PositionJitter = 0.02f });

@@ -70,9 +70,9 @@ public class VaeTrainingTests(ITestOutputHelper output)
             new ShapeObject(Shape.Circle, ShapeColor.Blue, ObjectSize.Small, Position.Left)]);
         var labels = ShapesRenderer.CellLabels(scene, 128, 8);
         var rgb = ShapesRenderer.RenderRgb(scene, 128);
-        Assert.Equal(new CellLabel(1 + (int)ShapeColor.Red, 1 + (int)Shape.Square, 1 + (int)ObjectSize.Large), labels[3 * 8 + 3]);
+        Assert.Equal(new CellLabel(1 + (int)ShapeColor.Red, 1 + (int)Shape.Square, 1 + (int)ObjectSize.Large, 1 + (int)Position.Center), labels[3 * 8 + 3]);
         Assert.Equal(default, labels[0]);
-        Assert.Contains(labels, l => l.Color == 1 + (int)ShapeColor.Blue && l.Shape == 1 + (int)Shape.Circle && l.Size == 1 + (int)ObjectSize.Small);
+        Assert.Contains(labels, l => l.Color == 1 + (int)ShapeColor.Blue && l.Shape == 1 + (int)Shape.Circle && l.Size == 1 + (int)ObjectSize.Small && l.Position == 1 + (int)Position.Left);
         // against the rendered pixels: a labelled cell is at least ~10% non-white, an unlabelled one has < 10%
         for (int k = 0; k < 64; k++)
         {
