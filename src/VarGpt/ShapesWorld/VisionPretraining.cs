@@ -100,7 +100,7 @@ public static class VisionPretraining
         }
     }
 
-    /// <summary>Renders → processor → vision tower → per-token colour/shape/size cross-entropy.</summary>
+    /// <summary>Renders → processor → vision tower → per-token colour/shape/size(/position) cross-entropy.</summary>
     sealed class TokenProbeObjective(Qwen2VisionTransformerPretrainedModel visual, TokenProbe probe, ImageProcessor processor, int side, int grid, bool withPosition)
         : ITrainingObjective<IReadOnlyList<Scene>>
     {
