@@ -21,6 +21,8 @@ public class ShapesTrainingTests(ITestOutputHelper output)
             OutputDir = dir.Path, Seed = 5, TrainSamples = 48, AlignSamples = 32, EvalSamples = 8, VaeSteps = 6, VaeEvalImages = 4,
             VisionSteps = 8, UnderstandingSamples = 32, UnderstandingSteps = 6, UnderstandingBatchSize = 4,
             AlignSteps = 6, SftSteps = 8, BatchSize = 4, LoggingSteps = 1, Output = log,
+            // a few prompts: an 8-step model may already start images, and 300 × 4 of them take minutes
+            DpoPrompts = 4, DpoSamplesPerPrompt = 2, DpoSteps = 4, DpoBatchSize = 2,
         };
         var model = ShapesTraining.Run(o, cancellationToken: TestContext.Current.CancellationToken);
         output.WriteLine(log.ToString());
