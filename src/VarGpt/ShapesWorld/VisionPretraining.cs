@@ -46,12 +46,12 @@ public static class VisionPretraining
         using var visual = new Qwen2VisionTransformerPretrainedModel(config.Vision);
         StateDict.Load(visual, source, new StateDictOptions { Prefix = Prefix }); // only visual.* take part
         torch.manual_seed(o.Seed); // the probe's initial weights
-        using var probe = new TokenProbe(config.Vision.HiddenSize);
+        using var probe = new TokenProbe(config.Vision.HiddenSize, o.ProbePosition);
         using var model = new ProbedVisionTower(visual, probe);
         int side = world.Options.ImageSize;
         var grid = MergedGrid(processor, side);
         var data = new SceneBatches(world, o);
-        var objective = new TokenProbeObjective(visual, probe, processor, side, grid, o.ProbePosition);
+        var objective = new TokenProbeObjective(visual, probe, processor, side, grid);
         var options = new TrainerOptions
         {
             OutputDir = o.OutputDir, LearningRate = o.LearningRate, LrSchedulerType = "cosine", WarmupRatio = 0.05, MaxSteps = o.Steps,
@@ -101,7 +101,7 @@ public static class VisionPretraining
     }
 
     /// <summary>Renders → processor → vision tower → per-token colour/shape/size(/position) cross-entropy.</summary>
-    sealed class TokenProbeObjective(Qwen2VisionTransformerPretrainedModel visual, TokenProbe probe, ImageProcessor processor, int side, int grid, bool withPosition)
+    sealed class TokenProbeObjective(Qwen2VisionTransformerPretrainedModel visual, TokenProbe probe, ImageProcessor processor, int side, int grid)
         : ITrainingObjective<IReadOnlyList<Scene>>
     {
         public ObjectiveOutput Compute(IReadOnlyList<Scene> scenes)
@@ -117,11 +117,11 @@ public static class VisionPretraining
             var loss = nn.functional.cross_entropy(probe.color.forward(features), c)
                 + nn.functional.cross_entropy(probe.shape.forward(features), s2)
                 + nn.functional.cross_entropy(probe.size.forward(features), z);
-            if (withPosition)
+            if (probe.position is { } head)
             {
                 // the ViT has only relative (rotary) positions: where an object is must be learnt from the image borders
                 using var p = tensor(labels.Select(l => (long)l.Position).ToArray());
-                loss = loss + nn.functional.cross_entropy(probe.position.forward(features), p);
+                loss = loss + nn.functional.cross_entropy(head.forward(features), p);
             }
             return new ObjectiveOutput(loss, scenes.Count);
         }
@@ -130,14 +130,16 @@ public static class VisionPretraining
     /// <summary>Training-only linear read-outs of a merged vision token.</summary>
     sealed class TokenProbe : nn.Module
     {
-        public readonly TorchSharp.Modules.Linear color, shape, size, position;
+        public readonly TorchSharp.Modules.Linear color, shape, size;
+        /// <summary>Present only with <see cref="VisionPretrainingOptions.ProbePosition"/>; its presence decides the loss term.</summary>
+        public readonly TorchSharp.Modules.Linear? position;
 
-        public TokenProbe(int hidden) : base(nameof(TokenProbe))
+        public TokenProbe(int hidden, bool withPosition) : base(nameof(TokenProbe))
         {
             color = nn.Linear(hidden, CellLabel.ColorClasses);
             shape = nn.Linear(hidden, CellLabel.ShapeClasses);
             size = nn.Linear(hidden, CellLabel.SizeClasses);
-            position = nn.Linear(hidden, CellLabel.PositionClasses);
+            if (withPosition) position = nn.Linear(hidden, CellLabel.PositionClasses);
             RegisterComponents();
         }
     }

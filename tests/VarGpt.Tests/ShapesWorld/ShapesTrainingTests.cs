@@ -38,30 +38,26 @@ public class ShapesTrainingTests(ITestOutputHelper output)
         }
         Assert.True(File.Exists(Path.Combine(dir.Path, "sft.yaml")), "each stage leaves its yaml");
 
-        // the vision stage changes visual.* only, and writes a complete model folder
-        using (var before = SafeTensorsFile.Open(Path.Combine(dir.Path, ShapesTraining.BaseDir, "model.safetensors")))
-        using (var after = SafeTensorsFile.Open(Path.Combine(dir.Path, ShapesTraining.VisionDir, "model.safetensors")))
+        // between two stages' model.safetensors: the same tensor names, and exactly the expected ones of `keys` changed
+        void AssertChanged(string fromStage, string toStage, string[] keys, Func<string, bool> changes)
         {
+            using var before = SafeTensorsFile.Open(Path.Combine(dir.Path, fromStage, "model.safetensors"));
+            using var after = SafeTensorsFile.Open(Path.Combine(dir.Path, toStage, "model.safetensors"));
             Assert.Equal(before.Tensors.Keys.Order(), after.Tensors.Keys.Order());
-            foreach (var k in new[] { "visual.patch_embed.proj.weight", "visual.merger.mlp.2.weight", "model.embed_tokens.weight", "vae_local.decoder.conv_out.conv.weight" })
+            foreach (var k in keys)
             {
                 using var a = before.Load(k);
                 using var b = after.Load(k);
                 bool same = a.allclose(b, rtol: 0, atol: 0);
-                Assert.True(k.StartsWith("visual.") != same, $"{k}: unchanged = {same}");
+                Assert.True(changes(k) != same, $"{fromStage} -> {toStage}: {k} unchanged = {same}");
             }
         }
+        string[] probed = ["visual.patch_embed.proj.weight", "visual.merger.mlp.2.weight", "model.embed_tokens.weight"];
+        // the vision stage changes visual.* only, and writes a complete model folder
+        AssertChanged(ShapesTraining.BaseDir, ShapesTraining.VisionDir, [.. probed, "vae_local.decoder.conv_out.conv.weight"], k => k.StartsWith("visual."));
         Assert.True(File.Exists(Path.Combine(dir.Path, ShapesTraining.VisionDir, "config.json")));
         // the LM stages keep the pretrained tower frozen (FreezeVisionTower) and train the language model
-        using (var vision = SafeTensorsFile.Open(Path.Combine(dir.Path, ShapesTraining.VisionDir, "model.safetensors")))
-        using (var sft = SafeTensorsFile.Open(Path.Combine(dir.Path, ShapesTraining.SftDir, "model.safetensors")))
-            foreach (var k in new[] { "visual.patch_embed.proj.weight", "visual.merger.mlp.2.weight", "model.embed_tokens.weight" })
-            {
-                using var a = vision.Load(k);
-                using var b = sft.Load(k);
-                bool same = a.allclose(b, rtol: 0, atol: 0);
-                Assert.True(k.StartsWith("visual.") == same, $"{k}: unchanged by the LM stages = {same}");
-            }
+        AssertChanged(ShapesTraining.VisionDir, ShapesTraining.SftDir, probed, k => !k.StartsWith("visual."));
         // stage markers sit beside the stage folders: the model folder holds only the model
         Assert.True(File.Exists(ShapesTraining.DoneMarker(dir.Path, ShapesTraining.ModelDir)));
         Assert.False(File.Exists(Path.Combine(model, "DONE")));
