@@ -85,7 +85,7 @@ public static class ShapesCommand
         var und = new Option<int>("--understanding-steps") { Description = "Understanding-stage steps (questions and descriptions).", DefaultValueFactory = _ => d.UnderstandingSteps };
         var align = new Option<int>("--align-steps") { Description = "Alignment-stage steps (caption pairs).", DefaultValueFactory = _ => d.AlignSteps };
         var sft = new Option<int>("--sft-steps") { Description = "SFT steps (all tasks).", DefaultValueFactory = _ => d.SftSteps };
-        var dpo = new Option<int>("--dpo-steps") { Description = "DPO steps.", DefaultValueFactory = _ => d.DpoSteps };
+        var dpo = new Option<int>("--dpo-steps") { Description = $"DPO steps at most: fewer when {d.DpoMaxEpochs:0.#} passes over the mined pairs take fewer.", DefaultValueFactory = _ => d.DpoSteps };
         var batch = new Option<int>("--batch") { Description = "Samples per alignment/SFT step.", DefaultValueFactory = _ => d.BatchSize };
         var cmd = new Command("train",
             """

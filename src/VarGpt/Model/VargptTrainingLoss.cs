@@ -28,9 +28,10 @@ public static class VargptTrainingLoss
     /// get_gen_loss_1_1. With generation targets: text CE against <paramref name="inputIds"/> themselves with only the
     /// &lt;|image_gen_pad|&gt; positions ignored (the dataset labels are not used: prompt, special and padding tokens
     /// are all supervised), plus 3.0 × the image bit loss. Without: text CE against <paramref name="labels"/> (the
-    /// plain Qwen2-VL branch).
+    /// plain Qwen2-VL branch). <paramref name="genTextOnLabels"/> (not official, vargpt_gen_text_loss: labels): the
+    /// text CE uses <paramref name="labels"/> (image_gen_pad positions ignored) in batches with generation targets too.
     /// </summary>
-    public static SftLoss Sft(VargptTrainingOutput output, Tensor inputIds, Tensor labels, int imageGenPadId)
+    public static SftLoss Sft(VargptTrainingOutput output, Tensor inputIds, Tensor labels, int imageGenPadId, bool genTextOnLabels = false)
     {
         using var scope = NewDisposeScope();
         if (output.GenLogits is null)
@@ -38,7 +39,7 @@ public static class VargptTrainingLoss
             var t = TextCrossEntropy(output.Logits, labels);
             return new SftLoss(t.MoveToOuterDisposeScope(), t.alias().MoveToOuterDisposeScope(), null);
         }
-        var text = TextCrossEntropy(output.Logits, OtherLabels(inputIds, imageGenPadId));
+        var text = TextCrossEntropy(output.Logits, OtherLabels(genTextOnLabels ? labels : inputIds, imageGenPadId));
         var image = ImageBitLoss(output.GenLogits, output.ImageGenLabels!, output.Schedule!);
         var loss = text + LambdaImage * image;
         return new SftLoss(loss.MoveToOuterDisposeScope(), text.MoveToOuterDisposeScope(), image.MoveToOuterDisposeScope());

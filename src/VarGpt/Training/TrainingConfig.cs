@@ -34,6 +34,11 @@ public sealed record TrainingConfig
     /// random crop). false = resize straight to image_gen_resolution (for data already at that size, e.g. ShapesWorld,
     /// where a crop would shift and rescale the objects the prompt places).</summary>
     public bool ImageGenAugment { get; init; } = true;
+    /// <summary>vargpt_gen_text_loss (VarGpt.NET key): the text targets of a batch with generation targets. "official"
+    /// (default) = get_gen_loss_1_1: the input ids themselves, so prompts, role and padding tokens are supervised too;
+    /// "labels" = the dataset labels (answers only), as the text-only branch. Not an official option: a small model
+    /// trained with "official" learns to continue user turns after the assistant's first token (docs/shapesworld.md).</summary>
+    public string GenTextLoss { get; init; } = "official";
 
     // optimisation (HF TrainingArguments defaults)
     public int PerDeviceTrainBatchSize { get; init; } = 8;
@@ -138,9 +143,10 @@ public sealed record TrainingConfig
         "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm", "adam_beta1", "adam_beta2",
         "adam_epsilon", "bf16", "seed", "output_dir", "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint",
         "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "pref_beta", "pref_ftx", "pref_loss", "dpo_label_smoothing",
-        "vargpt_freeze", "vargpt_freeze_modules", "vargpt_gen_augment",
+        "vargpt_freeze", "vargpt_freeze_modules", "vargpt_gen_augment", "vargpt_gen_text_loss",
     ];
 
+    public static readonly IReadOnlyList<string> GenTextLosses = ["official", "labels"];
     public static readonly IReadOnlyList<string> SchedulerTypes = ["cosine", "linear", "constant", "constant_with_warmup"];
     public static readonly IReadOnlyList<string> PrefLosses = ["sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo"];
 
@@ -214,6 +220,7 @@ public sealed record TrainingConfig
             ImageResolution = r.Int("image_resolution", 512 * 512),
             ImageGenResolution = r.Int("image_gen_resolution", 512),
             ImageGenAugment = r.Bool("vargpt_gen_augment", true),
+            GenTextLoss = r.OneOf("vargpt_gen_text_loss", "official", GenTextLosses),
             PerDeviceTrainBatchSize = r.Int("per_device_train_batch_size", 8),
             GradientAccumulationSteps = r.Int("gradient_accumulation_steps", 1),
             LearningRate = r.Double("learning_rate", 5e-5),

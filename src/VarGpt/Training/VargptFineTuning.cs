@@ -114,7 +114,7 @@ public static class VargptFineTuning
                 }
                 objective = d;
             }
-            else objective = new VargptSftObjective(model, fwd);
+            else objective = new VargptSftObjective(model, fwd, cfg.GenTextLoss == "labels");
 
             var trainerOptions = TrainerOptions.FromConfig(cfg) with
             {

@@ -10,6 +10,15 @@ namespace VarGpt.Tests.ShapesWorld;
 [Collection(nameof(TorchDefaultsCollection))]
 public class ShapesTrainingTests(ITestOutputHelper output)
 {
+    [Theory]
+    [InlineData(6, 5)]      // r3's 6 pairs: 3 epochs of batch 4 instead of 120 steps (80 epochs)
+    [InlineData(1, 1)]
+    [InlineData(0, 1)]
+    [InlineData(160, 120)]  // 3 epochs would take 120 steps: DpoSteps bounds it
+    [InlineData(1000, 120)]
+    public void Dpo_steps_stop_after_DpoMaxEpochs_passes_over_few_pairs(int pairs, int steps) =>
+        Assert.Equal(steps, ShapesTraining.DpoStepsFor(new ShapesTrainingOptions { OutputDir = "x" }, pairs));
+
     [Fact]
     public void A_few_steps_of_every_stage_lower_the_loss_and_give_a_loadable_model_folder()
     {
@@ -37,6 +46,8 @@ public class ShapesTrainingTests(ITestOutputHelper output)
             Assert.True(File.Exists(ShapesTraining.DoneMarker(dir.Path, stage)));
         }
         Assert.True(File.Exists(Path.Combine(dir.Path, "sft.yaml")), "each stage leaves its yaml");
+        Assert.Equal("labels", TrainingConfig.Load(Path.Combine(dir.Path, "sft.yaml")).GenTextLoss);
+        Assert.Equal("official", TrainingConfig.Load(Path.Combine(dir.Path, "align.yaml")).GenTextLoss);
 
         // between two stages' model.safetensors: the same tensor names, and exactly the expected ones of `keys` changed
         void AssertChanged(string fromStage, string toStage, string[] keys, Func<string, bool> changes)

@@ -50,6 +50,32 @@ public class VargptTrainingTests(ITestOutputHelper output)
         Assert.True(losses[^1] < floor + 0.05 && losses[^1] < 0.01 * losses[0], $"final loss {losses[^1]} (from {losses[0]}, floor {floor})");
     }
 
+    [Fact]
+    public void Gen_text_loss_labels_supervises_only_the_answers_in_a_batch_with_generation_targets()
+    {
+        TorchTestSetup.Init();
+        using var tmp = TestPaths.Temp();
+        var cfg = TinyVargpt.Config();
+        var collator = TinyVargpt.Collator(cfg);
+        var ds = collator.EncodeAll(TinyVargpt.MixedRecords(tmp.Path), "sft");
+        using var model = TinyVargpt.Model(cfg, 1);
+        using var b = collator.Collate(ds.Items, 0, 0);
+        using var _ = no_grad();
+        using var output = VargptTraining.Forward(model, b.Inputs, new VargptTrainingOptions { NoiseApplyStrength = 0 });
+        int pad = cfg.ImageGen.PadId;
+        using var official = VargptTrainingLoss.Sft(output, b.InputIds, b.Labels, pad);
+        using var answers = VargptTrainingLoss.Sft(output, b.InputIds, b.Labels, pad, genTextOnLabels: true);
+        using var targets = VargptTrainingLoss.OtherLabels(b.Labels, pad);
+        using var expected = VargptTrainingLoss.TextCrossEntropy(output.Logits, targets);
+        // the answers' CE (gen pads ignored), the same image term, and a different text term than the official one
+        Assert.Equal(expected.item<float>(), answers.TextLoss.item<float>(), 5);
+        Assert.Equal(official.ImageLoss!.item<float>(), answers.ImageLoss!.item<float>(), 6);
+        Assert.NotEqual(official.TextLoss.item<float>(), answers.TextLoss.item<float>(), 3);
+        using var isTarget = targets.ne(-100);
+        using var official_targets = VargptTrainingLoss.OtherLabels(b.InputIds, pad).ne(-100);
+        Assert.True(isTarget.sum().item<long>() < official_targets.sum().item<long>() / 2, "labels should leave the prompts out");
+    }
+
     /// <summary>
     /// The smallest mean text CE any model can reach on a generation batch (targets = input_ids, gen pads ignored):
     /// rows that share a prefix (here: the same input image too) but continue differently cannot all be predicted.
