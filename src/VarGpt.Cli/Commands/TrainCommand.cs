@@ -41,6 +41,11 @@ public static class TrainCommand
             code does, also trains Infinity and both projectors fully. Progress: loss, lr, tokens/s, ETA; the log is
             output_dir/trainer_log.jsonl and the loss curve output_dir/training_loss.png. A NaN/inf loss stops the run
             and keeps the last good checkpoint. resume_from_checkpoint: a checkpoint folder or 'latest'.
+            Keys of this port (not in the official code): vargpt_freeze (component groups: vision_tower,
+            language_model, infinity, projectors, vae), vargpt_freeze_modules (parameter-name substrings),
+            vargpt_gen_augment (false: no 1.125x resize + crop of generation targets), vargpt_gen_text_loss (official:
+            in a batch with generation targets the text CE covers every token but the image-gen pads, prompts
+            included, as get_gen_loss_1_1; labels: the answers only).
             """);
         cmd.WithExamples($"vargpt train {stage} {stage}.yaml");
         cmd.SetAction((parse, ct) => Task.FromResult(Run(stage, parse.GetRequiredValue(config), parse.GetValue(device) ?? "cpu",
