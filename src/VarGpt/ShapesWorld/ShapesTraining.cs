@@ -79,6 +79,8 @@ public static class ShapesTraining
     public const string DataDir = "data", BaseDir = "base", VaeDir = "vae", VisionDir = "vision", UnderstandingDir = "understanding", AlignDir = "align", SftDir = "sft", DpoDataDir = "dpo_data", DpoDir = "dpo", ModelDir = "model";
     public const string AlignName = "shapesworld_align", UnderstandingName = "shapesworld_understanding";
     public const string WorldFile = "shapesworld.json";
+    /// <summary>The mining stage's <see cref="ShapesDpoStats"/> in OUT/dpo_data (its Pairs sizes the DPO stage).</summary>
+    public const string MiningFile = "mining.json";
 
     public static string Run(ShapesTrainingOptions o, ShapesModelConfig? sizes = null, CancellationToken cancellationToken = default)
     {
@@ -155,7 +157,7 @@ public static class ShapesTraining
                 $"DPO pairs: {s.Pairs} from {s.Prompts} train prompts × {o.DpoSamplesPerPrompt} images; SFT model right on {s.FractionCorrect:P1} of them ({s.AllCorrect} prompts all right, {s.AllWrong} all wrong) in {s.Seconds:F0} s"));
             Directory.CreateDirectory(Path.Combine(root, DpoDataDir));
             if (s.Pairs > 0) ShapesDpoPairs.Write(Path.Combine(root, DpoDataDir), r.Pairs);
-            File.WriteAllText(Path.Combine(root, DpoDataDir, "mining.json"), JsonSerializer.Serialize(s, new JsonSerializerOptions { WriteIndented = true }) + "\n");
+            File.WriteAllText(Path.Combine(root, DpoDataDir, MiningFile), JsonSerializer.Serialize(s, new JsonSerializerOptions { WriteIndented = true }) + "\n");
         });
         if (File.Exists(Path.Combine(root, DpoDataDir, ShapesDpoPairs.DatasetName + ".json")))
         {
@@ -299,21 +301,26 @@ public static class ShapesTraining
         }
     }
 
-    /// <summary>A LLaMA-Factory yaml for one stage (official keys; paths relative to the run folder).</summary>
     /// <summary>DPO optimizer steps: <see cref="ShapesTrainingOptions.DpoSteps"/>, or fewer when
     /// <see cref="ShapesTrainingOptions.DpoMaxEpochs"/> passes over the pairs take fewer (at least one step).</summary>
     public static int DpoStepsFor(ShapesTrainingOptions o, int pairs) =>
         Math.Clamp((int)Math.Ceiling(o.DpoMaxEpochs * pairs / o.DpoBatchSize), 1, o.DpoSteps);
 
-    /// <summary>The pair count the mining stage recorded in DIR/mining.json.</summary>
-    static int MinedPairs(string dpoDataDir)
+    /// <summary>The pair count the mining stage recorded in DIR/<see cref="MiningFile"/>.</summary>
+    internal static int MinedPairs(string dpoDataDir)
     {
-        var path = Path.Combine(dpoDataDir, "mining.json");
-        using var doc = JsonDocument.Parse(File.ReadAllText(path));
-        return doc.RootElement.TryGetProperty("Pairs", out var p) && p.TryGetInt32(out var n)
-            ? n : throw new InvalidDataException($"{path}: no integer 'Pairs' (rerun the DPO mining stage: delete {dpoDataDir}.done)");
+        var path = Path.Combine(dpoDataDir, MiningFile);
+        var rerun = $"rerun the DPO mining stage: delete {dpoDataDir}.done";
+        try
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllText(path));
+            return doc.RootElement.TryGetProperty(nameof(ShapesDpoStats.Pairs), out var p) && p.TryGetInt32(out var n)
+                ? n : throw new InvalidDataException($"{path}: no integer '{nameof(ShapesDpoStats.Pairs)}' ({rerun})");
+        }
+        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message}; {rerun})", e); }
     }
 
+    /// <summary>A LLaMA-Factory yaml for one stage (official keys; paths relative to the run folder).</summary>
     static string StageYaml(ShapesTrainingOptions o, string stage, string model, IReadOnlyList<string> datasets, string output, int steps, int batch, double lr,
         IReadOnlyDictionary<string, string>? extra = null)
     {

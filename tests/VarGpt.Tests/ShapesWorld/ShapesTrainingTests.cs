@@ -20,6 +20,23 @@ public class ShapesTrainingTests(ITestOutputHelper output)
         Assert.Equal(steps, ShapesTraining.DpoStepsFor(new ShapesTrainingOptions { OutputDir = "x" }, pairs));
 
     [Fact]
+    public void The_DPO_stage_reads_the_pair_count_from_mining_json_and_names_the_file_when_it_is_broken()
+    {
+        using var dir = TestPaths.Temp();
+        var file = Path.Combine(dir.Path, ShapesTraining.MiningFile);
+        var stats = new ShapesDpoStats(300, 1200, 8, 6, 6, 0, 294, 0, AttributeErrors.None, 1.5);
+        File.WriteAllText(file, JsonSerializer.Serialize(stats)); // as the mining stage writes it
+        Assert.Equal(6, ShapesTraining.MinedPairs(dir.Path));
+        foreach (var (text, expected) in new[] { ("{\"Prompts\": 300}", "no integer 'Pairs'"), ("{\"Pairs\": ", "not valid JSON") })
+        {
+            File.WriteAllText(file, text);
+            var e = Assert.Throws<InvalidDataException>(() => ShapesTraining.MinedPairs(dir.Path));
+            Assert.Contains(file, e.Message);
+            Assert.Contains(expected, e.Message);
+        }
+    }
+
+    [Fact]
     public void A_few_steps_of_every_stage_lower_the_loss_and_give_a_loadable_model_folder()
     {
         TorchTestSetup.Init();

@@ -72,8 +72,8 @@ public class VargptTrainingTests(ITestOutputHelper output)
         Assert.Equal(official.ImageLoss!.item<float>(), answers.ImageLoss!.item<float>(), 6);
         Assert.NotEqual(official.TextLoss.item<float>(), answers.TextLoss.item<float>(), 3);
         using var isTarget = targets.ne(-100);
-        using var official_targets = VargptTrainingLoss.OtherLabels(b.InputIds, pad).ne(-100);
-        Assert.True(isTarget.sum().item<long>() < official_targets.sum().item<long>() / 2, "labels should leave the prompts out");
+        using var officialTargets = VargptTrainingLoss.OtherLabels(b.InputIds, pad).ne(-100);
+        Assert.True(isTarget.sum().item<long>() < officialTargets.sum().item<long>() / 2, "labels should leave the prompts out");
     }
 
     /// <summary>
