@@ -242,16 +242,18 @@ public sealed class VargptServer : IAsyncDisposable
         BadHttpRequestException { StatusCode: 413 } => ApiException.TooLarge($"The request body is larger than this server's limit of {context?.Features.Get<IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize} bytes."),
         BadHttpRequestException b => ApiException.BadRequest($"Bad request: {b.Message}"),
         JsonException j => ApiException.BadRequest($"We could not parse the JSON body of your request. ({j.Message})", null, "invalid_json"),
-        VarGpt.Model.InvalidPromptException p when p.Message.Contains("max_position_embeddings", StringComparison.Ordinal) => ApiException.BadRequest(p.Message, "messages", "context_length_exceeded"),
-        VarGpt.Model.InvalidPromptException p => ApiException.BadRequest(p.Message, "messages", "invalid_prompt"),
-        VarGpt.Model.NoImageGeneratedException n => ApiException.BadRequest(n.Message + " (request field: force_image_start = true)", "prompt", "no_image_generated"),
+        VarGpt.Inference.InvalidPromptException p when p.Message.Contains("max_position_embeddings", StringComparison.Ordinal) => ApiException.BadRequest(p.Message, "messages", "context_length_exceeded"),
+        VarGpt.Inference.InvalidPromptException p => ApiException.BadRequest(p.Message, "messages", "invalid_prompt"),
+        VarGpt.Inference.NoImageGeneratedException n => ApiException.BadRequest(n.Message + " (request field: force_image_start = true)", "prompt", "no_image_generated"),
         ArgumentException a => ApiException.BadRequest(a.Message, null, "invalid_value"),
         OperationCanceledException => new ApiException(408, "The request timed out or was cancelled.", "timeout", null, "request_timeout"),
         _ => new ApiException(500, $"The server had an error while processing your request: {e.GetType().Name}: {e.Message}", "server_error", null, "server_error"),
     };
 
-    static async Task<JsonDocument> ReadJsonAsync(HttpContext context)
+    async Task<JsonDocument> ReadJsonAsync(HttpContext context)
     {
+        if (context.Request.ContentLength > _options.MaxBodyBytes)
+            throw ApiException.TooLarge($"The request body has {context.Request.ContentLength} bytes; this server's limit is {_options.MaxBodyBytes} bytes.");
         var type = context.Request.ContentType ?? "";
         if (!type.StartsWith("application/json", StringComparison.OrdinalIgnoreCase))
             throw ApiException.BadRequest($"Invalid Content-Type header ({(type.Length == 0 ? "none" : type)}); expected application/json.", null, "invalid_content_type");
@@ -305,9 +307,9 @@ public sealed class VargptServer : IAsyncDisposable
                 context.Items["prompt_tokens"] = row.PromptTokens;
                 context.Items["completion_tokens"] = row.CompletionTokens;
                 object? image = null;
-                if (row.Finish == VarGpt.Model.VargptChatFinish.Image && call.Job.DrawImages && _backend!.Model.CanDraw)
+                if (row.Finish == VarGpt.Inference.VargptChatFinish.Image && call.Job.DrawImages && _backend!.Model.CanDraw)
                     image = await DrawChatImageAsync(context, call, row, id, created, cts.Token).ConfigureAwait(false);
-                string finish = row.Finish == VarGpt.Model.VargptChatFinish.MaxNewTokens ? "length" : "stop";
+                string finish = row.Finish == VarGpt.Inference.VargptChatFinish.MaxNewTokens ? "length" : "stop";
                 var usage = new { prompt_tokens = row.PromptTokens, completion_tokens = row.CompletionTokens, total_tokens = row.PromptTokens + row.CompletionTokens };
                 if (call.Stream)
                 {
@@ -357,7 +359,7 @@ public sealed class VargptServer : IAsyncDisposable
     async Task<object> DrawChatImageAsync(HttpContext context, ChatCall call, ChatRow row, string id, long created, CancellationToken ct)
     {
         using var slot = await _images.EnterAsync(ct).ConfigureAwait(false) ?? throw ApiException.QueueFull(_images.RetryAfterSeconds, "image");
-        long seed = call.Job.Image?.Seed ?? call.Job.Options.Seed ?? VarGpt.Model.VargptImages.NewSeed();
+        long seed = call.Job.Image?.Seed ?? call.Job.Options.Seed ?? VarGpt.Model.Seeds.Random();
         var options = (call.Job.Image ?? new VarGpt.Model.ImageOptions()) with { Seed = seed };
         var previews = System.Threading.Channels.Channel.CreateUnbounded<ImagePreview>();
         var clock = Stopwatch.StartNew();
@@ -472,7 +474,7 @@ public sealed class VargptServer : IAsyncDisposable
             context.Items["prompt_tokens"] = outcome.PromptTokens;
             var usage = new
             {
-                input_tokens = outcome.PromptTokens, output_tokens = outcome.Images.Count * OutputTokens(call.Size), total_tokens = outcome.PromptTokens + outcome.Images.Count * OutputTokens(call.Size),
+                input_tokens = outcome.PromptTokens, output_tokens = outcome.Images.Count * call.Size.Tokens, total_tokens = outcome.PromptTokens + outcome.Images.Count * call.Size.Tokens,
                 input_tokens_details = new { text_tokens = outcome.PromptTokens, image_tokens = 0 },
             };
             if (call.Stream)
@@ -500,8 +502,4 @@ public sealed class VargptServer : IAsyncDisposable
             await draw.ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);   // let the loop stop at its next scale before the slot is freed
         }
     }
-
-    /// <summary>Image tokens the next-scale loop predicts for one image (sum of h·w over the scales).</summary>
-    static int OutputTokens(ImageSize size) =>
-        VarGpt.Generation.ScaleSchedules.Get(size.AspectRatio, size.Pn).SequenceLength;
 }

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using VarGpt.Cli.Runner;
 using VarGpt.Server;
 using VarGpt.Server.Backend;
 
@@ -55,8 +56,8 @@ public static class ServeCommand
             try { options.Validate(); }
             catch (ArgumentException e) { throw new UserErrorException(e.Message); }
             model.ResolveModelDir(parse);     // a missing model folder fails before the server starts
-            var loadOptions = model.LoadOptions(parse);
-            var server = new VargptServer(options, () => new PipelineBackend(model.Load(parse, log)));
+            model.LoadOptions(parse);         // so do bad --device / --dtype / adapter options
+            var server = new VargptServer(options, () => new ModelBackend(model.Load(parse, log)));
             try
             {
                 server.StartAsync().GetAwaiter().GetResult();

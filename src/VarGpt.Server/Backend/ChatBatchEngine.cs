@@ -1,5 +1,4 @@
-using VarGpt.Checkpoint;
-using VarGpt.Model;
+using VarGpt.Inference;
 using VarGpt.Text;
 
 namespace VarGpt.Server.Backend;

@@ -1,6 +1,8 @@
-using VarGpt.Checkpoint;
+using VarGpt.Configuration;
+using VarGpt.Inference;
 using VarGpt.LanguageModel;
 using VarGpt.Model;
+using VarGpt.Torch;
 using static TorchSharp.torch;
 
 namespace VarGpt.Server.Backend;
@@ -19,17 +21,17 @@ namespace VarGpt.Server.Backend;
 /// </summary>
 public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
 {
-    readonly VargptPipeline _pipeline;
+    readonly VargptModel _owner;
     readonly VargptForConditionalGeneration _model;
     readonly List<ChatRow> _rows = [];
     KVCache? _cache;       // [B, Hkv, T, D] per layer, row b = _rows[b]
     Tensor? _mask;         // [B, T] int64, 1 = token, 0 = left padding
     bool _padded;          // some row has padding: pass the mask (no padding = no mask, as the single-row loop and HF's sdpa path do)
 
-    public ContinuousBatch(VargptPipeline pipeline)
+    public ContinuousBatch(VargptModel model)
     {
-        _pipeline = pipeline;
-        _model = pipeline.Model;
+        _owner = model;
+        _model = model.Module;
     }
 
     public int Running => _rows.Count;
@@ -48,13 +50,13 @@ public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
     public ChatRow Admit(ChatJob job, CancellationToken cancellationToken)
     {
         cancellationToken.ThrowIfCancellationRequested();
-        var generation = job.Options.Resolve(_pipeline.Generation);   // validates before any work
-        var (messages, images) = VargptChat.SplitImages(job.Messages);
-        using var prompt = _pipeline.Prepare(messages, images);
-        int room = _pipeline.Config.MaxPositionEmbeddings - prompt.Length;
+        var generation = job.Options.Resolve(_owner.GenerationConfig);   // validates before any work
+        var (messages, images) = ChatMessages.SplitImages(job.Messages);
+        using var prompt = _owner.Prepare(messages, images);
+        int room = _owner.Config.MaxPositionEmbeddings - prompt.Length;
         int maxNew = Math.Min(generation.MaxNewTokens ?? VargptChatOptions.DefaultMaxNewTokens, room);
         generation = generation with { MaxNewTokens = maxNew };
-        var row = new ChatRow(job, prompt.Length, maxNew, _pipeline.Tokenizer.CreateStreamingDecoder(skipSpecialTokens: true), job.Options.StopSequences);
+        var row = new ChatRow(job, prompt.Length, maxNew, _owner.Tokenizer.CreateStreamingDecoder(skipSpecialTokens: true), job.Options.StopSequences);
         var state = new RowState
         {
             Generation = generation,
@@ -128,7 +130,7 @@ public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
         var next = g.DoSample ? scores.softmax(-1).multinomial(1, generator: state.Sampler).squeeze(1) : scores.argmax(-1);
         long id = next.cpu().item<long>();
         state.LastToken = id;
-        row.Add((int)id, g.EosTokenIds, _pipeline.Config.ImageGen.StartId);
+        row.Add((int)id, g.EosTokenIds, _owner.Config.ImageGen.StartId);
     }
 
     /// <summary>Merges a prefilled row (its own cache [1, Hkv, L, D]) into the batch, left-padding whichever side is shorter.</summary>

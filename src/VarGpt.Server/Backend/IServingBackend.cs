@@ -1,3 +1,4 @@
+using VarGpt.Inference;
 using VarGpt.Model;
 using VarGpt.Text;
 using VarGpt.Vision;
@@ -8,7 +9,7 @@ namespace VarGpt.Server.Backend;
 /// Everything the HTTP layer needs from a loaded model, and nothing else: model facts, the continuous-batching chat
 /// engine, and image drawing with per-scale previews. The server (DTOs, validation, SSE, errors, auth, limits, queues,
 /// metrics, the page) sees the model only through this interface, so the model library's façade can change underneath
-/// with one adapter (<see cref="PipelineBackend"/>) and tests can run the HTTP layer on a scripted backend.
+/// with one adapter (<see cref="ModelBackend"/>) and tests can run the HTTP layer on a scripted backend.
 /// Thread safety: <see cref="Chat"/> is driven by one scheduler thread; <see cref="DrawImages"/> may run on other
 /// threads at the same time (every call has its own prompt tensors, KV caches and generators).
 /// </summary>
@@ -35,7 +36,8 @@ public interface IServingBackend : IDisposable
 }
 
 /// <summary>An image size the model draws: pixels, the h/w template and the pixel-budget name of its scale schedule.</summary>
-public sealed record ImageSize(int Width, int Height, double AspectRatio, string Pn, int Scales)
+/// <param name="Tokens">image tokens the next-scale loop predicts (sum of h·w over the scales)</param>
+public sealed record ImageSize(int Width, int Height, double AspectRatio, string Pn, int Scales, int Tokens)
 {
     /// <summary>The OpenAI images API's size string, "WIDTHxHEIGHT".</summary>
     public string Name => $"{Width}x{Height}";

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using VarGpt.Inference;
 using VarGpt.Model;
 using VarGpt.Server.Backend;
 using VarGpt.Text;
@@ -187,7 +188,7 @@ public static class Requests
             ForceImageStart = r.Bool("force_image_start") ?? false,
         };
         if (r.Has("edit_max_pixels")) options = options with { EditMaxPixels = r.Integer("edit_max_pixels", 28 * 28, limits.MaxImagePixels) };
-        options = options with { Seed = options.Seed ?? VargptImages.NewSeed() };
+        options = options with { Seed = options.Seed ?? Seeds.Random() };
         return new ImageCall(new ImageJob(prompt, source, options, PreviewScales(partial, scales)), size, stream, partial, name, source is not null);
     }
 

@@ -2,6 +2,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using VarGpt.Checkpoint;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Generation;
 
@@ -13,8 +14,6 @@ namespace VarGpt.Generation;
 /// </summary>
 public sealed partial class BsqVae : nn.Module
 {
-    public const string CheckpointPrefix = "vae_local.";
-
     public readonly Encoder encoder;
     public readonly Decoder decoder;
     public readonly MultiScaleBSQ quantizer;

@@ -1,3 +1,4 @@
+using VarGpt.Inference;
 using VarGpt.Model;
 using VarGpt.Server;
 using VarGpt.Server.Backend;
@@ -30,14 +31,13 @@ public class ContinuousBatchTests
     [Fact]
     public void Rows_joining_and_leaving_a_running_batch_decode_exactly_as_alone()
     {
-        using var pipeline = VargptPipeline.Load(ShippedModel.Resolve());
-        using var chat = new VargptChat(pipeline);
+        using var model = VargptModel.Load(ShippedModel.Resolve());
         var greedy = new VargptChatOptions { MaxNewTokens = 20, GenerateImages = false };
         var sampled = new VargptChatOptions { MaxNewTokens = 20, GenerateImages = false, Temperature = 1.0, Seed = 5 };
         var jobs = new[] { Job(0, greedy, withImage: true), Job(1, greedy), Job(2, sampled), Job(3, greedy), Job(4, greedy, withImage: true) };
-        var alone = jobs.Select(j => chat.Chat(j.Messages, j.Options, TestContext.Current.CancellationToken).TokenIds.ToArray()).ToArray();
+        var alone = jobs.Select(j => model.Chat(j.Messages, j.Options, TestContext.Current.CancellationToken).TokenIds.ToArray()).ToArray();
 
-        using var batch = new ContinuousBatch(pipeline);
+        using var batch = new ContinuousBatch(model);
         var rows = new List<ChatRow>();
         // staggered arrivals: two rows, a step, one more, two steps, two more; at most 4 run together (DecodeLinear's per-row kernel)
         rows.Add(batch.Admit(jobs[0], TestContext.Current.CancellationToken));

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Net.Http.Headers;
 using Microsoft.Extensions.Logging;
 using SkiaSharp;
+using VarGpt.Inference;
 using VarGpt.Model;
 using VarGpt.Server;
 using VarGpt.Server.Backend;
@@ -28,7 +29,7 @@ public class ServedModel : IAsyncLifetime
 
     public async ValueTask InitializeAsync()
     {
-        Server = new VargptServer(Options, () => PipelineBackend.Load(ShippedModel.Resolve()), logging => logging.AddProvider(new ListLoggerProvider(Log)));
+        Server = new VargptServer(Options, () => ModelBackend.Load(ShippedModel.Resolve()), logging => logging.AddProvider(new ListLoggerProvider(Log)));
         await Server.StartAsync();
         await Server.Ready;
         Http = NewClient(Key);

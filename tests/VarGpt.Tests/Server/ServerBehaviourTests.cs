@@ -1,6 +1,7 @@
 using System.Net;
 using System.Text;
 using System.Text.Json;
+using VarGpt.Inference;
 using VarGpt.Model;
 using VarGpt.Server;
 using VarGpt.Server.Backend;
@@ -137,7 +138,7 @@ public class ServerLifecycleTests
     public async Task While_the_model_loads_the_api_answers_503_with_retry_after_and_ready_says_loading()
     {
         var gate = new ManualResetEventSlim();
-        await using var server = new VargptServer(new ServerOptions { Port = 0 }, () => { gate.Wait(TimeSpan.FromSeconds(30)); return PipelineBackend.Load(ShippedModel.Resolve()); },
+        await using var server = new VargptServer(new ServerOptions { Port = 0 }, () => { gate.Wait(TimeSpan.FromSeconds(30)); return ModelBackend.Load(ShippedModel.Resolve()); },
             logging => { });
         await server.StartAsync(Ct);
         using var http = new HttpClient { BaseAddress = server.Url };
@@ -155,7 +156,7 @@ public class ServerLifecycleTests
     [Fact]
     public async Task Stopping_lets_a_running_request_finish_and_refuses_new_ones()
     {
-        await using var server = new VargptServer(new ServerOptions { Port = 0 }, () => PipelineBackend.Load(ShippedModel.Resolve()), logging => { });
+        await using var server = new VargptServer(new ServerOptions { Port = 0 }, () => ModelBackend.Load(ShippedModel.Resolve()), logging => { });
         await server.StartAsync(Ct);
         await server.Ready;
         using var http = new HttpClient { BaseAddress = server.Url };
