@@ -130,7 +130,7 @@ public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
         var next = g.DoSample ? scores.softmax(-1).multinomial(1, generator: state.Sampler).squeeze(1) : scores.argmax(-1);
         long id = next.cpu().item<long>();
         state.LastToken = id;
-        row.Add((int)id, g.EosTokenIds, _owner.Config.ImageGen.StartId);
+        row.Add((int)id, row.Job.IgnoreEos ? [] : g.EosTokenIds, row.Job.IgnoreEos ? -1 : _owner.Config.ImageGen.StartId);
     }
 
     /// <summary>Merges a prefilled row (its own cache [1, Hkv, L, D]) into the batch, left-padding whichever side is shorter.</summary>

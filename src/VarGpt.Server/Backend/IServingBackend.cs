@@ -57,7 +57,8 @@ public sealed record ServedModel(string Id, long Created, string Directory, int 
 /// <summary>One chat request, resolved: the conversation (images decoded) and the sampling settings of the library.</summary>
 /// <param name="DrawImages">when the model starts an image, draw it (else the reply ends there)</param>
 /// <param name="ImageSeed">seed of the image sampler when the model draws (null = a fresh one, reported)</param>
-public sealed record ChatJob(IReadOnlyList<ChatMessage> Messages, VargptChatOptions Options, bool DrawImages = true, ImageOptions? Image = null);
+/// <param name="IgnoreEos">decode to max_tokens whatever the model chooses (EOS and image start are ordinary tokens; vLLM's ignore_eos, for benchmarks)</param>
+public sealed record ChatJob(IReadOnlyList<ChatMessage> Messages, VargptChatOptions Options, bool DrawImages = true, ImageOptions? Image = null, bool IgnoreEos = false);
 
 /// <summary>One image request: the prompt (or edit instruction), the source image of an edit, the library's image options (seed set).</summary>
 /// <param name="PreviewScales">0-based scale indices after which a preview is decoded (the last scale is the final image)</param>

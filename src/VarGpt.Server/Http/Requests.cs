@@ -26,7 +26,7 @@ public static class Requests
         "user", "metadata", "store", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "response_format", "tools", "tool_choice",
         "parallel_tool_calls", "logit_bias", "modalities", "service_tier",
         // VARGPT extensions
-        "top_k", "repetition_penalty", "generate_images", "image_seed", "cfg", "tau", "image_top_k", "image_top_p",
+        "top_k", "repetition_penalty", "generate_images", "image_seed", "cfg", "tau", "image_top_k", "image_top_p", "ignore_eos",
     ];
 
     public static ChatCall ParseChat(JsonDocument doc, ServedModel model, ServerOptions limits)
@@ -63,7 +63,7 @@ public static class Requests
         var image = ImageOptionsOf(r, "image_", seedKey: "image_seed") with { Count = 1 };
         bool stream = r.Bool("stream") ?? false;
         bool usage = stream && (r.Object("stream_options")?.Bool("include_usage") ?? false);
-        return new ChatCall(new ChatJob(messages, options, r.Bool("generate_images") ?? true, image), stream, usage, name);
+        return new ChatCall(new ChatJob(messages, options, r.Bool("generate_images") ?? true, image, r.Bool("ignore_eos") ?? false), stream, usage, name);
     }
 
     static List<string> ParseStop(RequestFields r)
