@@ -308,7 +308,14 @@ public sealed class VargptServer : IAsyncDisposable
                 context.Items["completion_tokens"] = row.CompletionTokens;
                 object? image = null;
                 if (row.Finish == VarGpt.Inference.VargptChatFinish.Image && call.Job.DrawImages && _backend!.Model.CanDraw)
-                    image = await DrawChatImageAsync(context, call, row, id, created, cts.Token).ConfigureAwait(false);
+                {
+                    try { image = await DrawChatImageAsync(context, call, row, id, created, cts.Token).ConfigureAwait(false); }
+                    catch (Exception e) when (call.Stream && !context.RequestAborted.IsCancellationRequested)
+                    {
+                        await StreamErrorAsync(context, e).ConfigureAwait(false);   // the text went out already: the error ends the stream
+                        return;
+                    }
+                }
                 string finish = row.Finish == VarGpt.Inference.VargptChatFinish.MaxNewTokens ? "length" : "stop";
                 var usage = new { prompt_tokens = row.PromptTokens, completion_tokens = row.CompletionTokens, total_tokens = row.PromptTokens + row.CompletionTokens };
                 if (call.Stream)

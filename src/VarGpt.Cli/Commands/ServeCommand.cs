@@ -70,7 +70,6 @@ public static class ServeCommand
             }
             finally { server.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
         });
-        _ = defaults;
         return cmd;
     }
 }
