@@ -122,7 +122,7 @@ public sealed class VargptCollator
         _genPad = config.ImageGen.PadId;
         foreach (var (tokText, id) in new[] { (SpecialTokens.ImageGenStart, _genStart), (SpecialTokens.ImageGenPad, _genPad), (SpecialTokens.ImagePad, _imagePad), (SpecialTokens.VisionStart, _visionStart) })
             if (tokenizer.TryTokenToId(tokText) != id)
-                throw new InvalidDataException($"the tokenizer maps {tokText} to {tokenizer.TryTokenToId(tokText)?.ToString() ?? "nothing"} but the model config expects id {id}; tokenizer and checkpoint do not belong together");
+                throw new InvalidFileException($"the tokenizer maps {tokText} to {tokenizer.TryTokenToId(tokText)?.ToString() ?? "nothing"} but the model config expects id {id}; tokenizer and checkpoint do not belong together");
     }
 
     /// <summary>The template-1.0 schedule of the model's table with S×S pixels (the model's pn preferred); a clear error when none exists.</summary>
@@ -135,17 +135,17 @@ public sealed class VargptCollator
     // ------------------------------------------------------------------ encoding (text side)
 
     /// <summary>
-    /// Encodes every record (stage "sft": one row each; "dpo": chosen + rejected rows). Records whose encoded length
+    /// Encodes every record (Sft: one row each; Dpo: chosen + rejected rows). Records whose encoded length
     /// exceeds cutoff_len are skipped and listed in the result. Throws when nothing is left.
     /// </summary>
-    public EncodedDataset EncodeAll(IReadOnlyList<TrainingRecord> records, string stage)
+    public EncodedDataset EncodeAll(IReadOnlyList<TrainingRecord> records, TrainingStage stage)
     {
         if (records.Count == 0) throw new ArgumentException("the dataset is empty: no records to train on (check 'dataset', 'max_samples' and the dataset files)");
         var items = new List<EncodedItem>();
         var skipped = new List<(TrainingRecord, int)>();
         foreach (var r in records)
         {
-            var item = stage == "dpo" ? EncodePair(r) : new EncodedItem(EncodeSft(r));
+            var item = stage == TrainingStage.Dpo ? EncodePair(r) : new EncodedItem(EncodeSft(r));
             if (item.Length > Options.CutoffLen) skipped.Add((r, item.Length));
             else items.Add(item);
         }
@@ -241,9 +241,9 @@ public sealed class VargptCollator
     static RgbImage LoadImage(TrainingRecord r, ImageSlot slot)
     {
         try { return RgbImage.Load(slot.Path); }
-        catch (Exception e) when (e is ImageLoadException or FileNotFoundException)
+        catch (Exception e) when (e is ImageLoadException or InputNotFoundException)
         {
-            throw new InvalidDataException($"{r.Where}: {e.Message}", e);
+            throw new InvalidFileException($"{r.Where}: {e.Message}", e);
         }
     }
 
