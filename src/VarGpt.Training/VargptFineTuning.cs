@@ -51,27 +51,16 @@ public static class VargptFineTuning
         // configs and tokenizer first: the data is encoded (and its errors reported) before the long weight load
         var folder = ModelFolder.Read(modelDir);
         var (modelCfg, tokenizer, processor) = (folder.Config, folder.Tokenizer, folder.Preprocessor);
-        IReadOnlyList<TrainingRecord> records;
-        try
+        var records = DatasetLoader.Load(cfg.Dataset, new DatasetLoadOptions
         {
-            records = DatasetLoader.Load(cfg.Dataset, new DatasetLoadOptions
-            {
-                DatasetDir = Resolve(cfg.DatasetDir), ImageDir = cfg.ImageDir is { } idir ? Resolve(idir) : null, Ranking = stage == TrainingStage.Dpo, MaxSamples = cfg.MaxSamples, Seed = cfg.Seed,
-            });
-        }
-        catch (Exception e) when (e is DatasetValidationException or MissingImagesException or NotSupportedException or ArgumentException) { throw new TrainingSetupException(e.Message); }
-        VargptCollator collator;
-        EncodedDataset ds;
-        try
+            DatasetDir = Resolve(cfg.DatasetDir), ImageDir = cfg.ImageDir is { } idir ? Resolve(idir) : null, Ranking = stage == TrainingStage.Dpo, MaxSamples = cfg.MaxSamples, Seed = cfg.Seed,
+        });
+        var collator = new VargptCollator(tokenizer, modelCfg, new VargptCollatorOptions
         {
-            collator = new VargptCollator(tokenizer, modelCfg, new VargptCollatorOptions
-            {
-                CutoffLen = cfg.CutoffLen, ImageResolution = cfg.ImageResolution, ImageGenResolution = cfg.ImageGenResolution, Seed = cfg.Seed, Processor = processor,
-                TargetAugment = cfg.ImageGenAugment,
-            });
-            ds = collator.EncodeAll(records, stage);
-        }
-        catch (ArgumentException e) { throw new TrainingSetupException(e.Message); }
+            CutoffLen = cfg.CutoffLen, ImageResolution = cfg.ImageResolution, ImageGenResolution = cfg.ImageGenResolution, Seed = cfg.Seed, Processor = processor,
+            TargetAugment = cfg.ImageGenAugment,
+        });
+        var ds = collator.EncodeAll(records, stage);
         o.WriteLine($"data: {ds.Items.Count} {(stage == TrainingStage.Dpo ? "pair(s)" : "sample(s)")} from {string.Join(", ", cfg.Dataset)}; targets {collator.GenSchedule.Pixels.H}x{collator.GenSchedule.Pixels.W} ({collator.GenSchedule.Pn}, {collator.ImageGenTokenCount} <|image_gen_pad|> tokens each)");
         if (ds.Skipped.Count > 0) o.WriteLine($"warning: {ds.SkippedSummary()}");
 

@@ -71,16 +71,16 @@ public static class DatasetInfo
             if (!KnownEntryKeys.Contains(p.Name)) throw new InvalidFileException($"{where}: unknown key '{p.Name}'");
         foreach (var remote in new[] { "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url" })
             if (e.TryGetProperty(remote, out _) && !e.TryGetProperty("file_name", out _))
-                throw new NotSupportedException($"{where}: '{remote}' datasets are not supported; download the files and point 'file_name' at them");
+                throw new InvalidFileException($"{where}: '{remote}' datasets are not supported; download the files and point 'file_name' at them");
         string fileName = Str(e, "file_name", where) ?? throw new InvalidFileException($"{where}: missing 'file_name'");
         string formatting = Str(e, "formatting", where) ?? "alpaca";
         if (formatting != "sharegpt")
-            throw new NotSupportedException($"{where}: formatting '{formatting}' is not supported (VARGPT data uses \"formatting\": \"sharegpt\")");
+            throw new InvalidFileException($"{where}: formatting '{formatting}' is not supported (VARGPT data uses \"formatting\": \"sharegpt\")");
         foreach (var k in new[] { "subset", "folder" })
             if (e.TryGetProperty(k, out var v) && v.ValueKind != JsonValueKind.Null)
-                throw new NotSupportedException($"{where}: '{k}' only applies to hub datasets and is not supported");
+                throw new InvalidFileException($"{where}: '{k}' only applies to hub datasets and is not supported");
         if (e.TryGetProperty("split", out var split) && split.GetString() != "train")
-            throw new NotSupportedException($"{where}: split '{split.GetString()}' is not supported for local files (only 'train')");
+            throw new InvalidFileException($"{where}: split '{split.GetString()}' is not supported for local files (only 'train')");
 
         bool ranking = false;
         if (e.TryGetProperty("ranking", out var r))
@@ -103,7 +103,7 @@ public static class DatasetInfo
             {
                 if (!KnownColumns.Contains(c.Name)) throw new InvalidFileException($"{where}: unknown column key '{c.Name}'");
                 if (c.Name is "tools" or "videos" or "kto_tag")
-                    throw new NotSupportedException($"{where}: column '{c.Name}' is not supported by VARGPT training");
+                    throw new InvalidFileException($"{where}: column '{c.Name}' is not supported by VARGPT training");
                 if (c.Name is "prompt" or "query" or "response" or "history")
                     throw new InvalidFileException($"{where}: column '{c.Name}' belongs to the alpaca formatting, not sharegpt");
             }

@@ -35,7 +35,7 @@ public static class DatasetLoader
     /// <summary>Loads, validates and concatenates the named datasets (mix_strategy "concat").</summary>
     public static IReadOnlyList<TrainingRecord> Load(IReadOnlyList<string> datasetNames, DatasetLoadOptions options)
     {
-        if (datasetNames.Count == 0) throw new ArgumentException("no dataset given (the 'dataset' key lists dataset_info.json entries)");
+        if (datasetNames.Count == 0) throw new InvalidOptionException("no dataset given (the 'dataset' key lists dataset_info.json entries)");
         var attrs = DatasetInfo.Load(options.DatasetDir, datasetNames);
         var issues = new List<DatasetIssue>();
         var missing = new List<(string, string, IReadOnlyList<string>)>();
@@ -63,7 +63,7 @@ public static class DatasetLoader
         else throw new InputNotFoundException($"dataset '{attr.Name}': file {local} not found", local);
         foreach (var f in files)
             if (!SupportedExtensions.Contains(Path.GetExtension(f).ToLowerInvariant()))
-                throw new NotSupportedException($"dataset '{attr.Name}': {f}: allowed file types are {string.Join(", ", SupportedExtensions)}");
+                throw new InvalidFileException($"dataset '{attr.Name}': {f}: allowed file types are {string.Join(", ", SupportedExtensions)}");
         if (files.Select(f => Path.GetExtension(f).ToLowerInvariant()).Distinct().Count() > 1)
             throw new InvalidFileException($"dataset '{attr.Name}': file types in {local} should be identical");
 

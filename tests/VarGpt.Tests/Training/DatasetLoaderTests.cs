@@ -211,8 +211,8 @@ public class DatasetLoaderTests
             """);
         File.WriteAllText(d["e.csv"], "x");
         Assert.Contains("dataset 'a': unknown key 'colums'", Assert.Throws<InvalidFileException>(() => DatasetLoader.Load(["a"], new DatasetLoadOptions { DatasetDir = d.Path })).Message);
-        Assert.Contains("formatting 'alpaca'", Assert.Throws<NotSupportedException>(() => DatasetLoader.Load(["b"], new DatasetLoadOptions { DatasetDir = d.Path })).Message);
-        Assert.Contains("'hf_hub_url'", Assert.Throws<NotSupportedException>(() => DatasetLoader.Load(["c"], new DatasetLoadOptions { DatasetDir = d.Path })).Message);
-        Assert.Contains("allowed file types", Assert.Throws<NotSupportedException>(() => DatasetLoader.Load(["e"], new DatasetLoadOptions { DatasetDir = d.Path })).Message);
+        Assert.Contains("formatting 'alpaca'", Assert.Throws<InvalidFileException>(() => DatasetLoader.Load(["b"], new DatasetLoadOptions { DatasetDir = d.Path })).Message);
+        Assert.Contains("'hf_hub_url'", Assert.Throws<InvalidFileException>(() => DatasetLoader.Load(["c"], new DatasetLoadOptions { DatasetDir = d.Path })).Message);
+        Assert.Contains("allowed file types", Assert.Throws<InvalidFileException>(() => DatasetLoader.Load(["e"], new DatasetLoadOptions { DatasetDir = d.Path })).Message);
     }
 }

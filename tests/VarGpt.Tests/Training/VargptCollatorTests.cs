@@ -107,7 +107,7 @@ public class VargptCollatorTests(ITestOutputHelper output)
         using var tmp = TestPaths.Temp();
         TinyVargpt.WriteDataset(tmp.Path, new JsonArray());
         var records = DatasetLoader.Load(["tiny"], new DatasetLoadOptions { DatasetDir = tmp.Path });
-        var ex = Assert.Throws<ArgumentException>(() => TinyVargpt.Collator(TinyVargpt.Config()).EncodeAll(records, TrainingStage.Sft));
+        var ex = Assert.Throws<InvalidFileException>(() => TinyVargpt.Collator(TinyVargpt.Config()).EncodeAll(records, TrainingStage.Sft));
         Assert.Contains("the dataset is empty", ex.Message);
     }
 
@@ -126,7 +126,7 @@ public class VargptCollatorTests(ITestOutputHelper output)
         var summary = ds.SkippedSummary();
         Assert.Contains($"2 of 4 sample(s) are longer than cutoff_len {cutoff} and were skipped", summary);
         Assert.Contains("tiny.json: record", summary);
-        var ex = Assert.Throws<ArgumentException>(() => TinyVargpt.Collator(cfg, 10).EncodeAll(records, TrainingStage.Sft));
+        var ex = Assert.Throws<InvalidFileException>(() => TinyVargpt.Collator(cfg, 10).EncodeAll(records, TrainingStage.Sft));
         Assert.Contains("no sample fits cutoff_len 10", ex.Message);
         Assert.Contains("raise cutoff_len", ex.Message);
     }
@@ -141,7 +141,7 @@ public class VargptCollatorTests(ITestOutputHelper output)
         TinyVargpt.WriteImage(tmp.Path, "img.png", 64, 64, (1, 2, 3));
         TinyVargpt.WriteDataset(tmp.Path, new JsonArray(TinyVargpt.Sft(user, answer, "img.png")));
         var records = DatasetLoader.Load(["tiny"], new DatasetLoadOptions { DatasetDir = tmp.Path });
-        var ex = Assert.Throws<ArgumentException>(() => TinyVargpt.Collator(TinyVargpt.Config()).EncodeAll(records, TrainingStage.Sft));
+        var ex = Assert.Throws<InvalidFileException>(() => TinyVargpt.Collator(TinyVargpt.Config()).EncodeAll(records, TrainingStage.Sft));
         Assert.Contains("tiny.json: record 0: image-token mismatch", ex.Message);
         Assert.Contains(token, ex.Message);
     }
@@ -151,7 +151,7 @@ public class VargptCollatorTests(ITestOutputHelper output)
     {
         TorchTestSetup.Init();
         var cfg = TinyVargpt.Config();
-        var ex = Assert.Throws<ArgumentException>(() => new VargptCollator(TinyVargpt.Tokenizer, cfg, new VargptCollatorOptions { ImageGenResolution = 100 }));
+        var ex = Assert.Throws<InvalidOptionException>(() => new VargptCollator(TinyVargpt.Tokenizer, cfg, new VargptCollatorOptions { ImageGenResolution = 100 }));
         Assert.Contains("image_gen_resolution 100: target images are 100x100 pixels but no scale schedule of template 1 has that size", ex.Message);
         Assert.Contains("0.25M = 512x512", ex.Message);
         Assert.Contains("t64 = 64x64", ex.Message);
@@ -160,7 +160,7 @@ public class VargptCollatorTests(ITestOutputHelper output)
         using var model = TinyVargpt.Model(cfg, 1);
         using var ids = tensor(new long[] { 1, 2, cfg.ImageGen.StartId, cfg.ImageGen.PadId, cfg.ImageGen.EndId }).unsqueeze(0);
         using var pix = zeros(1, 3, 48, 48);
-        var e2 = Assert.Throws<ArgumentException>(() => VargptTraining.Forward(model, new VargptTrainingInputs(ids, PixelGenValues: pix)));
+        var e2 = Assert.Throws<InvalidOptionException>(() => VargptTraining.Forward(model, new VargptTrainingInputs(ids, PixelGenValues: pix)));
         Assert.Contains("target images are 48x48 pixels but no scale schedule of template 1 has that size", e2.Message);
         using var pix64 = zeros(1, 3, 64, 64);
         var e3 = Assert.Throws<ArgumentException>(() => VargptTraining.Forward(model, new VargptTrainingInputs(ids, PixelGenValues: pix64)));
