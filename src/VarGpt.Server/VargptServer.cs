@@ -245,6 +245,8 @@ public sealed class VargptServer : IAsyncDisposable
         VarGpt.Inference.InvalidPromptException p when p.Message.Contains("max_position_embeddings", StringComparison.Ordinal) => ApiException.BadRequest(p.Message, "messages", "context_length_exceeded"),
         VarGpt.Inference.InvalidPromptException p => ApiException.BadRequest(p.Message, "messages", "invalid_prompt"),
         VarGpt.Inference.NoImageGeneratedException n => ApiException.BadRequest(n.Message + " (request field: force_image_start = true)", "prompt", "no_image_generated"),
+        VarGpt.InvalidOptionException o => ApiException.BadRequest(o.Message, o.Option, "invalid_value"),
+        VarGpt.VargptInputException i => ApiException.BadRequest(i.Message, null, "invalid_input"),   // the library's "what the user gave" errors
         ArgumentException a => ApiException.BadRequest(a.Message, null, "invalid_value"),
         OperationCanceledException => new ApiException(408, "The request timed out or was cancelled.", "timeout", null, "request_timeout"),
         _ => new ApiException(500, $"The server had an error while processing your request: {e.GetType().Name}: {e.Message}", "server_error", null, "server_error"),

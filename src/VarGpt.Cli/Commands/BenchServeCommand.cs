@@ -1,4 +1,5 @@
 using System.CommandLine;
+using VarGpt;
 using VarGpt.Benchmarks;
 using VarGpt.Cli.Runner;
 using VarGpt.Server.Backend;
@@ -38,10 +39,10 @@ public static class BenchServeCommand
             if (parse.GetValue(concurrency) is { } c)
             {
                 try { options = options with { Concurrency = c.Split(',').Select(s => int.Parse(s.Trim(), System.Globalization.CultureInfo.InvariantCulture)).ToList() }; }
-                catch (FormatException) { throw new UserErrorException($"--concurrency {c}: give comma-separated integers such as 1,4,8,16"); }
-                if (options.Concurrency.Count == 0 || options.Concurrency.Any(n => n < 1)) throw new UserErrorException($"--concurrency {c}: every level must be ≥ 1");
+                catch (FormatException) { throw new InvalidOptionException($"--concurrency {c}: give comma-separated integers such as 1,4,8,16"); }
+                if (options.Concurrency.Count == 0 || options.Concurrency.Any(n => n < 1)) throw new InvalidOptionException($"--concurrency {c}: every level must be ≥ 1");
             }
-            if (parse.GetValue(tokens) is int t) options = options with { DecodeTokens = t >= 2 ? t : throw new UserErrorException("--tokens must be ≥ 2") };
+            if (parse.GetValue(tokens) is int t) options = options with { DecodeTokens = t >= 2 ? t : throw new InvalidOptionException("--tokens must be ≥ 2") };
             model.ResolveModelDir(parse);
             var log = parse.InvocationConfiguration.Error;
             var scene = VarGpt.ShapesWorld.ShapesRenderer.Render(new VarGpt.ShapesWorld.Scene([new VarGpt.ShapesWorld.ShapeObject(

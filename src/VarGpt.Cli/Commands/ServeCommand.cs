@@ -1,4 +1,5 @@
 using System.CommandLine;
+using VarGpt;
 using VarGpt.Cli.Runner;
 using VarGpt.Server;
 using VarGpt.Server.Backend;
@@ -54,7 +55,7 @@ public static class ServeCommand
                 MaxImagePixels = parse.GetValue(maxPixels),
             };
             try { options.Validate(); }
-            catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+            catch (ArgumentException e) { throw new InvalidOptionException(e.Message); }
             model.ResolveModelDir(parse);     // a missing model folder fails before the server starts
             model.LoadOptions(parse);         // so do bad --device / --dtype / adapter options
             var server = new VargptServer(options, () => new ModelBackend(model.Load(parse, log)));
