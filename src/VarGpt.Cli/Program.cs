@@ -25,6 +25,7 @@ public static class Program
             GenerateCommand.Create(),
             EditCommand.Create(),
             ShapesCommand.Create(),
+            ServeCommand.Create(),
         };
         root.WithExamples(
             "vargpt info ~/models/VARGPT-v1.1          # what a checkpoint folder holds",
