@@ -120,17 +120,22 @@ public static class ShapesTraining
         // ---- A. the BSQ-VAE, then the initial model = random init (HF initializer_range) + the trained VAE
         Stage(root, VaeDir, log, () =>
         {
-            VaeTraining.Train(sizes, new VaeTrainingOptions { OutputDir = Path.Combine(root, VaeDir), Seed = o.Seed, Steps = o.VaeSteps, EvalImages = o.VaeEvalImages, LoggingSteps = o.LoggingSteps, Output = log },
+            var vae = VaeTraining.Train(sizes, new VaeTrainingOptions { OutputDir = Path.Combine(root, VaeDir), Seed = o.Seed, Steps = o.VaeSteps, EvalImages = o.VaeEvalImages, LoggingSteps = o.LoggingSteps, Output = log, Cancel = cancellationToken },
                 resume: TrainerCheckpoint.Latest(Path.Combine(root, VaeDir)) is not null);
+            if (!vae.Training.Completed) throw Stopped(VaeDir, vae.Training);
             WriteInitialWeights(Path.Combine(root, BaseDir), Path.Combine(root, VaeDir, VaeTraining.WeightsFile), o.Seed);
         }, create: true);
 
         // ---- B. the vision tower: a per-token probe teaches its tokens what is where (VARGPT starts from a pretrained ViT)
-        Stage(root, VisionDir, log, () => VisionPretraining.Run(new VisionPretrainingOptions
+        Stage(root, VisionDir, log, () =>
         {
-            ModelDir = Path.Combine(root, BaseDir), OutputDir = Path.Combine(root, VisionDir), Seed = o.Seed, Steps = o.VisionSteps,
-            LoggingSteps = o.LoggingSteps, Output = log,
-        }), create: true);
+            var r = VisionPretraining.Run(new VisionPretrainingOptions
+            {
+                ModelDir = Path.Combine(root, BaseDir), OutputDir = Path.Combine(root, VisionDir), Seed = o.Seed, Steps = o.VisionSteps,
+                LoggingSteps = o.LoggingSteps, Output = log, Cancel = cancellationToken,
+            });
+            if (!r.Completed) throw Stopped(VisionDir, r);
+        }, create: true);
 
         // ---- C. understanding: questions and descriptions only (short sequences, so a larger batch), everything but the VAE
         // and (FreezeVisionTower) the pretrained tower
@@ -366,9 +371,13 @@ public static class ShapesTraining
     {
         var path = Path.Combine(root, name + ".yaml");
         File.WriteAllText(path, yaml);
-        var cfg = TrainingConfig.Load(path);
-        if (TrainerCheckpoint.Latest(Path.Combine(root, name)) is not null) cfg = cfg with { ResumeFromCheckpoint = "latest" };
+        // the recipe owns its stage folders: resume what a checkpoint holds, else start afresh (the trainer drops the log of
+        // an attempt killed before its first checkpoint)
+        var cfg = TrainingConfig.Load(path) with { ResumeFromCheckpoint = "latest" };
         var r = VargptFineTuning.Run(cfg, new FineTuningOptions { BaseDir = root, Output = log }, ct);
-        if (r.ModelPath is null) throw new OperationCanceledException($"stage {name} stopped at step {r.Training.GlobalStep} of {r.Training.TotalSteps}; rerun to resume");
+        if (r.ModelPath is null) throw Stopped(name, r.Training);
     }
+
+    static OperationCanceledException Stopped(string stage, TrainingResult r) =>
+        new($"stage {stage} stopped at step {r.GlobalStep} of {r.TotalSteps}" + (r.LastCheckpoint is null ? "" : $" (checkpoint {r.LastCheckpoint})") + "; rerun the same command to resume");
 }

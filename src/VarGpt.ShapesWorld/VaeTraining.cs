@@ -67,6 +67,8 @@ public sealed record VaeTrainingOptions
     /// <summary>Held-out renders for the final evaluation.</summary>
     public int EvalImages { get; init; } = 200;
     public TextWriter? Output { get; init; }
+    /// <summary>Stops the run at the next step boundary with a checkpoint saved (Ctrl-C / SIGTERM).</summary>
+    public CancellationToken Cancel { get; init; }
 }
 
 /// <summary>Held-out quality of a trained VAE (all images go through encode → multi-scale BSQ bits → decode, the path
@@ -124,7 +126,8 @@ public static class VaeTraining
             LoggingSteps = o.LoggingSteps, SaveSteps = o.SaveSteps, SaveTotalLimit = 2, Seed = o.Seed, Output = o.Output,
             ExportWeights = () => Prefixed(vae),
         };
-        using var cts = o.Minutes is { } m ? new CancellationTokenSource(TimeSpan.FromMinutes(m)) : new CancellationTokenSource();
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(o.Cancel);
+        if (o.Minutes is { } m) cts.CancelAfter(TimeSpan.FromMinutes(m));
         TrainingResult result;
         using (var trainer = new Trainer<Tensor>(trained is null ? vae : trained, objective, data, options))
             result = trainer.Train(resume ? "latest" : null, cts.Token);

@@ -24,6 +24,8 @@ public sealed record VisionPretrainingOptions
     public bool ProbePosition { get; init; } = true;
     public int LoggingSteps { get; init; } = 10;
     public TextWriter? Output { get; init; }
+    /// <summary>Stops the run at the next step boundary with a checkpoint saved (Ctrl-C / SIGTERM); the output folder is then not written.</summary>
+    public CancellationToken Cancel { get; init; }
 }
 
 /// <summary>
@@ -63,11 +65,12 @@ public static class VisionPretraining
         };
         TrainingResult result;
         using (var trainer = new Trainer<IReadOnlyList<Scene>>(model, objective, data, options))
-            result = trainer.Train(TrainerCheckpoint.Latest(o.OutputDir) is not null ? "latest" : null);
+            result = trainer.Train(TrainerCheckpoint.Latest(o.OutputDir) is not null ? "latest" : null, o.Cancel);
+        if (!result.Completed) return result;
 
         // the output model folder: every file of the input, visual.* replaced
         foreach (var f in Directory.GetFiles(o.ModelDir).Where(f => Path.GetFileName(f) != TrainerCheckpoint.ModelFile))
-            File.Copy(f, Path.Combine(o.OutputDir, Path.GetFileName(f)), overwrite: true);
+            AtomicFile.Copy(f, Path.Combine(o.OutputDir, Path.GetFileName(f)));
         var trained = visual.state_dict();
         using (var st = SafeTensorsFile.Open(source))
         {

@@ -168,7 +168,6 @@ public static class Lora
     /// </summary>
     public static IReadOnlyList<string> SaveAdapter(string dir, nn.Module model, LoraOptions options, string? baseModelNameOrPath = null)
     {
-        Directory.CreateDirectory(dir);
         var tensors = new List<KeyValuePair<string, Tensor>>();
         var layers = Layers(model);
         foreach (var (name, l) in layers)
@@ -176,7 +175,6 @@ public static class Lora
             tensors.Add(new($"base_model.model.{name}.lora_A.weight", l.lora_A.weight!));
             tensors.Add(new($"base_model.model.{name}.lora_B.weight", l.lora_B.weight!));
         }
-        SafeTensorsWriter.Save(Path.Combine(dir, "adapter_model.safetensors"), tensors);
         var targetSuffixes = options.Targets.Count == 1 && options.Targets[0] == "all"
             ? layers.Select(l => l.Name.Split('.')[^1]).Distinct().Order(StringComparer.Ordinal).ToList()
             : options.Targets.ToList();
@@ -187,7 +185,13 @@ public static class Lora
             ["target_modules"] = targetSuffixes, ["bias"] = "none", ["fan_in_fan_out"] = false, ["inference_mode"] = true,
             ["init_lora_weights"] = true, ["modules_to_save"] = null, ["use_rslora"] = false, ["use_dora"] = false,
         };
-        TrainerCheckpoint.WriteAllTextDurable(Path.Combine(dir, "adapter_config.json"), JsonSerializer.Serialize(config, new JsonSerializerOptions { WriteIndented = true }));
+        // the adapter folder is replaced as a whole: never weights of one save beside the config of another
+        AtomicFile.WriteFolder(dir, tmp =>
+        {
+            SafeTensorsWriter.Save(Path.Combine(tmp, "adapter_model.safetensors"), tensors);
+            FailPoints.Hit("adapter.weights");
+            TrainerCheckpoint.WriteAllTextDurable(Path.Combine(tmp, "adapter_config.json"), JsonSerializer.Serialize(config, new JsonSerializerOptions { WriteIndented = true }));
+        }, replace: true);
         return model.named_parameters().Where(p => p.parameter.requires_grad && !IsAdapterParam(p.name)).Select(p => p.name).ToList();
     }
 

@@ -197,9 +197,11 @@ public sealed class Trainer<TBatch> : IDisposable
     public IReadOnlyList<string> TrainableNames => _slots.Select(s => s.Name).ToList();
 
     /// <summary>
-    /// Runs until the schedule's last step, <paramref name="cancel"/> (checked after every update; nothing is saved on
-    /// cancel beyond the regular save_steps checkpoints), or a non-finite loss (<see cref="TrainingDivergedException"/>).
-    /// <paramref name="resumeFrom"/>: a checkpoint folder, or "latest" for output_dir's latest pointer.
+    /// Runs until the schedule's last step, <paramref name="cancel"/> (checked after every update: the run stops at that
+    /// step boundary and saves a checkpoint there, so an interrupted run loses no finished step), or a non-finite loss
+    /// (<see cref="TrainingDivergedException"/>). <paramref name="resumeFrom"/>: a checkpoint folder, or "latest" for
+    /// output_dir's latest pointer. Temporary files that killed processes left in output_dir are removed first; a run
+    /// that starts from scratch starts trainer_log.jsonl afresh (lines of an abandoned attempt would repeat steps).
     /// </summary>
     public TrainingResult Train(string? resumeFrom = null, CancellationToken cancel = default)
     {
@@ -208,6 +210,7 @@ public sealed class Trainer<TBatch> : IDisposable
         double elapsedBefore = 0;
         long tokensSeen = 0;
         string? lastCheckpoint = null;
+        foreach (var line in TrainerCheckpoint.Sweep(_o.OutputDir)) _log.Line(line);
         if (resumeFrom != null)
         {
             var dir = resumeFrom == "latest" ? TrainerCheckpoint.Latest(_o.OutputDir) : resumeFrom;
@@ -222,12 +225,19 @@ public sealed class Trainer<TBatch> : IDisposable
             }
             else _log.Line($"no checkpoint in {_o.OutputDir}; starting from scratch");
         }
-        if (resumeFrom == null || lastCheckpoint == null) torch.manual_seed(_o.Seed);
+        if (resumeFrom == null || lastCheckpoint == null)
+        {
+            torch.manual_seed(_o.Seed);
+            _log.ResetJsonl();
+        }
 
         _model.train();
         int ga = _o.GradientAccumulationSteps, perEpoch = _data.BatchesPerEpoch;
         var clock = Stopwatch.StartNew();
-        double lastLogTime = 0; long lastLogTokens = 0; int lastLogStep = step;
+        // the logging window of a resumed run starts at the last logging step, as it did in the run that saved (an
+        // interrupted run saves between logging steps; the mean loss of the next line must cover the same steps)
+        double lastLogTime = 0; long lastLogTokens = 0; int lastLogStep = step - step % _o.LoggingSteps;
+        int savedStep = lastCheckpoint is null ? -1 : step;
         while (step < TotalSteps && !cancel.IsCancellationRequested)
         {
             if (batch >= perEpoch) { epoch++; batch = 0; }
@@ -265,17 +275,24 @@ public sealed class Trainer<TBatch> : IDisposable
             }
             else _log.Status(TrainerLog.Progress(step, TotalSteps, epochF, lossSum / n, lr, gradNorm, 0, elapsedBefore + now));
 
-            if (step % _o.SaveSteps == 0)
-                lastCheckpoint = SaveCheckpoint(new TrainerState
-                {
-                    GlobalStep = step, Epoch = epoch, BatchInEpoch = batch, TotalSteps = TotalSteps, Seed = _o.Seed,
-                    ElapsedSeconds = elapsedBefore + now, TokensSeen = tokensSeen, TrainableNames = TrainableNames.ToList(), LogHistory = history.ToList(),
-                });
+            FailPoints.Hit("train.step");
+            TrainerState State() => new()
+            {
+                GlobalStep = step, Epoch = epoch, BatchInEpoch = batch, TotalSteps = TotalSteps, Seed = _o.Seed,
+                ElapsedSeconds = elapsedBefore + now, TokensSeen = tokensSeen, TrainableNames = TrainableNames.ToList(), LogHistory = history.ToList(),
+            };
+            if (step % _o.SaveSteps == 0 || (cancel.IsCancellationRequested && step < TotalSteps))
+            {
+                if (step % _o.SaveSteps != 0) _log.Line($"interrupted: saving a checkpoint at step {step}");
+                lastCheckpoint = SaveCheckpoint(State());
+                savedStep = step;
+            }
         }
         bool completed = step >= TotalSteps;
         if (history.Count > 0) TrainerLog.PlotLoss(Path.Combine(_o.OutputDir, TrainerLog.PlotFile), history.Select(h => (h.Step, h.Loss)).ToList());
         if (completed) _log.Line($"training finished: {step} steps; last checkpoint: {lastCheckpoint ?? "(none)"}");
-        else _log.Line($"training stopped at step {step}/{TotalSteps}; last checkpoint: {lastCheckpoint ?? "(none)"}");
+        else _log.Line($"training stopped at step {step}/{TotalSteps}; last checkpoint: {lastCheckpoint ?? "(none)"}" +
+            (savedStep == step ? "; resume_from_checkpoint: latest continues from it" : ""));
         return new TrainingResult(step, TotalSteps, history, lastCheckpoint, completed);
     }
 
@@ -324,13 +341,17 @@ public sealed class Trainer<TBatch> : IDisposable
         var dir = TrainerCheckpoint.Save(_o.OutputDir, state, tmp =>
         {
             if (_o.SaveModelWeights) ExportWeights(tmp);
+            FailPoints.Hit("checkpoint.file");
             SafeTensorsWriter.Save(Path.Combine(tmp, TrainerCheckpoint.TrainableFile), _slots.Select(s => new KeyValuePair<string, Tensor>(s.Name, s.Master)));
+            FailPoints.Hit("checkpoint.file");
             TrainerCheckpoint.SaveOptimizer(Path.Combine(tmp, TrainerCheckpoint.OptimizerFile), _states);
+            FailPoints.Hit("checkpoint.file");
             var rng = new List<KeyValuePair<string, Tensor>> { new(TrainerCheckpoint.TorchRngKey, torch.get_rng_state()) };
             rng.AddRange(_o.Generators.Select(g => new KeyValuePair<string, Tensor>("generator." + g.Key, g.Value.get_state())));
             SafeTensorsWriter.Save(Path.Combine(tmp, TrainerCheckpoint.RngFile), rng);
             foreach (var t in rng) t.Value.Dispose();
         });
+        FailPoints.Hit("checkpoint.saved");
         if (_o.SaveTotalLimit is int limit) TrainerCheckpoint.Prune(_o.OutputDir, limit);
         TrainerLog.PlotLoss(Path.Combine(_o.OutputDir, TrainerLog.PlotFile), state.LogHistory.Select(h => (h.Step, h.Loss)).ToList());
         _log.Line($"saved {dir}");
@@ -342,6 +363,7 @@ public sealed class Trainer<TBatch> : IDisposable
     {
         var weights = (_o.ExportWeights ?? (() => _model.state_dict()))().ToList();
         SafeTensorsWriter.Save(Path.Combine(dir, TrainerCheckpoint.ModelFile), weights);
+        FailPoints.Hit("export.weights");
         var dtype = weights.Select(w => w.Value.dtype).Where(d => d is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float64).GroupBy(d => d).OrderByDescending(g => g.Count()).Select(g => g.Key).FirstOrDefault(ScalarType.Float32);
         TrainerCheckpoint.WriteConfig(dir, _o.BaseModelDir, dtype);
     }
@@ -349,8 +371,9 @@ public sealed class Trainer<TBatch> : IDisposable
     /// <summary>The final model in output_dir: model.safetensors + config.json + the base folder's tokenizer/processor files.</summary>
     public void ExportModel(string dir)
     {
-        Directory.CreateDirectory(dir);
+        AtomicFile.EnsureFolder(dir);
         ExportWeights(dir);
+        FailPoints.Hit("export.config");
         if (_o.BaseModelDir != null) TrainerCheckpoint.CopyDescriptiveFiles(_o.BaseModelDir, dir);
     }
 

@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using TorchSharp;
@@ -28,9 +27,9 @@ public sealed record TrainerState
 
 /// <summary>
 /// Checkpoint folders <c>output_dir/checkpoint-{step}</c> (HF Trainer layout) written atomically:
-/// everything goes to <c>output_dir/.tmp-checkpoint-{step}</c>, each file is fsynced, the folder is renamed, and only then
-/// the <c>latest</c> pointer file is replaced (write + fsync + rename). A crash at any point leaves <c>latest</c> naming a
-/// complete checkpoint.
+/// everything goes to <c>output_dir/.checkpoint-{step}.tmp-PID-…</c>, each file is fsynced, the folder is renamed, and only
+/// then the <c>latest</c> pointer file is replaced (write + fsync + rename). A crash at any point leaves <c>latest</c>
+/// naming a complete checkpoint and no partial checkpoint-N; the next run's <see cref="Sweep"/> removes the leftovers.
 /// Contents: model.safetensors (official key names, model dtype, loadable for inference) + config.json;
 /// trainable.safetensors (fp32 master copies of the trainable parameters — exact resume);
 /// optimizer.safetensors (AdamW <c>{name}.exp_avg</c>, <c>{name}.exp_avg_sq</c>, <c>{name}.step</c>);
@@ -51,32 +50,37 @@ public static class TrainerCheckpoint
 
     public static string DirName(int step) => $"checkpoint-{step}";
 
-    /// <summary>Writes all files into a temp folder, renames it to checkpoint-{step}, then updates 'latest'. Returns the folder.</summary>
+    /// <summary>
+    /// Writes all files into a temporary folder beside the checkpoint (<see cref="AtomicFile.WriteFolder"/>: fsynced,
+    /// renamed to checkpoint-{step}, an earlier copy of the same step swapped out), then replaces 'latest' (temp file +
+    /// rename). A failure (a full disk) removes the temporary folder and leaves the earlier checkpoints and 'latest' as
+    /// they were. Returns the folder.
+    /// </summary>
     public static string Save(string outputDir, TrainerState state, Action<string> writeFiles)
     {
-        Directory.CreateDirectory(outputDir);
+        AtomicFile.EnsureFolder(outputDir);
         var final = Path.Combine(outputDir, DirName(state.GlobalStep));
-        var tmp = Path.Combine(outputDir, $".tmp-{DirName(state.GlobalStep)}-{Environment.ProcessId}");
-        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
-        Directory.CreateDirectory(tmp);
-        writeFiles(tmp);
-        WriteAllTextDurable(Path.Combine(tmp, StateFile), JsonSerializer.Serialize(state, Json));
-        FsyncDirectory(tmp);
-        if (Directory.Exists(final))
+        AtomicFile.WriteFolder(final, tmp =>
         {
-            // Same step saved again (e.g. the final save of a resumed run): swap the old copy out first.
-            var old = final + ".old-" + Environment.ProcessId;
-            Directory.Move(final, old);
-            Directory.Move(tmp, final);
-            Directory.Delete(old, true);
-        }
-        else Directory.Move(tmp, final);
-        FsyncDirectory(outputDir);
-        var ptrTmp = Path.Combine(outputDir, LatestFile + ".tmp");
-        WriteAllTextDurable(ptrTmp, DirName(state.GlobalStep) + "\n");
-        File.Move(ptrTmp, Path.Combine(outputDir, LatestFile), overwrite: true);
-        FsyncDirectory(outputDir);
+            writeFiles(tmp);
+            FailPoints.Hit("checkpoint.state");
+            WriteAllTextDurable(Path.Combine(tmp, StateFile), JsonSerializer.Serialize(state, Json));
+        }, replace: true);
+        FailPoints.Hit("checkpoint.before-latest");
+        AtomicFile.WriteAllText(Path.Combine(outputDir, LatestFile), DirName(state.GlobalStep) + "\n");
         return final;
+    }
+
+    /// <summary>
+    /// Start-up sweep of a run folder: removes the temporary files and folders of processes that no longer run (a killed
+    /// or failed save) and puts back a checkpoint whose replacement was cut short. Returns one line per action.
+    /// </summary>
+    public static IReadOnlyList<string> Sweep(string outputDir)
+    {
+        var done = AtomicFile.SweepStale(outputDir).ToList();
+        if (Directory.Exists(outputDir))
+            foreach (var d in Directory.GetDirectories(outputDir, "checkpoint-*")) done.AddRange(AtomicFile.SweepStale(d));
+        return done;
     }
 
     /// <summary>The checkpoint 'latest' points to, or null when there is none. Throws if the pointer names a broken folder.</summary>
@@ -99,13 +103,45 @@ public static class TrainerCheckpoint
             .Select(d => (Dir: d, Ok: int.TryParse(Path.GetFileName(d)["checkpoint-".Length..], out int s), Step: s))
             .Where(x => x.Ok).OrderBy(x => x.Step).ToList();
         foreach (var x in all.Take(Math.Max(0, all.Count - limit)))
-            if (latest == null || Path.GetFullPath(x.Dir) != Path.GetFullPath(latest)) Directory.Delete(x.Dir, true);
+            if (latest == null || Path.GetFullPath(x.Dir) != Path.GetFullPath(latest))
+            {
+                // renamed to a temporary name first: a crash mid-delete leaves garbage for the sweep, never a partial checkpoint-N
+                var doomed = AtomicFile.TempPathFor(x.Dir);
+                Directory.Move(x.Dir, doomed);
+                FailPoints.Hit("checkpoint.prune");
+                Directory.Delete(doomed, true);
+            }
     }
 
     public static TrainerState ReadState(string checkpointDir)
     {
         var path = Path.Combine(checkpointDir, StateFile);
-        return JsonSerializer.Deserialize<TrainerState>(File.ReadAllText(path), Json) ?? throw new InvalidFileException($"{path}: empty");
+        if (!File.Exists(path)) throw new InvalidFileException($"{checkpointDir} is not a checkpoint folder: it has no {StateFile}");
+        try { return JsonSerializer.Deserialize<TrainerState>(File.ReadAllText(path), Json) ?? throw new InvalidFileException($"{path}: empty"); }
+        catch (JsonException e) { throw new InvalidFileException($"{path}: not a trainer state ({e.Message})", e); }
+    }
+
+    /// <summary>Whether a name in output_dir is a file or folder a training run writes (checkpoints, pointer, log, plot, exported model, adapter).</summary>
+    public static bool IsRunFile(string name) =>
+        name.StartsWith("checkpoint-", StringComparison.Ordinal) || name is LatestFile or TrainerLog.JsonlFile or TrainerLog.PlotFile or ModelFile or "adapter"
+        || name == CheckpointReader.IndexFileName || System.Text.RegularExpressions.Regex.IsMatch(name, @"^model-\d{5}-of-\d{5}\.safetensors$");
+
+    /// <summary>
+    /// Removes an earlier run's files from output_dir (overwrite_output_dir): each is renamed to a temporary name
+    /// first, so a crash midway leaves garbage for the sweep, never a partial checkpoint. Other files are left alone.
+    /// </summary>
+    public static void ClearRun(string outputDir)
+    {
+        foreach (var path in Directory.EnumerateFileSystemEntries(outputDir).Where(p => IsRunFile(Path.GetFileName(p))).ToList())
+        {
+            try
+            {
+                var doomed = AtomicFile.TempPathFor(path);
+                if (Directory.Exists(path)) { Directory.Move(path, doomed); Directory.Delete(doomed, true); }
+                else { File.Move(path, doomed); File.Delete(doomed); }
+            }
+            catch (Exception e) when (AtomicFile.IsEnvironmentError(e)) { throw AtomicFile.Wrap(path, e); }
+        }
     }
 
     /// <summary>Copies <paramref name="baseModelDir"/>/config.json with torch_dtype set to the saved dtype.</summary>
@@ -135,7 +171,8 @@ public static class TrainerCheckpoint
             var name = Path.GetFileName(f);
             var ext = Path.GetExtension(name);
             if (name == "config.json" || name.EndsWith(".safetensors.index.json") || !(ext is ".json" or ".txt" or ".jinja" or ".model")) continue;
-            File.Copy(f, Path.Combine(toDir, name), overwrite: true);
+            if (AtomicFile.ParseLeftover(name) is not null) continue;
+            AtomicFile.Copy(f, Path.Combine(toDir, name));
         }
     }
 
@@ -178,24 +215,6 @@ public static class TrainerCheckpoint
         dst.copy_(src);
     }
 
-    internal static void WriteAllTextDurable(string path, string text)
-    {
-        using var fs = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None);
-        var bytes = System.Text.Encoding.UTF8.GetBytes(text);
-        fs.Write(bytes);
-        fs.Flush(true);
-    }
-
-    [DllImport("libc", SetLastError = true)] static extern int open(string path, int flags);
-    [DllImport("libc", SetLastError = true)] static extern int fsync(int fd);
-    [DllImport("libc", SetLastError = true)] static extern int close(int fd);
-
-    /// <summary>fsync of a directory so a rename inside it is durable (POSIX only; a no-op on Windows).</summary>
-    internal static void FsyncDirectory(string dir)
-    {
-        if (OperatingSystem.IsWindows()) return;
-        int fd = open(dir, 0 /* O_RDONLY */);
-        if (fd < 0) return;
-        try { fsync(fd); } finally { close(fd); }
-    }
+    /// <summary>Writes a small file atomically (temp + fsync + rename).</summary>
+    internal static void WriteAllTextDurable(string path, string text) => AtomicFile.WriteAllText(path, text);
 }

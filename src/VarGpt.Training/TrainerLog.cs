@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using SkiaSharp;
+using VarGpt;
 
 namespace VarGpt.Training;
 
@@ -65,8 +66,20 @@ public sealed class TrainerLog
             ["elapsed_time"] = Duration(elapsed), ["remaining_time"] = Duration(eta),
             ["grad_norm"] = Math.Round(gradNorm, 6), ["tokens_per_second"] = Math.Round(tokensPerSecond, 1),
         };
-        Directory.CreateDirectory(_outputDir);
-        File.AppendAllText(Path.Combine(_outputDir, JsonlFile), JsonSerializer.Serialize(obj) + "\n");
+        AtomicFile.EnsureFolder(_outputDir);
+        var path = Path.Combine(_outputDir, JsonlFile);
+        FailPoints.Hit("log.append");
+        // one write of one whole line; a line torn by a full disk is dropped by TruncateJsonlAfter on resume
+        try { File.AppendAllText(path, JsonSerializer.Serialize(obj) + "\n"); }
+        catch (Exception e) when (AtomicFile.IsEnvironmentError(e)) { throw AtomicFile.Wrap(path, e); }
+    }
+
+    /// <summary>A run that starts from scratch starts its log afresh.</summary>
+    public void ResetJsonl()
+    {
+        var path = Path.Combine(_outputDir, JsonlFile);
+        try { if (File.Exists(path)) File.Delete(path); }
+        catch (Exception e) when (AtomicFile.IsEnvironmentError(e)) { throw AtomicFile.Wrap(path, e); }
     }
 
     /// <summary>On resume, drops JSONL lines logged after the checkpoint step (they belong to the abandoned run).</summary>
@@ -80,7 +93,8 @@ public sealed class TrainerLog
             try { using var d = JsonDocument.Parse(l); return d.RootElement.GetProperty("current_steps").GetInt32() <= step; }
             catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException) { return false; }
         }).ToList();
-        File.WriteAllLines(path, keep);
+        FailPoints.Hit("log.truncate");
+        AtomicFile.WriteAllText(path, string.Concat(keep.Select(l => l + "\n")));
     }
 
     /// <summary>LLaMA-Factory's smoothing (extras/ploting.smooth): EMA with weight 1.8*(sigmoid(0.05 n) - 0.5).</summary>
@@ -137,8 +151,6 @@ public sealed class TrainerLog
         }
         using var img = surface.Snapshot();
         using var data = img.Encode(SKEncodedImageFormat.Png, 100);
-        var tmp = path + ".tmp";
-        using (var fs = File.Create(tmp)) data.SaveTo(fs);
-        File.Move(tmp, path, overwrite: true);
+        AtomicFile.Write(path, data.SaveTo);
     }
 }

@@ -88,8 +88,14 @@ public sealed record TrainingConfig
     public int LoggingSteps { get; init; } = 500;
     public int SaveSteps { get; init; } = 500;
     public int? SaveTotalLimit { get; init; }
-    /// <summary>resume_from_checkpoint: a checkpoint folder, or "true"/"latest" for output_dir's latest.</summary>
+    /// <summary>resume_from_checkpoint: a checkpoint folder, or "latest" (also "true") for output_dir's latest; "false" = none.</summary>
     public string? ResumeFromCheckpoint { get; init; }
+    /// <summary>
+    /// overwrite_output_dir: start over in an output_dir that holds an earlier run (its checkpoints, log, loss plot,
+    /// model and adapter are removed first). Without it and without resume_from_checkpoint such an output_dir is refused
+    /// (LLaMA-Factory would resume silently) rather than mixed with the new run. `vargpt train --overwrite` sets it.
+    /// </summary>
+    public bool OverwriteOutputDir { get; init; }
 
     // LoRA
     public int LoraRank { get; init; } = 8;
@@ -131,7 +137,6 @@ public sealed record TrainingConfig
         ["run_name"] = "logs go to trainer_log.jsonl and stdout only",
         ["logging_dir"] = "logs go to output_dir",
         ["plot_loss"] = "the loss curve is always written to output_dir/training_loss.png",
-        ["overwrite_output_dir"] = "output_dir is reused; checkpoints are resumed only when resume_from_checkpoint is set",
         ["do_train"] = "`vargpt train` always trains",
         ["trust_remote_code"] = "no remote code is loaded",
         ["flash_attn"] = "attention kernels are chosen by the port",
@@ -245,7 +250,16 @@ public sealed record TrainingConfig
             if (at.Key is null || !KnownKeys.TryGetValue(at.Key, out var prop)) throw new InvalidFileException($"{source}:{e.Start.Line}: {e.Message}", e);
             throw new InvalidFileException($"{source}:{at.Value.Line}: '{at.Key}' must be {Kind(prop.PropertyType)}, found '{at.Value.Value}'", e);
         }
-        cfg = cfg with { Notes = notes, ImageDir = string.IsNullOrEmpty(cfg.ImageDir) ? null : cfg.ImageDir };
+        cfg = cfg with
+        {
+            Notes = notes, ImageDir = string.IsNullOrEmpty(cfg.ImageDir) ? null : cfg.ImageDir,
+            ResumeFromCheckpoint = cfg.ResumeFromCheckpoint?.Trim() switch
+            {
+                null or "" or "false" or "False" or "none" or "None" or "null" => null,
+                "true" or "True" or "latest" => "latest",
+                var path => path,
+            },
+        };
         cfg.Validate(source);
         return cfg;
     }

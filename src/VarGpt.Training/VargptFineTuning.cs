@@ -21,6 +21,8 @@ public sealed record FineTuningOptions
     public bool PrecomputeReference { get; init; }
     /// <summary>Folder that relative paths of the configuration are resolved against (the yaml's folder); null = current directory.</summary>
     public string? BaseDir { get; init; }
+    /// <summary>Start over in an output_dir that holds an earlier run (`vargpt train --overwrite`; the yaml's overwrite_output_dir does the same).</summary>
+    public bool Overwrite { get; init; }
     public TextWriter Output { get; init; } = TextWriter.Null;
 }
 
@@ -42,11 +44,15 @@ public static class VargptFineTuning
     public static FineTuningResult Run(TrainingConfig cfg, FineTuningOptions options, CancellationToken ct = default)
     {
         var o = options.Output;
-        string Resolve(string p) => Path.IsPathRooted(p) || options.BaseDir is null || Directory.Exists(p) || File.Exists(p) ? p : Path.Combine(options.BaseDir, p);
+        string Resolve(string p) => ResolvePath(p, options.BaseDir);
         var stage = cfg.Stage;
         var modelDir = Resolve(cfg.ModelNameOrPath);
-        if (!Directory.Exists(modelDir)) throw new TrainingSetupException($"model_name_or_path '{cfg.ModelNameOrPath}' is not a folder (download the checkpoint and point at it)");
+        if (!Directory.Exists(modelDir)) throw new TrainingSetupException($"model_name_or_path '{cfg.ModelNameOrPath}' is not a folder{Where(cfg.ModelNameOrPath, modelDir)} (download the checkpoint and point at it)");
         var dtype = cfg.Bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
+        var outputDir = Resolve(cfg.OutputDir);
+        string? resume = cfg.ResumeFromCheckpoint is null or "latest" ? cfg.ResumeFromCheckpoint : Resolve(cfg.ResumeFromCheckpoint);
+        CheckOutputDir(cfg, outputDir, resume, options.Overwrite || cfg.OverwriteOutputDir,
+            [("model_name_or_path", modelDir), ("dataset_dir", Resolve(cfg.DatasetDir)), .. cfg.ImageDir is { } id ? new[] { ("image_dir", Resolve(id)) } : []], o);
 
         // configs and tokenizer first: the data is encoded (and its errors reported) before the long weight load
         var folder = ModelFolder.Read(modelDir);
@@ -110,11 +116,11 @@ public static class VargptFineTuning
 
             var trainerOptions = TrainerOptions.FromConfig(cfg) with
             {
-                OutputDir = Resolve(cfg.OutputDir), BaseModelDir = modelDir, Output = o,
+                OutputDir = outputDir, BaseModelDir = modelDir, Output = o,
                 ExportWeights = lora != null ? () => Lora.MergedStateDict(model) : null,
             };
             using var trainer = new Trainer<VargptBatch>(model, objective, new VargptData(collator, ds.Items, cfg.PerDeviceTrainBatchSize, cfg.Seed), trainerOptions);
-            var result = trainer.Train(cfg.ResumeFromCheckpoint, ct);
+            var result = trainer.Train(resume, ct);
             if (objective is VargptDpoObjective dm && dm.LastMetrics.Count > 0)
                 o.WriteLine("last batch: " + string.Join(", ", dm.LastMetrics.Select(kv => $"{kv.Key} {kv.Value:G4}")));
             if (!result.Completed) return new FineTuningResult(result, trainerOptions.OutputDir, null, null);
@@ -132,6 +138,56 @@ public static class VargptFineTuning
         }
         finally { reference?.Dispose(); }
     }
+
+    /// <summary>
+    /// A path of the training yaml: absolute as written, "~/" from the home folder, anything else relative to
+    /// <paramref name="baseDir"/> (the yaml's own folder), never to the working directory first: a run reads the same
+    /// files wherever it is started from.
+    /// </summary>
+    public static string ResolvePath(string path, string? baseDir)
+    {
+        if (path == "~" || path.StartsWith("~/", StringComparison.Ordinal))
+            path = Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), path.Length > 2 ? path[2..] : "");
+        return Path.GetFullPath(Path.IsPathRooted(path) || baseDir is null ? path : Path.Combine(baseDir, path));
+    }
+
+    static string Where(string written, string resolved) => written == resolved ? "" : $" ({resolved})";
+
+    /// <summary>The files a run writes into output_dir; their presence means the folder holds a run.</summary>
+    static bool HoldsRun(string dir) =>
+        Directory.Exists(dir) && (Directory.EnumerateDirectories(dir, "checkpoint-*").Any() ||
+            new[] { TrainerCheckpoint.LatestFile, TrainerLog.JsonlFile, TrainerCheckpoint.ModelFile, CheckpointReader.IndexFileName }.Any(f => File.Exists(Path.Combine(dir, f))) ||
+            Directory.Exists(Path.Combine(dir, "adapter")));
+
+    /// <summary>
+    /// Before any long work: output_dir must not be (or contain) an input, must be writable, and must not hold an
+    /// earlier run unless the configuration resumes it or overwrites it (then the earlier run's files are removed).
+    /// </summary>
+    static void CheckOutputDir(TrainingConfig cfg, string outputDir, string? resume, bool overwrite, IEnumerable<(string Key, string Path)> inputs, TextWriter o)
+    {
+        static string Norm(string p) => Path.TrimEndingDirectorySeparator(Path.GetFullPath(p)) + Path.DirectorySeparatorChar;
+        foreach (var (key, path) in inputs)
+        {
+            if (Norm(path) == Norm(outputDir))
+                throw new TrainingSetupException($"output_dir {outputDir} is the {key} folder: training would overwrite its own input; choose another output_dir");
+            if (Norm(path).StartsWith(Norm(outputDir), StringComparison.Ordinal))
+                throw new TrainingSetupException($"output_dir {outputDir} contains the {key} folder {path}: a run must not write around its own input; choose another output_dir");
+        }
+        AtomicFile.CheckWritableFolder(outputDir, "output_dir");
+        if (resume is null && HoldsRun(outputDir))
+        {
+            if (!overwrite)
+                throw new TrainingSetupException($"output_dir {outputDir} already holds a run ({string.Join(", ", RunFiles(outputDir).Take(4))}): " +
+                    "set resume_from_checkpoint: latest to continue it, or pass --overwrite (yaml: overwrite_output_dir: true) to start over; the earlier run's files are then removed");
+            foreach (var f in RunFiles(outputDir)) o.WriteLine($"overwrite: removing {Path.Combine(outputDir, f)}");
+            TrainerCheckpoint.ClearRun(outputDir);
+        }
+        if (resume is not null and not "latest" && !File.Exists(Path.Combine(resume, TrainerCheckpoint.StateFile)))
+            throw new TrainingSetupException($"resume_from_checkpoint {cfg.ResumeFromCheckpoint}{Where(cfg.ResumeFromCheckpoint!, resume)} is not a checkpoint folder (it has no {TrainerCheckpoint.StateFile}); use 'latest' or a checkpoint-N folder");
+    }
+
+    static IEnumerable<string> RunFiles(string dir) =>
+        Directory.EnumerateFileSystemEntries(dir).Select(Path.GetFileName).Where(n => TrainerCheckpoint.IsRunFile(n!)).Order(StringComparer.Ordinal)!;
 
     /// <summary>
     /// The starting weights, through the one load path, with two deliberate differences from inference: an adapter/

@@ -163,7 +163,7 @@ public static partial class AtomicFile
     }
 
     /// <summary>(target name, pid, is a swapped-out old copy) of a leftover's name, or null for any other name.</summary>
-    internal static (string Target, int Pid, bool Old)? ParseLeftover(string name)
+    public static (string Target, int Pid, bool Old)? ParseLeftover(string name)
     {
         var m = LeftoverPattern().Match(name);
         if (m.Success) return (m.Groups["t"].Value, int.Parse(m.Groups["pid"].Value, System.Globalization.CultureInfo.InvariantCulture), m.Groups["kind"].Value == "old");

@@ -327,36 +327,25 @@ public static class SafeTensorsWriter
         IReadOnlyDictionary<string, string>? metadata = null)
     {
         var headerBytes = Header(path, entries, metadata);
-        var dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path))!;
-        Directory.CreateDirectory(dir);
-        var tmp = path + ".tmp-" + Environment.ProcessId + "-" + Guid.NewGuid().ToString("N")[..8];
-        try
+        AtomicFile.Write(path, fs =>
         {
-            using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+            fs.Write(BitConverter.GetBytes((ulong)headerBytes.Length));
+            fs.Write(headerBytes);
+            foreach (var e in entries)
             {
-                fs.Write(BitConverter.GetBytes((ulong)headerBytes.Length));
-                fs.Write(headerBytes);
-                foreach (var e in entries)
+                long written = 0, expected = e.ElementCount;
+                produce(e, piece =>
                 {
-                    long written = 0, expected = e.ElementCount;
-                    produce(e, piece =>
-                    {
-                        if (written + piece.numel() > expected)
-                            throw new InvalidOperationException($"{path}: tensor '{e.Name}' {ShapeText(e.Shape)}: more than {expected} elements supplied");
-                        WriteData(fs, piece, e.DType);
-                        written += piece.numel();
-                    });
-                    if (written != expected)
-                        throw new InvalidOperationException($"{path}: tensor '{e.Name}' {ShapeText(e.Shape)}: {written} of {expected} elements supplied");
-                }
-                fs.Flush(true);
+                    if (written + piece.numel() > expected)
+                        throw new InvalidOperationException($"{path}: tensor '{e.Name}' {ShapeText(e.Shape)}: more than {expected} elements supplied");
+                    WriteData(fs, piece, e.DType);
+                    written += piece.numel();
+                });
+                if (written != expected)
+                    throw new InvalidOperationException($"{path}: tensor '{e.Name}' {ShapeText(e.Shape)}: {written} of {expected} elements supplied");
+                FailPoints.Hit("safetensors.tensor");
             }
-            File.Move(tmp, path, overwrite: true);
-        }
-        finally
-        {
-            if (File.Exists(tmp)) File.Delete(tmp);
-        }
+        });
     }
 
     static string ShapeText(long[] shape) => "[" + string.Join(", ", shape) + "]";
@@ -412,7 +401,7 @@ public static class SafeTensorsWriter
         catch (NotSupportedException e) { throw new NotSupportedException($"{path}: tensor '{name}': {e.Message}"); }
     }
 
-    static void WriteData(FileStream fs, Tensor t, ScalarType dtype)
+    static void WriteData(Stream fs, Tensor t, ScalarType dtype)
     {
         using var scope = torch.NewDisposeScope();
         var c = t.detach().to(dtype, CPU).contiguous().view(-1);
@@ -455,7 +444,7 @@ public static class SafeTensorsWriter
             cur += n;
             totalSize += n;
         }
-        Directory.CreateDirectory(dir);
+        AtomicFile.EnsureFolder(dir);
         var written = new List<string>();
         string indexPath = System.IO.Path.Combine(dir, CheckpointReader.IndexFileName);
         if (shards.Count == 1)
@@ -476,9 +465,7 @@ public static class SafeTensorsWriter
                 foreach (var e in shards[i]) weightMap[e.Name] = file;
             }
             var index = new { metadata = new { total_size = totalSize }, weight_map = weightMap };
-            var tmp = indexPath + ".tmp-" + Environment.ProcessId;
-            File.WriteAllText(tmp, JsonSerializer.Serialize(index, new JsonSerializerOptions { WriteIndented = true }) + "\n");
-            File.Move(tmp, indexPath, overwrite: true);
+            AtomicFile.WriteAllText(indexPath, JsonSerializer.Serialize(index, new JsonSerializerOptions { WriteIndented = true }) + "\n");
             written.Add(indexPath);
             var single = System.IO.Path.Combine(dir, CheckpointReader.SingleFileName);
             if (File.Exists(single)) File.Delete(single);

@@ -199,20 +199,103 @@ public class TrainerTests
     }
 
     [Fact]
-    public void A_crash_while_saving_never_moves_the_latest_pointer()
+    public void A_failed_save_never_moves_the_latest_pointer_and_leaves_no_temporary_folder()
     {
         using var dir = TestPaths.Temp();
         TrainerCheckpoint.Save(dir.Path, new TrainerState { GlobalStep = 5 }, tmp => File.WriteAllText(Path.Combine(tmp, "x"), "ok"));
-        Assert.Throws<IOException>(() => TrainerCheckpoint.Save(dir.Path, new TrainerState { GlobalStep = 10 }, tmp =>
+        var e = Assert.Throws<OutputWriteException>(() => TrainerCheckpoint.Save(dir.Path, new TrainerState { GlobalStep = 10 }, tmp =>
         {
             File.WriteAllText(Path.Combine(tmp, "x"), "half");
-            throw new IOException("disk full");
+            throw new IOException("No space left on device : '" + Path.Combine(tmp, "x") + "'", 28);
         }));
+        Assert.Equal($"cannot write {Path.Combine(dir.Path, "checkpoint-10")}: no space left on device (the disk is full)", e.Message);
         Assert.Equal(Path.Combine(dir.Path, "checkpoint-5"), TrainerCheckpoint.Latest(dir.Path));
         Assert.False(Directory.Exists(Path.Combine(dir.Path, "checkpoint-10")));
-        // A later successful save of the same step replaces the leftover temp folder.
+        // issue 18 finding 4: the temporary folder of the failed save is gone (it kept a full disk full)
+        Assert.Equal(["checkpoint-5", "latest"], Directory.EnumerateFileSystemEntries(dir.Path).Select(p => Path.GetFileName(p)).Order().ToArray());
         TrainerCheckpoint.Save(dir.Path, new TrainerState { GlobalStep = 10 }, tmp => { });
         Assert.Equal(Path.Combine(dir.Path, "checkpoint-10"), TrainerCheckpoint.Latest(dir.Path));
+    }
+
+    /// <summary>A process id that no process has now (a child that has exited).</summary>
+    internal static int DeadPid()
+    {
+        using var p = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("true") { UseShellExecute = false })!;
+        p.WaitForExit();
+        return p.Id;
+    }
+
+    [Fact]
+    public void The_start_up_sweep_removes_temporaries_of_dead_processes_and_puts_back_a_checkpoint_whose_swap_was_cut_short()
+    {
+        using var dir = TestPaths.Temp();
+        int dead = DeadPid(), live = Environment.ProcessId;
+        TrainerCheckpoint.Save(dir.Path, new TrainerState { GlobalStep = 2 }, tmp => File.WriteAllText(Path.Combine(tmp, "x"), "two"));
+        // killed mid-swap of checkpoint-2 (old copy renamed aside, new one not yet in place)
+        Directory.Move(Path.Combine(dir.Path, "checkpoint-2"), Path.Combine(dir.Path, $".checkpoint-2.old-{dead}-0123abcd"));
+        Directory.CreateDirectory(Path.Combine(dir.Path, $".checkpoint-4.tmp-{dead}-89abcdef"));   // killed while writing checkpoint-4
+        Directory.CreateDirectory(Path.Combine(dir.Path, $".tmp-checkpoint-6-{dead}"));            // the spelling before issue 18
+        File.WriteAllText(Path.Combine(dir.Path, $"model.safetensors.tmp-{dead}-0badf00d"), "partial");
+        File.WriteAllText(Path.Combine(dir.Path, $".trainer_log.jsonl.tmp-{live}-00000000"), "someone is writing this");
+        File.WriteAllText(Path.Combine(dir.Path, "notes.tmp-1.txt"), "the user's");
+        var done = TrainerCheckpoint.Sweep(dir.Path);
+        Assert.Equal(4, done.Count);
+        Assert.Equal([".trainer_log.jsonl.tmp-" + live + "-00000000", "checkpoint-2", "latest", "notes.tmp-1.txt"],
+            Directory.EnumerateFileSystemEntries(dir.Path).Select(p => Path.GetFileName(p)).Order(StringComparer.Ordinal).ToArray());
+        Assert.Equal("two", File.ReadAllText(Path.Combine(TrainerCheckpoint.Latest(dir.Path)!, "x")));
+    }
+
+    [Fact]
+    public void Cancelling_saves_a_checkpoint_at_the_step_boundary_and_the_resumed_run_logs_what_an_uninterrupted_one_does()
+    {
+        // issue 18 finding 5: Ctrl-C lost up to save_steps - 1 steps; now the step in flight finishes and is saved
+        TorchTestSetup.Init();
+        var data = Data(10);
+        using var full = TestPaths.Temp();
+        using var m1 = new Mlp(1);
+        TrainingResult r1;
+        using (var t1 = new Trainer<IReadOnlyList<(float[], float)>>(m1, new Regression(m1), new ShuffledBatches<(float[], float)>(data, 2, seed: 5), Options(full.Path)))
+            r1 = t1.Train(cancel: TestContext.Current.CancellationToken);
+
+        using var part = TestPaths.Temp();
+        using var cts = new CancellationTokenSource();
+        using var m2 = new Mlp(1);
+        TrainingResult r2a;
+        // cancelled during the 3rd update (micro-batch 5): no save_steps checkpoint before, logging every 2 steps
+        using (var t2 = new Trainer<IReadOnlyList<(float[], float)>>(m2, new Regression(m2, c => { if (c == 5) cts.Cancel(); return true; }),
+            new ShuffledBatches<(float[], float)>(data, 2, seed: 5), Options(part.Path)))
+            r2a = t2.Train(resumeFrom: "latest", cancel: cts.Token);
+        Assert.False(r2a.Completed);
+        Assert.Equal(3, r2a.GlobalStep);
+        Assert.Equal(Path.Combine(part.Path, "checkpoint-3"), r2a.LastCheckpoint);
+        Assert.Equal("checkpoint-3", File.ReadAllText(Path.Combine(part.Path, "latest")).Trim());
+
+        torch.manual_seed(12345);
+        using var m3 = new Mlp(99);
+        TrainingResult r2b;
+        using (var t3 = new Trainer<IReadOnlyList<(float[], float)>>(m3, new Regression(m3), new ShuffledBatches<(float[], float)>(data, 2, seed: 5), Options(part.Path)))
+            r2b = t3.Train(resumeFrom: "latest", cancel: TestContext.Current.CancellationToken);
+        Assert.Equal(r1.Steps.Select(s => s.Loss), r2b.Steps.Select(s => s.Loss));
+        foreach (var ((n1, p1), (_, p3)) in m1.named_parameters().Zip(m3.named_parameters()))
+            Assert.True(p1.equal(p3).all().item<bool>(), $"{n1} differs after resume");
+        // the logged mean losses cover the same steps (a window that restarted at step 3 would give another mean at step 4)
+        static double[] Logged(string dir) => File.ReadAllLines(Path.Combine(dir, TrainerLog.JsonlFile))
+            .Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement.GetProperty("loss").GetDouble()).ToArray();
+        Assert.Equal(Logged(full.Path), Logged(part.Path));
+    }
+
+    [Fact]
+    public void A_run_that_starts_from_scratch_drops_the_log_lines_of_an_abandoned_attempt()
+    {
+        // issue 18 finding 5: a kill before the first checkpoint left stale lines ([10, 10, 20])
+        TorchTestSetup.Init();
+        using var dir = TestPaths.Temp();
+        File.WriteAllText(Path.Combine(dir.Path, TrainerLog.JsonlFile), "{\"current_steps\": 2, \"loss\": 9.9}\n{\"current_steps\": 4, \"lo");
+        using var m = new Mlp(1);
+        using (var t = new Trainer<IReadOnlyList<(float[], float)>>(m, new Regression(m), new ShuffledBatches<(float[], float)>(Data(10), 2, seed: 5), Options(dir.Path)))
+            t.Train(resumeFrom: "latest", cancel: TestContext.Current.CancellationToken);
+        var steps = File.ReadAllLines(Path.Combine(dir.Path, TrainerLog.JsonlFile)).Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement.GetProperty("current_steps").GetInt32());
+        Assert.Equal([2, 4, 6, 8, 9], steps);
     }
 
     [Fact]

@@ -72,8 +72,9 @@ public class TrainingConfigTests
         Assert.Equal(42, cfg.Seed);
         Assert.Equal(-1, cfg.MaxSteps);
         Assert.Equal("data", cfg.DatasetDir);
-        foreach (var k in new[] { "deepspeed", "do_train", "overwrite_cache", "preprocessing_num_workers", "plot_loss", "overwrite_output_dir", "fp16", "ddp_timeout" })
+        foreach (var k in new[] { "deepspeed", "do_train", "overwrite_cache", "preprocessing_num_workers", "plot_loss", "fp16", "ddp_timeout" })
             Assert.Contains(cfg.Notes, n => n.StartsWith(k + ":"));
+        Assert.True(cfg.OverwriteOutputDir);   // a real key: the official yamls start over in their output_dir
     }
 
     [Fact]
