@@ -99,7 +99,7 @@ public static class ShapesCommand
             """)
         { output, seed, threads, train, vae, vision, und, align, sft, dpo, batch };
         cmd.WithExamples("vargpt shapes train --out runs/shapes --seed 0", "vargpt shapes train --out runs/quick --vae-steps 20 --vision-steps 10 --understanding-steps 10 --align-steps 10 --sft-steps 20 --dpo-steps 5");
-        cmd.SetAction((p, ct) =>
+        cmd.SetAction(p =>
         {
             set_num_threads(Math.Max(1, p.GetValue(threads)));
             foreach (var (name, v) in new[] { ("--train-samples", p.GetValue(train)), ("--vae-steps", p.GetValue(vae)), ("--vision-steps", p.GetValue(vision)), ("--understanding-steps", p.GetValue(und)), ("--align-steps", p.GetValue(align)), ("--sft-steps", p.GetValue(sft)), ("--dpo-steps", p.GetValue(dpo)), ("--batch", p.GetValue(batch)) })
@@ -110,8 +110,14 @@ public static class ShapesCommand
                 VisionSteps = p.GetValue(vision), UnderstandingSteps = p.GetValue(und), AlignSteps = p.GetValue(align), SftSteps = p.GetValue(sft), DpoSteps = p.GetValue(dpo), BatchSize = p.GetValue(batch),
                 Output = p.InvocationConfiguration.Output,
             };
-            ShapesTraining.Run(o, cancellationToken: ct);
-            return Task.FromResult(ExitCodes.Ok);
+            using var stop = new GracefulStop(p.InvocationConfiguration.Output);
+            try { ShapesTraining.Run(o, cancellationToken: stop.Token); }
+            catch (OperationCanceledException e) when (stop.Signal is not null)
+            {
+                p.InvocationConfiguration.Output.WriteLine(e.Message);
+                return stop.ExitCode;
+            }
+            return ExitCodes.Ok;
         });
         return cmd;
     }

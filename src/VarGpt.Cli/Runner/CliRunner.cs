@@ -37,11 +37,27 @@ public static class CliRunner
             error.WriteLine($"error: {e.Message}");
             return ExitCodes.UserError;
         }
+        catch (Exception e) when (AtomicFile.IsEnvironmentError(e))
+        {
+            // an I/O error the writers did not name themselves (a read-only folder, a full disk, a path in the way):
+            // the environment, not a bug; .NET's message names the path
+            error.WriteLine($"error: {AtomicFile.Cause(e)}{PathOf(e)}");
+            return ExitCodes.UserError;
+        }
         catch (Exception e)
         {
             error.WriteLine($"internal error (please report): {e}");
             return ExitCodes.InternalError;
         }
+    }
+
+    /// <summary>" : '/the/path'" as .NET appends it to I/O messages, or "".</summary>
+    static string PathOf(Exception e)
+    {
+        int i = e.Message.IndexOf(" : '", StringComparison.Ordinal);
+        if (i >= 0) return e.Message[i..].TrimEnd('.');
+        int q = e.Message.IndexOf('\'');
+        return q >= 0 && AtomicFile.Cause(e) != e.Message.TrimEnd('.') ? $" ({e.Message.TrimEnd('.')})" : "";
     }
 
     static IEnumerable<string> CommandPath(Command c)

@@ -79,7 +79,7 @@ public class TrainCommandTests(ITestOutputHelper output)
 
         // stage 3 trains only the generation side: understanding/text samples are refused before training
         File.WriteAllText(yaml, File.ReadAllText(yaml).Replace("vargpt_train_stage: 4", "vargpt_train_stage: 3"));
-        var (rc3, _, e3) = Cli("train", "sft", yaml);
+        var (rc3, _, e3) = Cli("train", "sft", yaml, "--overwrite");
         Assert.Equal(ExitCodes.UserError, rc3);
         Assert.Contains("2 sample(s) have no generation target", e3);
         Assert.Contains("vargpt_train_stage 3", e3);
@@ -130,5 +130,168 @@ public class TrainCommandTests(ITestOutputHelper output)
         var report = StateDict.Load(fresh, Path.Combine(tmp.Path, "out", TrainerCheckpoint.ModelFile));
         Assert.Empty(report.Missing);
         Assert.Empty(report.Unexpected);
+    }
+
+    /// <summary>A tiny SFT run: model/, data/ (4 mixed samples) and a yaml in <paramref name="root"/>; paths in the yaml as given.</summary>
+    static string SftYaml(string root, string output = "out", string model = "model", string data = "data", int steps = 3, int saveSteps = 2, string extra = "")
+    {
+        if (!Directory.Exists(Path.Combine(root, "model"))) ModelFolder(root);
+        if (!Directory.Exists(Path.Combine(root, "data")))
+        {
+            Directory.CreateDirectory(Path.Combine(root, "data"));
+            TinyVargpt.MixedRecords(Path.Combine(root, "data"));
+        }
+        var yaml = Path.Combine(root, "sft.yaml");
+        File.WriteAllText(yaml, $"""
+            model_name_or_path: {model}
+            stage: sft
+            finetuning_type: full
+            vargpt_train_stage: 4
+            dataset: tiny
+            dataset_dir: {data}
+            image_gen_resolution: 64
+            per_device_train_batch_size: 2
+            learning_rate: 1.0e-3
+            max_steps: {steps}
+            lr_scheduler_type: cosine
+            warmup_ratio: 0.1
+            logging_steps: 1
+            save_steps: {saveSteps}
+            output_dir: {output}
+            {extra}
+            """);
+        return yaml;
+    }
+
+    static string Sha(string path) => Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(path)));
+
+    static int[] LoggedSteps(string dir) => File.ReadAllLines(Path.Combine(dir, TrainerLog.JsonlFile))
+        .Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement.GetProperty("current_steps").GetInt32()).ToArray();
+
+    [Fact]
+    public void An_output_dir_that_is_or_contains_an_input_is_refused_before_anything_is_written()
+    {
+        // issue 18 finding 1: output_dir = model_name_or_path trained, overwrote the base model.safetensors, then crashed
+        TorchTestSetup.Init();
+        using var tmp = TestPaths.Temp();
+        var yaml = SftYaml(tmp.Path, output: "model");
+        var model = Path.Combine(tmp.Path, "model");
+        var before = Directory.GetFiles(model).ToDictionary(f => f, Sha);
+        var (rc, o, e) = Cli("train", "sft", yaml);
+        Assert.Equal(ExitCodes.UserError, rc);
+        Assert.Equal($"error: output_dir {model} is the model_name_or_path folder: training would overwrite its own input; choose another output_dir", e.Trim());
+        Assert.Equal(before, Directory.GetFiles(model).ToDictionary(f => f, Sha));
+        Assert.DoesNotContain("loaded", o);
+
+        // a folder that holds the data (an --overwrite would clear around it)
+        yaml = SftYaml(tmp.Path, output: ".");
+        (rc, _, e) = Cli("train", "sft", yaml);
+        Assert.Equal(ExitCodes.UserError, rc);
+        Assert.Contains($"output_dir {tmp.Path} contains the model_name_or_path folder {model}", e);
+    }
+
+    [Fact]
+    public void A_rerun_into_an_output_dir_that_holds_a_run_asks_for_overwrite_or_resumes_as_the_yaml_says()
+    {
+        // issue 18 finding 5: a rerun without the resume key retrained silently and appended duplicate log steps
+        TorchTestSetup.Init();
+        using var tmp = TestPaths.Temp();
+        var yaml = SftYaml(tmp.Path);
+        var outDir = Path.Combine(tmp.Path, "out");
+        Assert.Equal(0, Cli("train", "sft", yaml).Code);
+        var model1 = Sha(Path.Combine(outDir, TrainerCheckpoint.ModelFile));
+
+        var (rc, o, e) = Cli("train", "sft", yaml);
+        Assert.Equal(ExitCodes.UserError, rc);
+        Assert.Contains($"output_dir {outDir} already holds a run (checkpoint-2, latest, model.safetensors, trainer_log.jsonl)", e);
+        Assert.Contains("resume_from_checkpoint: latest", e);
+        Assert.Contains("--overwrite", e);
+        Assert.DoesNotContain("loaded", o);
+
+        // --overwrite: the earlier run's files go, the new run's log has its own steps only (same seed, same weights)
+        File.WriteAllText(Path.Combine(outDir, "notes.txt"), "mine");
+        (rc, o, e) = Cli("train", "sft", yaml, "--overwrite");
+        Assert.True(rc == 0, o + e);
+        Assert.Contains($"overwrite: removing {Path.Combine(outDir, "checkpoint-2")}", o);
+        Assert.Equal([1, 2, 3], LoggedSteps(outDir));
+        Assert.Equal(model1, Sha(Path.Combine(outDir, TrainerCheckpoint.ModelFile)));
+        Assert.Equal("mine", File.ReadAllText(Path.Combine(outDir, "notes.txt")));
+
+        // resume_from_checkpoint: true (the LLaMA-Factory spelling) continues from checkpoint-2
+        File.WriteAllText(yaml, File.ReadAllText(yaml) + "resume_from_checkpoint: true\n");
+        (rc, o, e) = Cli("train", "sft", yaml);
+        Assert.True(rc == 0, o + e);
+        Assert.Contains($"resumed from {Path.Combine(outDir, "checkpoint-2")} at step 2/3", o);
+        Assert.Equal([1, 2, 3], LoggedSteps(outDir));
+        Assert.Equal(model1, Sha(Path.Combine(outDir, TrainerCheckpoint.ModelFile)));
+
+        File.WriteAllText(yaml, File.ReadAllText(yaml).Replace("resume_from_checkpoint: true", "resume_from_checkpoint: out/checkpoint-7"));
+        (rc, _, e) = Cli("train", "sft", yaml);
+        Assert.Equal(ExitCodes.UserError, rc);
+        Assert.Contains($"resume_from_checkpoint out/checkpoint-7 ({Path.Combine(outDir, "checkpoint-7")}) is not a checkpoint folder", e);
+    }
+
+    [Fact]
+    public void Relative_paths_of_the_yaml_resolve_against_its_folder_not_the_working_directory()
+    {
+        // issue 18 finding 7: dataset_dir: data was looked up in the working directory first, so a ./data there was read instead
+        TorchTestSetup.Init();
+        using var tmp = TestPaths.Temp();
+        var run = Path.Combine(tmp.Path, "run");
+        Directory.CreateDirectory(run);
+        var yaml = SftYaml(run, steps: 1, saveSteps: 1);
+        var cwd = Path.Combine(tmp.Path, "elsewhere");
+        Directory.CreateDirectory(Path.Combine(cwd, "data"));
+        File.WriteAllText(Path.Combine(cwd, "data", "dataset_info.json"), """{"other": {"file_name": "other.json"}}""");
+        Directory.CreateDirectory(Path.Combine(cwd, "model"));
+        var (rc, o, e) = CliProcess.Run(["train", "sft", yaml], workingDir: cwd);
+        Assert.True(rc == 0, o + e);
+        Assert.Contains("data: 4 sample(s) from tiny", o);
+        Assert.True(File.Exists(Path.Combine(run, "out", TrainerCheckpoint.ModelFile)));
+        Assert.False(Directory.Exists(Path.Combine(cwd, "out")));
+        Assert.Equal(Path.Combine(run, "x"), VargptFineTuning.ResolvePath("x", run));
+        Assert.Equal("/abs/x", VargptFineTuning.ResolvePath("/abs/x", run));
+        Assert.Equal(Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), "m"), VargptFineTuning.ResolvePath("~/m", run));
+    }
+
+    [Theory]
+    [InlineData(15, 143)]
+    [InlineData(2, 130)]
+    public void A_signal_during_training_saves_a_checkpoint_at_the_next_step_and_the_resumed_run_ends_where_an_uninterrupted_one_does(int signal, int exitCode)
+    {
+        // issue 18 finding 5: Ctrl-C / SIGTERM exited at once without saving (up to save_steps - 1 steps lost)
+        TorchTestSetup.Init();
+        using var tmp = TestPaths.Temp();
+        const int steps = 40;
+        var yaml = SftYaml(tmp.Path, steps: steps, saveSteps: 1000, extra: "resume_from_checkpoint: latest");
+        var outDir = Path.Combine(tmp.Path, "out");
+        int stoppedAt;
+        using (var p = new CliProcess(["train", "sft", yaml]))
+        {
+            Assert.True(p.WaitForOutput($"step 2/{steps}", TimeSpan.FromSeconds(120)), p.Out + p.Err);
+            p.Signal(signal);
+            int rc = p.WaitForExit(TimeSpan.FromSeconds(120));
+            output.WriteLine(p.Out + p.Err);
+            Assert.Equal(exitCode, rc);
+            Assert.Contains("stopping after the current step (a checkpoint is saved)", p.Out);
+            var m = System.Text.RegularExpressions.Regex.Match(p.Out, @"interrupted: saving a checkpoint at step (\d+)");
+            Assert.True(m.Success, p.Out);
+            stoppedAt = int.Parse(m.Groups[1].Value);
+            Assert.InRange(stoppedAt, 2, steps - 1);
+            Assert.Equal($"checkpoint-{stoppedAt}", File.ReadAllText(Path.Combine(outDir, "latest")).Trim());
+            Assert.Contains($"training stopped at step {stoppedAt}/{steps}", p.Out);
+        }
+        var (rc2, o2, e2) = CliProcess.Run(["train", "sft", yaml]);
+        Assert.True(rc2 == 0, o2 + e2);
+        Assert.Contains($"resumed from {Path.Combine(outDir, $"checkpoint-{stoppedAt}")} at step {stoppedAt}/{steps}", o2);
+
+        // the same run without the interruption
+        using var whole = TestPaths.Temp();
+        var (rc3, o3, e3) = CliProcess.Run(["train", "sft", SftYaml(whole.Path, steps: steps, saveSteps: 1000)]);
+        Assert.True(rc3 == 0, o3 + e3);
+        Assert.Equal(Sha(Path.Combine(whole.Path, "out", TrainerCheckpoint.ModelFile)), Sha(Path.Combine(outDir, TrainerCheckpoint.ModelFile)));
+        static string Losses(string dir) => string.Join(",", File.ReadAllLines(Path.Combine(dir, TrainerLog.JsonlFile))
+            .Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement).Select(r => $"{r.GetProperty("current_steps")}:{r.GetProperty("loss")}:{r.GetProperty("lr")}:{r.GetProperty("grad_norm")}"));
+        Assert.Equal(Losses(Path.Combine(whole.Path, "out")), Losses(outDir));
     }
 }
