@@ -1,5 +1,6 @@
 using System.CommandLine;
 using VarGpt.Cli.Commands;
+using VarGpt.Cli.Runner;
 
 namespace VarGpt.Cli;
 

@@ -1,3 +1,4 @@
+using VarGpt.Model;
 namespace VarGpt.Tests;
 
 /// <summary>

@@ -4,6 +4,11 @@ using VarGpt.Benchmarks;
 using VarGpt.Checkpoint;
 using VarGpt.Model;
 using VarGpt.Torch;
+using VarGpt.Inference;
+using VarGpt.Presets;
+using VarGpt.ShapesWorld;
+
+using VarGpt.Cli.Runner;
 
 namespace VarGpt.Cli.Commands;
 
@@ -16,7 +21,7 @@ public static class BenchChatCommand
     public static Command Create()
     {
         var preset = new Option<string?>("--preset") { Description = "tiny, small or full: benchmark a random checkpoint of that size (written, measured, deleted)." };
-        var modelDir = new Option<string?>("--model", "-m") { Description = $"Benchmark this checkpoint folder instead of a fresh random one. With neither --model nor --preset: ${VarGpt.Model.ShippedModel.EnvironmentVariable} if set, else the shipped ShapesWorld model." };
+        var modelDir = new Option<string?>("--model", "-m") { Description = $"Benchmark this checkpoint folder instead of a fresh random one. With neither --model nor --preset: ${ShippedModel.EnvironmentVariable} if set, else the shipped ShapesWorld model." };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "Tokenizer folder for the random checkpoint (required for small/full, e.g. ../shared/tokenizers/qwen2-vl)." };
         var dtype = new Option<string>("--dtype") { Description = "Compute dtype: float32 or bfloat16 (the random checkpoint is stored in the preset's dtype, bf16 for small/full).", DefaultValueFactory = _ => "float32" };
         var device = BenchCommand.DeviceOption();
@@ -53,12 +58,12 @@ public static class BenchChatCommand
             string? presetName = parse.GetValue(preset), model = parse.GetValue(modelDir);
             if (presetName is not null && model is not null) throw new UserErrorException("give either --preset tiny|small|full or --model DIR, not both");
             if (presetName is null) model = ModelOptions.ResolveModelDir(model); // neither: the shipped model
-            PipelineOptions pipelineOptions;
+            VargptModelOptions pipelineOptions;
             ModelPreset? p = null;
             try
             {
                 if (presetName is not null) p = ModelPresets.Get(presetName);
-                pipelineOptions = new PipelineOptions
+                pipelineOptions = new VargptModelOptions
                 {
                     Device = TorchRuntime.ParseDevice(parse.GetValue(device)!),
                     DType = TorchRuntime.ParseDType(parse.GetValue(dtype)!),
@@ -79,7 +84,7 @@ public static class BenchChatCommand
                 delete = !parse.GetValue(keep);
                 log.WriteLine($"writing a random '{p.Name}' checkpoint to {dir}");
                 var sw = Stopwatch.StartNew();
-                try { RandomCheckpoint.Create(p, dir, new RandomCheckpointOptions { TokenizerDir = parse.GetValue(tokenizer) }, log); }
+                try { RandomCheckpoint.Create(p, dir, new RandomCheckpointOptions { TokenizerDir = parse.GetValue(tokenizer), DefaultTokenizer = BpeTrainer.WriteShapesWorldTokenizer }, log); }
                 catch (ArgumentException e) { TryDelete(dir, delete); throw new UserErrorException(e.Message); }
                 record.Set("preset", p.Name).Add("checkpoint_write", sw.Elapsed.TotalSeconds, "s");
             }
@@ -89,7 +94,7 @@ public static class BenchChatCommand
                 using var mem = MemoryPhase.Start();
                 var sw = Stopwatch.StartNew();
                 log.WriteLine($"loading {dir} ({TorchRuntime.DTypeName(pipelineOptions.DType)})");
-                using var pipeline = VargptPipeline.Load(dir, pipelineOptions);
+                using var pipeline = VargptModel.Load(dir, pipelineOptions);
                 double load = sw.Elapsed.TotalSeconds;
                 long rssLoaded = ProcessMemory.CurrentRssBytes();
                 record.Set("parts", pipelineOptions.Parts.ToString());

@@ -2,6 +2,8 @@ using System.CommandLine;
 using VarGpt.Benchmarks;
 using VarGpt.Torch;
 
+using VarGpt.Cli.Runner;
+
 namespace VarGpt.Cli.Commands;
 
 /// <summary>

@@ -3,6 +3,11 @@ using VarGpt.Benchmarks;
 using VarGpt.Checkpoint;
 using VarGpt.Model;
 using VarGpt.Torch;
+using VarGpt.Inference;
+using VarGpt.Presets;
+using VarGpt.ShapesWorld;
+
+using VarGpt.Cli.Runner;
 
 namespace VarGpt.Cli.Commands;
 
@@ -12,7 +17,7 @@ public static class BenchGenerateCommand
     public static Command Create()
     {
         var preset = new Option<string?>("--preset") { Description = "Random checkpoint to create and time: tiny, small or full (released shapes, ~18.8 GB bf16 on disk)." };
-        var modelDir = new Option<string?>("--model", "-m") { Description = $"Time an existing model folder instead of a preset. With neither --model nor --preset: ${VarGpt.Model.ShippedModel.EnvironmentVariable} if set, else the shipped ShapesWorld model." };
+        var modelDir = new Option<string?>("--model", "-m") { Description = $"Time an existing model folder instead of a preset. With neither --model nor --preset: ${ShippedModel.EnvironmentVariable} if set, else the shipped ShapesWorld model." };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "Tokenizer folder for the small/full presets (Qwen2-VL layout with the <|image_gen_*|> tokens)." };
         var work = new Option<string?>("--work-dir") { Description = "Where the preset checkpoint is written (default: /tmp/vargpt-<preset>-gen); deleted afterwards unless --keep." };
         var keep = new Option<bool>("--keep") { Description = "Keep the preset checkpoint folder." };
@@ -58,14 +63,14 @@ public static class BenchGenerateCommand
                 catch (ArgumentException e) { throw new UserErrorException(e.Message); }
                 dir = Path.GetFullPath(parse.GetValue(work) ?? Path.Combine(Path.GetTempPath(), $"vargpt-{p.Name}-gen"));
                 log.WriteLine($"writing a random '{p.Name}' checkpoint to {dir}...");
-                RandomCheckpoint.Create(p, dir, new RandomCheckpointOptions { TokenizerDir = parse.GetValue(tokenizer), Force = true }, log);
+                RandomCheckpoint.Create(p, dir, new RandomCheckpointOptions { TokenizerDir = parse.GetValue(tokenizer), DefaultTokenizer = BpeTrainer.WriteShapesWorldTokenizer, Force = true }, log);
                 created = true;
             }
             try
             {
                 var dt = parse.GetValue(dtype) is { } s ? ParseDType(s) : p?.DefaultDType ?? TorchSharp.torch.ScalarType.BFloat16;
                 log.WriteLine($"loading {dir} ({TorchRuntime.DTypeName(dt)})...");
-                using var model = VargptImages.Load(Path.GetFullPath(dir!), new PipelineOptions { DType = dt, Parts = ModelParts.LanguageModel | ModelParts.Generation });
+                using var model = VargptModel.Load(Path.GetFullPath(dir!), new VargptModelOptions { DType = dt, Parts = ModelParts.LanguageModel | ModelParts.Generation });
                 var options = new GenerationBenchOptions
                 {
                     Images = n, Warmup = w,

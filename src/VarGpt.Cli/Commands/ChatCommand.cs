@@ -4,6 +4,9 @@ using VarGpt.Checkpoint;
 using VarGpt.Model;
 using VarGpt.Text;
 using VarGpt.Vision;
+using VarGpt.Inference;
+
+using VarGpt.Cli.Runner;
 
 namespace VarGpt.Cli.Commands;
 
@@ -85,8 +88,7 @@ public static class ChatCommand
             };
             // load the images before the model: a wrong path fails in a second, not after minutes of loading
             var firstImages = (parse.GetValue(images) ?? []).Select(p => new NamedImage(p, RgbImage.Load(p))).ToList();
-            using var pipeline = model.Load(parse, e);
-            using var chat = new VargptChat(pipeline);
+            using var chat = model.Load(parse, e);
             var session = new Session(chat, options, parse.GetValue(system), parse.GetValue(imageOut)!, o, e);
             session.Describe();
             if (text is not null) return session.Turn(text, firstImages) ? ExitCodes.Ok : ExitCodes.UserError;
@@ -98,20 +100,20 @@ public static class ChatCommand
     internal sealed record NamedImage(string Path, RgbImage Image);
 
     /// <summary>The conversation: history, images waiting for the next message, notes already given, saved images.</summary>
-    sealed class Session(VargptChat chat, VargptChatOptions options, string? system, string imageOut, TextWriter o, TextWriter e)
+    sealed class Session(VargptModel chat, VargptChatOptions options, string? system, string imageOut, TextWriter o, TextWriter e)
     {
         readonly List<ChatMessage> _history = [];
         readonly HashSet<RgbImage> _noted = new(ReferenceEqualityComparer.Instance);
         VargptChatOptions _options = Validated(chat, options);
         int _saved;
 
-        static VargptChatOptions Validated(VargptChat chat, VargptChatOptions options)
+        static VargptChatOptions Validated(VargptModel chat, VargptChatOptions options)
         {
             try
             {
-                var g = options.Resolve(chat.Pipeline.Generation);
+                var g = options.Resolve(chat.GenerationConfig);
                 // sampling without --seed: pick one and say it, so the answer can be reproduced
-                return g.DoSample && options.Seed is null ? options with { Seed = Random.Shared.NextInt64(0, 1L << 31) } : options;
+                return g.DoSample && options.Seed is null ? options with { Seed = Seeds.Random() } : options;
             }
             catch (ArgumentException x) { throw new UserErrorException(x.Message); }
         }
@@ -119,7 +121,7 @@ public static class ChatCommand
         /// <summary>One stderr line with the decoding settings in effect and where each came from.</summary>
         public void Describe()
         {
-            var file = chat.Pipeline.Generation;
+            var file = chat.GenerationConfig;
             var g = _options.Resolve(file);
             string From(bool set) => set ? "" : " (generation_config.json)";
             var parts = new List<string>();
@@ -150,7 +152,7 @@ public static class ChatCommand
             Console.CancelKeyPress += onCancel;
             try
             {
-                foreach (var u in chat.Updates(messages, _options, cts.Token))
+                foreach (var u in chat.ChatUpdates(messages, _options, cts.Token))
                 {
                     if (u.Text.Length > 0) { o.Write(u.Text); o.Flush(); }
                     if (u.ImageStarting) { o.WriteLine(); o.Flush(); e.WriteLine("drawing an image..."); }
@@ -174,7 +176,7 @@ public static class ChatCommand
             var all = messages.SelectMany(m => m.Content).OfType<ImagePart>().Select(p => p.Pixels!).ToList();
             for (int i = 0; i < all.Count && i < reply!.ImagesResized.Count; i++)
                 if (reply.ImagesResized[i] && _noted.Add(all[i]))
-                    e.WriteLine($"note: {NameOf(all[i], images)} ({all[i].Width}x{all[i].Height}) was resized to fit max_pixels {chat.Pipeline.Preprocessor.MaxPixels}");
+                    e.WriteLine($"note: {NameOf(all[i], images)} ({all[i].Width}x{all[i].Height}) was resized to fit max_pixels {chat.Preprocessor.MaxPixels}");
             if (reply!.Image is { } img)
             {
                 var path = ++_saved == 1 ? imageOut : Path.Combine(Path.GetDirectoryName(imageOut) ?? "", $"{Path.GetFileNameWithoutExtension(imageOut)}-{_saved}{Path.GetExtension(imageOut)}");

@@ -1,6 +1,8 @@
 using System.CommandLine;
 using VarGpt.Vision;
 
+using VarGpt.Cli.Runner;
+
 namespace VarGpt.Cli.Commands;
 
 /// <summary>vargpt edit --model DIR --image in.png "INSTRUCTION" -o out.png: image editing in the official edit format.</summary>
@@ -44,7 +46,7 @@ public static class EditCommand
             RgbImage source;
             try { source = RgbImage.Load(Path.GetFullPath(parse.GetRequiredValue(input))); }
             catch (ImageLoadException e) { throw new UserErrorException($"cannot read the edit image {e.Message}"); }
-            using var images = ImageCommandOptions.LoadModel(model, parse, log);
+            using var images = model.Load(parse, log);
             return ImageCommandOptions.RunAndSave(images, options, image.OutputPath(parse), o, log,
                 (opts, progress) => images.EditImage(source, parse.GetRequiredValue(instruction), opts, progress));
         });

@@ -2,6 +2,8 @@ using System.CommandLine;
 using System.Globalization;
 using VarGpt.Golden;
 
+using VarGpt.Cli.Runner;
+
 namespace VarGpt.Cli.Commands;
 
 /// <summary>vargpt fixtures check DIR...: runs golden fixtures (shared/golden/README.md) through VarGpt.Golden.FixtureKinds.</summary>

@@ -3,6 +3,10 @@ using System.Diagnostics;
 using System.Globalization;
 using VarGpt.Generation;
 using VarGpt.Model;
+using VarGpt.Configuration;
+using VarGpt.Inference;
+
+using VarGpt.Cli.Runner;
 
 namespace VarGpt.Cli.Commands;
 
@@ -27,7 +31,7 @@ public static class GenerateCommand
             var o = parse.InvocationConfiguration.Output;
             var log = parse.InvocationConfiguration.Error;
             var options = image.Read(parse);
-            using var images = ImageCommandOptions.LoadModel(model, parse, log);
+            using var images = model.Load(parse, log);
             return ImageCommandOptions.RunAndSave(images, options, image.OutputPath(parse), o, log,
                 (opts, progress) => images.GenerateImage(parse.GetRequiredValue(prompt), opts, progress));
         });
@@ -73,7 +77,7 @@ public sealed class ImageCommandOptions
     {
         var o = new ImageOptions
         {
-            Seed = parse.GetValue(Seed) ?? VargptImages.NewSeed(),
+            Seed = parse.GetValue(Seed) ?? Seeds.Random(),
             Cfg = parse.GetValue(Cfg), Tau = parse.GetValue(Tau), TopK = parse.GetValue(TopK), TopP = parse.GetValue(TopP),
             AspectRatio = ParseAspect(parse.GetValue(Aspect)!), Pn = parse.GetValue(Pixels),
             Count = parse.GetValue(Count), ForceImageStart = parse.GetValue(ForceImageStart), MaxNewTokens = parse.GetValue(MaxNewTokens),
@@ -108,15 +112,8 @@ public sealed class ImageCommandOptions
         return hw.ToString("0.###", CultureInfo.InvariantCulture);
     }
 
-    /// <summary>Loads the model for generation; a folder without generation weights fails naming them.</summary>
-    public static VargptImages LoadModel(ModelOptions model, ParseResult parse, TextWriter log)
-    {
-        VargptImages.CheckGenerationWeights(model.ResolveModelDir(parse));
-        return new VargptImages(model.Load(parse, log, ModelParts.All), ownsPipeline: true);
-    }
-
     /// <summary>Runs one generate/edit call with per-scale progress on <paramref name="log"/>, writes the PNG(s) and prints seeds.</summary>
-    public static int RunAndSave(VargptImages images, ImageOptions options, string output, TextWriter o, TextWriter log,
+    public static int RunAndSave(VargptModel images, ImageOptions options, string output, TextWriter o, TextWriter log,
         Func<ImageOptions, Action<ImageProgress>, ImageResult> run)
     {
         var dir = Path.GetDirectoryName(output)!;

@@ -2,29 +2,23 @@ using System.CommandLine;
 using System.Globalization;
 using VarGpt.Checkpoint;
 using VarGpt.Torch;
+using VarGpt.Configuration;
+using VarGpt.Inference;
+using VarGpt.Model;
+
+using VarGpt.Cli.Runner;
 
 namespace VarGpt.Cli.Commands;
 
 /// <summary>vargpt info [DIR]: what a checkpoint folder holds (configs, and parameters/bytes/dtypes per component).</summary>
 public static class InfoCommand
 {
-    /// <summary>Components of the official state dict by key prefix (VARGPTQwen2VLForConditionalGeneration attributes).</summary>
-    internal static readonly (string Name, string[] Prefixes)[] Components =
-    [
-        ("language model", ["model.", "lm_head."]),
-        ("vision tower", ["visual."]),
-        ("Infinity decoder", ["vargpt_gen."]),
-        ("VAE", ["vae_local."]),
-        ("projectors", ["image_gen_projector"]),
-        ("sos embedding", ["sos_embedding."]),
-    ];
-
     public static Command Create()
     {
         var dir = new Argument<string?>("DIR")
         {
             Description = "Checkpoint folder: config.json, generation_config.json, preprocessor_config.json, model.safetensors or a sharded model.safetensors.index.json. " +
-                $"Default: ${VarGpt.Model.ShippedModel.EnvironmentVariable} if set, else the shipped ShapesWorld model ({VarGpt.Model.ShippedModel.RelativePath}).",
+                $"Default: ${ShippedModel.EnvironmentVariable} if set, else the shipped ShapesWorld model ({ShippedModel.RelativePath}).",
             Arity = ArgumentArity.ZeroOrOne,
         };
         var strict = new Option<bool>("--strict") { Description = "Exit with code 1 if the weights do not match the architecture of config.json (missing/unexpected keys, shape mismatches)." };
@@ -143,7 +137,7 @@ public static class InfoCommand
     static void PrintComponents(IReadOnlyList<(string Name, long Elements, long Bytes, string DType)> tensors, TextWriter o)
     {
         var groups = tensors.GroupBy(t => ComponentOf(t.Name)).ToDictionary(g => g.Key, g => g.ToList());
-        var rows = Components.Select(c => c.Name).Append("other").Where(groups.ContainsKey).ToList();
+        var rows = ModelComponents.All.Select(c => c.Title).Append("other").Where(groups.ContainsKey).ToList();
         int w = Math.Max("component".Length, rows.Max(n => n.Length));
         o.WriteLine($"  {"component".PadRight(w)}  {"tensors",8}  {"parameters",14}  {"bytes",10}  dtypes");
         foreach (var name in rows)
@@ -157,12 +151,7 @@ public static class InfoCommand
             o.WriteLine($"  other = keys outside the VARGPT prefixes, e.g. {string.Join(", ", other.Select(t => t.Name).Order(StringComparer.Ordinal).Take(3))}");
     }
 
-    internal static string ComponentOf(string key)
-    {
-        foreach (var (name, prefixes) in Components)
-            if (prefixes.Any(p => key.StartsWith(p, StringComparison.Ordinal))) return name;
-        return "other";
-    }
+    static string ComponentOf(string key) => ModelComponents.Of(key)?.Title ?? "other";
 
     static string F(double x) => x.ToString("G6", CultureInfo.InvariantCulture);
     static string Count(long n) => n.ToString("N0", CultureInfo.InvariantCulture);

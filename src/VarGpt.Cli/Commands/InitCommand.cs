@@ -3,6 +3,10 @@ using System.Diagnostics;
 using System.Globalization;
 using VarGpt.Checkpoint;
 using VarGpt.Torch;
+using VarGpt.Presets;
+using VarGpt.ShapesWorld;
+
+using VarGpt.Cli.Runner;
 
 namespace VarGpt.Cli.Commands;
 
@@ -49,6 +53,7 @@ public static class InitCommand
             {
                 DType = dtype is null ? null : TorchRuntime.ParseDType(dtype),
                 TokenizerDir = tokenizer,
+                DefaultTokenizer = BpeTrainer.WriteShapesWorldTokenizer,
                 Seed = seed,
                 Pn = pn,
                 Force = force,

@@ -2,6 +2,9 @@ using System.CommandLine;
 using System.Diagnostics;
 using VarGpt.Model;
 using VarGpt.Torch;
+using VarGpt.Inference;
+
+using VarGpt.Cli.Runner;
 
 namespace VarGpt.Cli.Commands;
 
@@ -14,11 +17,11 @@ public sealed class ModelOptions
     };
     public Option<string?> Adapter { get; } = new("--adapter")
     {
-        Description = $"PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to merge into the weights at load. Default: the model folder's {PipelineOptions.DefaultAdapterFolder}/ subfolder when it exists.",
+        Description = $"PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to merge into the weights at load. Default: the model folder's {VargptModelOptions.DefaultAdapterFolder}/ subfolder when it exists.",
     };
     public Option<bool> NoAdapter { get; } = new("--no-adapter")
     {
-        Description = $"Load the base weights only: do not merge the model folder's {PipelineOptions.DefaultAdapterFolder}/ adapter.",
+        Description = $"Load the base weights only: do not merge the model folder's {VargptModelOptions.DefaultAdapterFolder}/ adapter.",
     };
     public Option<string> Device { get; } = new("--device")
     {
@@ -57,13 +60,13 @@ public sealed class ModelOptions
     }
 
     /// <summary>The load options of --device, --dtype, --no-mmap, --adapter and --no-adapter.</summary>
-    public PipelineOptions LoadOptions(ParseResult parse, ModelParts parts = ModelParts.All)
+    public VargptModelOptions LoadOptions(ParseResult parse, ModelParts parts = ModelParts.All)
     {
         if (parse.GetValue(NoAdapter) && parse.GetValue(Adapter) is not null)
             throw new UserErrorException("--adapter and --no-adapter cannot be combined");
         try
         {
-            return new PipelineOptions
+            return new VargptModelOptions
             {
                 Device = TorchRuntime.ParseDevice(parse.GetValue(Device)!),
                 DType = TorchRuntime.ParseDType(parse.GetValue(DType)!),
@@ -76,8 +79,8 @@ public sealed class ModelOptions
         catch (ArgumentException e) { throw new UserErrorException(e.Message); }
     }
 
-    /// <summary>Loads the pipeline, printing plain progress lines to <paramref name="log"/> (stderr in the commands).</summary>
-    public VargptPipeline Load(ParseResult parse, TextWriter log, ModelParts parts = ModelParts.All)
+    /// <summary>Loads the model, printing plain progress lines to <paramref name="log"/> (stderr in the commands).</summary>
+    public VargptModel Load(ParseResult parse, TextWriter log, ModelParts parts = ModelParts.All)
     {
         var dir = ResolveModelDir(parse);
         var options = LoadOptions(parse, parts);
@@ -85,7 +88,7 @@ public sealed class ModelOptions
         log.WriteLine($"loading {dir} ({TorchRuntime.DTypeName(options.DType)} on {options.Device.type.ToString().ToLowerInvariant()})");
         int tenths = 0;
         double lastLine = 0;
-        var p = VargptPipeline.Load(dir, options, (stage, fraction) =>
+        var p = VargptModel.Load(dir, options, (stage, fraction) =>
         {
             if (fraction == 0) { log.WriteLine($"  {stage}... ({sw.Elapsed.TotalSeconds:F1} s)"); lastLine = sw.Elapsed.TotalSeconds; }
             // weights: a line per 10% step, at most one per second (a full checkpoint takes minutes, a tiny one no time)

@@ -5,6 +5,9 @@ using VarGpt.Model;
 using VarGpt.ShapesWorld;
 using VarGpt.Training;
 using static TorchSharp.torch;
+using VarGpt.Inference;
+
+using VarGpt.Cli.Runner;
 
 namespace VarGpt.Cli.Commands;
 
@@ -173,13 +176,13 @@ public static class ShapesCommand
             var sizes = new ShapesModelConfig();
             var cfg = VaeTraining.VaeConfigOf(sizes);
             using var f = VarGpt.Checkpoint.SafeTensorsFile.Open(path);
-            var sd = f.Tensors.Keys.Where(k => k.StartsWith(VarGpt.Generation.BsqVae.CheckpointPrefix, StringComparison.Ordinal)).ToDictionary(k => k, k => f.Load(k));
+            var sd = f.Tensors.Keys.Where(k => k.StartsWith(ModelComponents.Vae.Prefix, StringComparison.Ordinal)).ToDictionary(k => k, k => f.Load(k));
             var schedule = sizes.Scales.Select(s => s with { T = 1 }).ToArray();
             var world = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = p.GetValue(seed), ImageSize = sizes.ImageSize });
             foreach (var dt in new[] { ScalarType.Float32, ScalarType.BFloat16 })
             {
                 using var vae = new VarGpt.Generation.BsqVae(cfg, dtype: dt);
-                StateDict.Load(vae, sd, new StateDictOptions { Prefix = VarGpt.Generation.BsqVae.CheckpointPrefix });
+                StateDict.Load(vae, sd, new StateDictOptions { Prefix = ModelComponents.Vae.Prefix });
                 o.WriteLine(VaeTraining.Evaluate(vae, schedule, world, p.GetValue(evalN), p.GetValue(seed)));
             }
             return ExitCodes.Ok;
@@ -227,7 +230,7 @@ public static class ShapesCommand
                 ImageSeed = p.GetValue(seed),
                 Examples = p.GetValue(report) is null ? 0 : p.GetValue(examples),
                 Image = new ShapesEvaluationOptions().Image with { ForceImageStart = p.GetValue(force) },
-                Pipeline = model.LoadOptions(p),
+                Load = model.LoadOptions(p),
             };
             set_num_threads(Math.Max(1, p.GetValue(threads)));
             ShapesEvaluationResult r;
@@ -322,7 +325,7 @@ public static class ShapesCommand
             catch (ArgumentException e) { throw new UserErrorException(e.Message); }
             var world = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = p.GetValue(seed) });
             var dir = Path.GetFullPath(p.GetRequiredValue(output));
-            using var images = new VargptImages(model.Load(p, log, ModelParts.LanguageModel | ModelParts.Generation), ownsPipeline: true);
+            using var images = model.Load(p, log, ModelParts.LanguageModel | ModelParts.Generation);
             ShapesDpoMiningResult r;
             try { r = ShapesDpoPairs.Mine(images, world, opts, log); }
             catch (ArgumentException e) { throw new UserErrorException(e.Message); }
@@ -343,11 +346,11 @@ public static class ShapesCommand
     /// <summary>Parameters and bf16 bytes per component (same grouping as 'vargpt info').</summary>
     internal static void PrintParameters(VargptForConditionalGeneration model, TextWriter o)
     {
-        var counts = InfoCommand.Components.ToDictionary(c => c.Name, _ => (N: 0L, Bytes: 0L));
+        var counts = ModelComponents.All.ToDictionary(c => c.Title, _ => (N: 0L, Bytes: 0L));
         (long N, long Bytes) total = (0, 0);
         foreach (var (name, t) in model.state_dict())
         {
-            var comp = InfoCommand.Components.FirstOrDefault(c => c.Prefixes.Any(pre => name.StartsWith(pre, StringComparison.Ordinal))).Name ?? "other";
+            var comp = ModelComponents.Of(name)?.Title ?? "other";
             long bytes = t.numel() * (t.is_floating_point() ? 2 : t.ElementSize); // floats stored as bf16; the I64 lfq.mask stays I64
             var c = counts.GetValueOrDefault(comp);
             counts[comp] = (c.N + t.numel(), c.Bytes + bytes);

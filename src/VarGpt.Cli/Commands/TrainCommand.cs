@@ -8,6 +8,8 @@ using VarGpt.Training.Data;
 using VarGpt.Vision;
 using static TorchSharp.torch;
 
+using VarGpt.Cli.Runner;
+
 namespace VarGpt.Cli.Commands;
 
 /// <summary>vargpt train sft|dpo CONFIG.yaml: fine-tune from an official-style LLaMA-Factory yaml.</summary>

@@ -1,5 +1,6 @@
 using TorchSharp;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Generation;
 
@@ -121,16 +122,14 @@ public sealed class BitwiseSelfCorrection : IDisposable
     }
 
     /// <summary>
-    /// Official get_vae_gt_xin_v1_1: template = nearest h/w template of the image, schedule = ScaleSchedules.Get(template, pn)
-    /// with t forced to 1, raw features = vae.Encode(pixels) (no grad), then <see cref="FlipRequant"/> with all scales
-    /// (training_scales 100). Returns the targets and the schedule used.
+    /// Official get_vae_gt_xin_v1_1 for targets whose schedule is known (the caller looks it up in the model's table:
+    /// nearest h/w template of the image, the model's pn, t forced to 1): raw features = vae.Encode(pixels) (no grad),
+    /// then <see cref="FlipRequant"/> with all scales (training_scales 100).
     /// </summary>
-    public (Targets Targets, ScaleSchedule Schedule) GetVaeGtXin(BsqVae vae, Tensor pixels, string pn)
+    public Targets GetVaeGtXin(BsqVae vae, Tensor pixels, ScaleSchedule schedule)
     {
         if (pixels.dim() != 4) throw new ArgumentException($"GetVaeGtXin expects pixels [B,3,H,W], got [{string.Join(",", pixels.shape)}]");
-        double hDivW = (double)pixels.shape[^2] / pixels.shape[^1];
-        var schedule = ScaleSchedules.Get(ScaleSchedules.NearestTemplate(hDivW), pn);
         using var raw = vae.Encode(pixels);
-        return (FlipRequant(vae.quantizer.lfq, schedule.Scales, raw), schedule);
+        return FlipRequant(vae.quantizer.lfq, schedule.Scales, raw);
     }
 }

@@ -3,6 +3,7 @@ using TorchSharp.Modules;
 using VarGpt.Checkpoint;
 using VarGpt.Torch;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Generation;
 
@@ -14,8 +15,6 @@ namespace VarGpt.Generation;
 /// </summary>
 public sealed partial class BsqVae : nn.Module
 {
-    public const string CheckpointPrefix = "vae_local.";
-
     public readonly Encoder encoder;
     public readonly Decoder decoder;
     public readonly MultiScaleBSQ quantizer;

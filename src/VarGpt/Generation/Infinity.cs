@@ -2,6 +2,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using VarGpt.Checkpoint;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Generation;
 

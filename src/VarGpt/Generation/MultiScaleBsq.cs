@@ -1,5 +1,6 @@
 using TorchSharp;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Generation;
 

@@ -1,4 +1,5 @@
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Generation;
 

@@ -1,5 +1,6 @@
 using TorchSharp;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Generation;
 
@@ -42,7 +43,7 @@ public static class Rope2d
     public static (Tensor Cos, Tensor Sin) Table(double template, int headDim, int padToMultiplier, Device? device = null)
     {
         if (headDim % 4 != 0) throw new ArgumentException($"RoPE-2D needs head_dim divisible by 4, got {headDim}");
-        var full = ScaleSchedules.Get(template, "1M");
+        var full = ScaleSchedules.Official.Get(template, "1M");
         var (h1, w1) = full.Latent;
         if (h1 > GridSize || w1 > GridSize) throw new ArgumentException($"'1M' final scale {h1}x{w1} exceeds the {GridSize}x{GridSize} rope grid");
         var rows = new List<long>(); var cols = new List<long>();

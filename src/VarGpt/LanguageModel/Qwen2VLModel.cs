@@ -4,6 +4,7 @@ using VarGpt.Checkpoint;
 using VarGpt.Torch;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
+using VarGpt.Configuration;
 
 namespace VarGpt.LanguageModel;
 

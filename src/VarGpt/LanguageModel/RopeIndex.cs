@@ -1,5 +1,6 @@
 using VarGpt.Checkpoint;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.LanguageModel;
 

@@ -1,7 +1,6 @@
-using VarGpt.Checkpoint;
 using System.Runtime.CompilerServices;
-using VarGpt.Model;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.LanguageModel;
 
@@ -83,7 +82,7 @@ public sealed class GenerationResult : IDisposable
 /// </summary>
 public sealed class TextGeneration : IDisposable
 {
-    readonly VargptForConditionalGeneration _model;
+    readonly ICausalLanguageModel _model;
     readonly GenerationConfig _config;
     readonly GenerationOptions _options;
     readonly GenerationInputs _inputs;
@@ -98,7 +97,7 @@ public sealed class TextGeneration : IDisposable
     /// <summary>The prompt has no padding, so every decode step's mask is all ones and no mask is passed (as HF's sdpa path drops it).</summary>
     bool _noPadding;
 
-    public TextGeneration(VargptForConditionalGeneration model, GenerationInputs inputs, GenerationConfig config, GenerationOptions? options = null)
+    public TextGeneration(ICausalLanguageModel model, GenerationInputs inputs, GenerationConfig config, GenerationOptions? options = null)
     {
         config.Validate();
         if (inputs.InputIds.dim() != 2) throw new ArgumentException($"input_ids must be [B, L], got [{string.Join(",", inputs.InputIds.shape)}]");
@@ -134,7 +133,7 @@ public sealed class TextGeneration : IDisposable
     public Tensor HiddenStates => _options.KeepHiddenStates ? _hidden.View() : throw new InvalidOperationException("enable GenerationOptions.KeepHiddenStates to keep hidden states");
 
     /// <summary>Runs the whole generation and returns the tokens (and the recorded debug tensors).</summary>
-    public static GenerationResult Generate(VargptForConditionalGeneration model, GenerationInputs inputs, GenerationConfig config,
+    public static GenerationResult Generate(ICausalLanguageModel model, GenerationInputs inputs, GenerationConfig config,
         GenerationOptions? options = null, CancellationToken cancellationToken = default)
     {
         using var g = new TextGeneration(model, inputs, config, options);

@@ -6,11 +6,12 @@ using VarGpt.Vision;
 using VarGpt.Torch;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
+using VarGpt.Configuration;
 
 namespace VarGpt.Model;
 
 /// <summary>
-/// Which parts of the model to build. The official class always builds all of them; understanding-only use (as the
+/// Which parts of the model to build (the components of each part: <see cref="ModelComponents"/>). The official class always builds all of them; understanding-only use (as the
 /// official lmms-eval wrapper does by deleting vargpt_gen and vae_local) saves the memory of the generation half.
 /// </summary>
 [Flags]
@@ -26,16 +27,13 @@ public enum ModelParts
     All = LanguageModel | Vision | Generation,
 }
 
-/// <summary>Output of one language-model pass: float32 logits and the post-final-norm hidden states.</summary>
-public sealed record CausalLMOutput(Tensor Logits, Tensor LastHiddenState);
-
 /// <summary>
 /// The whole VARGPT-v1.1 model (official VARGPTQwen2VLForConditionalGeneration). Field names are the checkpoint's
 /// top-level prefixes, declared in the official constructor order: the vision tower (visual.*), the Qwen2 decoder (model.*), the untied lm_head,
 /// the BSQ-VAE (vae_local.*), Infinity (vargpt_gen.*), the two glue projectors and the sos embedding whose row
 /// image_gen_start_token_id conditions every generated image.
 /// </summary>
-public sealed class VargptForConditionalGeneration : Module
+public sealed class VargptForConditionalGeneration : Module, ICausalLanguageModel
 {
 #pragma warning disable IDE1006 // field names = official state-dict prefixes
     // Parts not built (see ModelParts) are null and absent from the state dict.
@@ -51,11 +49,6 @@ public sealed class VargptForConditionalGeneration : Module
 
     public VargptConfig Config { get; }
     public ModelParts Parts { get; }
-
-    /// <summary>Top-level state-dict prefixes of the vision tower (ModelParts.Vision).</summary>
-    public static readonly string[] VisionPrefixes = ["visual."];
-    /// <summary>Top-level state-dict prefixes of the generation half (ModelParts.Generation; official constructor fields).</summary>
-    public static readonly string[] GenerationPrefixes = ["vargpt_gen.", "vae_local.", "image_gen_projector.", "image_gen_projector_out.", "sos_embedding."];
 
     /// <summary>The vision tower (visual.*).</summary>
     public Qwen2VisionTransformerPretrainedModel Visual => visual ?? throw Missing(ModelParts.Vision, "vision tower (visual.*)");

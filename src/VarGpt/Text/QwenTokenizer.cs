@@ -4,6 +4,7 @@ using System.Text.Json;
 using System.Text.RegularExpressions;
 using Microsoft.ML.Tokenizers;
 using VarGpt.Checkpoint;
+using VarGpt.Configuration;
 
 namespace VarGpt.Text;
 

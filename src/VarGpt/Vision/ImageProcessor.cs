@@ -1,6 +1,7 @@
 using System.Text.Json;
 using VarGpt.Checkpoint;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Vision;
 

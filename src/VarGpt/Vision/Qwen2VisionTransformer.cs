@@ -3,6 +3,7 @@ using TorchSharp.Modules;
 using VarGpt.Checkpoint;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
+using VarGpt.Configuration;
 
 namespace VarGpt.Vision;
 

@@ -3,6 +3,10 @@ using VarGpt.Cli;
 using VarGpt.Cli.Commands;
 using VarGpt.Model;
 using VarGpt.Text;
+using VarGpt.Inference;
+using VarGpt.Benchmarks;
+
+using VarGpt.Cli.Runner;
 
 namespace VarGpt.Tests.Chat;
 
@@ -154,7 +158,7 @@ public class BenchChatCommandTests
         Assert.InRange((int)json["settings"]!["prompt_tokens"]!, 20, 24);
         Assert.False(Directory.Exists(work));                       // written, measured, deleted
         // the weight bytes are the LM's: layers + final norm + lm_head + one embedding row (float32 here)
-        var m = TinyCheckpoint.Chat.Pipeline.Model;
+        var m = TinyCheckpoint.Chat.Module;
         long expected = (m.model.layers.parameters().Sum(p => p.numel()) + m.model.norm.parameters().Sum(p => p.numel()) + m.lm_head.parameters().Sum(p => p.numel()) + m.Config.HiddenSize) * 4;
         Assert.Equal(expected, VargptChatBenchmark.DecodeWeightBytes(m));
         Assert.Equal(expected / 1e6, (double)metrics["decode_weight_bytes"]!["value"]!, 6);

@@ -3,6 +3,8 @@ using VarGpt.Model;
 using VarGpt.Text;
 using VarGpt.Torch;
 using VarGpt.Vision;
+using VarGpt.Configuration;
+using VarGpt.Inference;
 
 namespace VarGpt.Tests.Chat;
 
@@ -69,7 +71,7 @@ public class ChatInputErrorTests
         e = Assert.Throws<InvalidPromptException>(() => chat.Chat([ChatMessage.User(ContentPart.FromImage(VargptChatTests.Picture(56, 56)), ContentPart.FromText("<|image_pad|>"))], cancellationToken: Ct));
         Assert.Contains("2 <|image_pad|> placeholders", e.Message);
         // and the pipeline's own convention: image slots vs images given
-        var p = Assert.Throws<InvalidPromptException>(() => chat.Pipeline.Prepare([ChatMessage.User(ContentPart.Image, ContentPart.FromText("x"))], []));
+        var p = Assert.Throws<InvalidPromptException>(() => chat.Prepare([ChatMessage.User(ContentPart.Image, ContentPart.FromText("x"))], []));
         Assert.Contains("1 image item(s) but 0 image(s)", p.Message);
     }
 
@@ -79,7 +81,7 @@ public class ChatInputErrorTests
         TorchTestSetup.Init();
         var withImage = new[] { ChatMessage.User(ContentPart.FromImage(VargptChatTests.Picture(112, 112)), ContentPart.FromText("hello")) };
         int length;
-        using (var p = TinyCheckpoint.Chat.Pipeline.Prepare([ChatMessage.User(ContentPart.Image, ContentPart.FromText("hello"))], [VargptChatTests.Picture(112, 112)]))
+        using (var p = TinyCheckpoint.Chat.Prepare([ChatMessage.User(ContentPart.Image, ContentPart.FromText("hello"))], [VargptChatTests.Picture(112, 112)]))
             length = p.Length;
         using var t = TestPaths.Temp();
         foreach (var f in Directory.GetFiles(TinyCheckpoint.Dir)) File.Copy(f, Path.Combine(t.Path, Path.GetFileName(f)));
@@ -89,7 +91,7 @@ public class ChatInputErrorTests
         var gen = JsonNode.Parse(File.ReadAllText(t["generation_config.json"]))!.AsObject();
         gen["eos_token_id"] = new JsonArray();                     // no EOS: the reply must run into the position limit
         File.WriteAllText(t["generation_config.json"], gen.ToJsonString());
-        using var chat = VargptChat.Load(t.Path);
+        using var chat = VargptModel.Load(t.Path);
         var e = Assert.Throws<InvalidPromptException>(() => chat.Chat(withImage, cancellationToken: Ct));
         Assert.Contains($"has {length} tokens", e.Message);
         Assert.Contains($"supports {length} positions", e.Message);
@@ -103,7 +105,7 @@ public class ChatInputErrorTests
     [Fact]
     public void Bad_options_device_and_dtype_names_are_rejected()
     {
-        var file = new VarGpt.Checkpoint.GenerationConfig();
+        var file = new VarGpt.Configuration.GenerationConfig();
         Assert.Contains("temperature", Assert.Throws<ArgumentOutOfRangeException>(() => new VargptChatOptions { Temperature = -1 }.Resolve(file)).Message);
         Assert.Contains("top_p", Assert.Throws<ArgumentOutOfRangeException>(() => new VargptChatOptions { TopP = 0 }.Resolve(file)).Message);
         Assert.Contains("max_new_tokens", Assert.Throws<ArgumentOutOfRangeException>(() => new VargptChatOptions { MaxNewTokens = 0 }.Resolve(file)).Message);

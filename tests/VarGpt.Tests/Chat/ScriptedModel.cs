@@ -2,6 +2,7 @@ using VarGpt.Model;
 using VarGpt.ShapesWorld;
 using VarGpt.Text;
 using static TorchSharp.torch;
+using VarGpt.Inference;
 
 namespace VarGpt.Tests.Chat;
 
@@ -14,16 +15,16 @@ namespace VarGpt.Tests.Chat;
 internal static class ScriptedModel
 {
     /// <summary>A fresh chat over the tiny checkpoint that replies with <paramref name="reply"/> tokens, then EOS (when given).</summary>
-    public static VargptChat Load(IReadOnlyList<int> reply, bool endWithEos = true)
+    public static VargptModel Load(IReadOnlyList<int> reply, bool endWithEos = true)
     {
-        var chat = VargptChat.Load(TinyCheckpoint.Dir);
-        var tok = chat.Pipeline.Tokenizer;
+        var chat = VargptModel.Load(TinyCheckpoint.Dir);
+        var tok = chat.Tokenizer;
         // every chat prompt ends with the generation prompt "<|im_start|>assistant\n": its last token starts the chain
         var last = tok.Encode(ChatTemplate.Render([ChatMessage.User("x")], addGenerationPrompt: true))[^1];
         var chain = new List<int> { last };
         chain.AddRange(reply);
         if (endWithEos) chain.Add(tok.TokenToId(SpecialTokens.ImEnd));
-        Script(chat.Pipeline.Model, chain);
+        Script(chat.Module, chain);
         return chat;
     }
 

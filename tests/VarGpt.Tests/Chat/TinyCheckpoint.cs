@@ -1,6 +1,11 @@
 using System.Text.Json.Nodes;
 using VarGpt.Checkpoint;
 using VarGpt.Model;
+using VarGpt.Configuration;
+using VarGpt.Inference;
+using VarGpt.Presets;
+
+using VarGpt.ShapesWorld;
 
 namespace VarGpt.Tests.Chat;
 
@@ -30,15 +35,15 @@ internal static class TinyCheckpoint
     /// <summary>`vargpt init --preset tiny` (RandomCheckpoint) with a smaller max_pixels so resizing is cheap to test.</summary>
     public static void Write(string dir, long seed)
     {
-        RandomCheckpoint.Create(ModelPresets.Tiny, dir, new RandomCheckpointOptions { Seed = seed, Force = true });
+        RandomCheckpoint.Create(ModelPresets.Tiny, dir, new RandomCheckpointOptions { DefaultTokenizer = BpeTrainer.WriteShapesWorldTokenizer, Seed = seed, Force = true });
         var pre = Path.Combine(dir, PreprocessorConfig.FileName);
         var json = JsonNode.Parse(File.ReadAllText(pre))!.AsObject();
         json["max_pixels"] = MaxPixels;
         File.WriteAllText(pre, json.ToJsonString());
     }
 
-    static readonly Lazy<VargptChat> _chat = new(() => VargptChat.Load(Dir), LazyThreadSafetyMode.ExecutionAndPublication);
+    static readonly Lazy<VargptModel> _chat = new(() => VargptModel.Load(Dir), LazyThreadSafetyMode.ExecutionAndPublication);
 
     /// <summary>One loaded chat over <see cref="Dir"/> for tests that only read the model.</summary>
-    public static VargptChat Chat => _chat.Value;
+    public static VargptModel Chat => _chat.Value;
 }

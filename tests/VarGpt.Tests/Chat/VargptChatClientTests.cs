@@ -3,6 +3,7 @@ using VarGpt.Model;
 using VarGpt.Text;
 using VChatMessage = VarGpt.Text.ChatMessage;
 using ChatMessage = Microsoft.Extensions.AI.ChatMessage;
+using VarGpt.Inference;
 
 namespace VarGpt.Tests.Chat;
 
@@ -32,7 +33,7 @@ public class VargptChatClientTests
         Assert.Equal(9, response.Usage.OutputTokenCount);
         Assert.Equal(expected.PromptTokens + 9, response.Usage.TotalTokenCount);
         Assert.Same(client.Metadata, client.GetService<ChatClientMetadata>());
-        Assert.Same(chat, client.GetService<VargptChat>());
+        Assert.Same(chat, client.GetService<VargptModel>());
     }
 
     static VChatMessage ChatMessage_User(VarGpt.Vision.RgbImage image, string text) =>
@@ -70,8 +71,8 @@ public class VargptChatClientTests
     public async Task A_drawn_image_comes_back_as_png_data()
     {
         TorchTestSetup.Init();
-        using var probe = VargptChat.Load(TinyCheckpoint.Dir);
-        var tok = probe.Pipeline.Tokenizer;
+        using var probe = VargptModel.Load(TinyCheckpoint.Dir);
+        var tok = probe.Tokenizer;
         using var chat = ScriptedModel.Load([tok.TokenToId(SpecialTokens.ImageGenStart), ScriptedModel.ByteToken(tok, (byte)'q')], endWithEos: false);
         using var client = new VargptChatClient(chat);
         var response = await client.GetResponseAsync([new ChatMessage(ChatRole.User, "draw")], new ChatOptions { Seed = 1 }, Ct);

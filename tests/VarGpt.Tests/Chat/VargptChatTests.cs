@@ -2,6 +2,8 @@ using VarGpt.Checkpoint;
 using VarGpt.Model;
 using VarGpt.Text;
 using VarGpt.Vision;
+using VarGpt.Inference;
+using VarGpt.LanguageModel;
 
 namespace VarGpt.Tests.Chat;
 
@@ -31,8 +33,8 @@ public class VargptChatTests
     {
         TorchTestSetup.Init();
         const string text = "é😀ok你";                              // 11 distinct bytes: 2 + 4 + 1 + 1 + 3
-        using var chat0 = VargptChat.Load(TinyCheckpoint.Dir);
-        var ids = ScriptedModel.BytesOf(chat0.Pipeline.Tokenizer, text);
+        using var chat0 = VargptModel.Load(TinyCheckpoint.Dir);
+        var ids = ScriptedModel.BytesOf(chat0.Tokenizer, text);
         using var chat = ScriptedModel.Load(ids);
         var pieces = new List<string>();
         await foreach (var p in chat.ChatStreamingAsync([ChatMessage.User("hi")], cancellationToken: Ct)) pieces.Add(p);
@@ -51,7 +53,7 @@ public class VargptChatTests
     {
         TorchTestSetup.Init();
         var chat = TinyCheckpoint.Chat;
-        var file = chat.Pipeline.Generation;
+        var file = chat.GenerationConfig;
         Assert.True(file.DoSample);                                   // Qwen2-VL's shipped file says do_sample true ...
         var g = new VargptChatOptions().Resolve(file);
         Assert.False(g.DoSample);                                     // ... the official scripts pass do_sample=False
@@ -66,10 +68,11 @@ public class VargptChatTests
 
         var messages = new[] { ChatMessage.User("what is red") };
         var reply = chat.Chat(messages, new VargptChatOptions { MaxNewTokens = 12 }, Ct);
-        using var prompt = chat.Pipeline.Prepare(messages, []);
-        var official = chat.Pipeline.Run(prompt, chat.Pipeline.DefaultTextGeneration(12), new ImageGenerationOptions(), cancellationToken: Ct);
-        Assert.Equal(official.GeneratedIds.Select(i => (int)i), reply.TokenIds);
-        Assert.Equal(official.Text, reply.Text);
+        using var prompt = chat.Prepare(messages, []);
+        using var official = TextGeneration.Generate(chat.Module, prompt.ToGenerationInputs(), chat.DefaultTextGeneration(12), cancellationToken: Ct);
+        var officialIds = official.GeneratedIds[0].data<long>().Select(i => (int)i).ToList();
+        Assert.Equal(officialIds, reply.TokenIds);
+        Assert.Equal(chat.Tokenizer.Decode(officialIds, skipSpecialTokens: true), reply.Text);
         Assert.Equal(prompt.Length, reply.PromptTokens);
         Assert.Equal(VargptChatFinish.MaxNewTokens, reply.Finish);
         Assert.Equal(12, reply.GeneratedTokens);
@@ -131,8 +134,8 @@ public class VargptChatTests
     public async Task Stop_sequences_end_the_reply_before_them_and_are_never_streamed()
     {
         TorchTestSetup.Init();
-        using var probe = VargptChat.Load(TinyCheckpoint.Dir);
-        var ids = ScriptedModel.BytesOf(probe.Pipeline.Tokenizer, "abc|def");
+        using var probe = VargptModel.Load(TinyCheckpoint.Dir);
+        var ids = ScriptedModel.BytesOf(probe.Tokenizer, "abc|def");
         using var chat = ScriptedModel.Load(ids);
         var options = new VargptChatOptions { StopSequences = ["|de", "zz"] };
         var pieces = new List<string>();
@@ -154,8 +157,8 @@ public class VargptChatTests
     public void A_reply_that_starts_an_image_returns_the_image()
     {
         TorchTestSetup.Init();
-        using var probe = VargptChat.Load(TinyCheckpoint.Dir);
-        var tok = probe.Pipeline.Tokenizer;
+        using var probe = VargptModel.Load(TinyCheckpoint.Dir);
+        var tok = probe.Tokenizer;
         var ids = ScriptedModel.BytesOf(tok, "ok").Append(tok.TokenToId(SpecialTokens.ImageGenStart)).Append(ScriptedModel.ByteToken(tok, (byte)'z')).ToArray();
         using var chat = ScriptedModel.Load(ids, endWithEos: false);
         var reply = chat.Chat([ChatMessage.User("draw a red square")], new VargptChatOptions { Seed = 3 }, Ct);

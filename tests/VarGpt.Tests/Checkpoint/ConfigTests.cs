@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using VarGpt.Checkpoint;
+using VarGpt.Configuration;
 
 namespace VarGpt.Tests.Checkpoint;
 

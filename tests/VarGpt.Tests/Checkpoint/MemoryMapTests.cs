@@ -5,10 +5,12 @@ using VarGpt.Tests.ImageGen;
 using VarGpt.Torch;
 using TorchSharp;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
+using VarGpt.Inference;
 
 namespace VarGpt.Tests.Checkpoint;
 
-/// <summary>StateDictOptions.MemoryMap / PipelineOptions.MemoryMap: zero-copy views of a private file mapping.</summary>
+/// <summary>StateDictOptions.MemoryMap / VargptModelOptions.MemoryMap: zero-copy views of a private file mapping.</summary>
 [Collection(nameof(TorchDefaultsCollection))]
 public class MemoryMapTests
 {
@@ -151,15 +153,24 @@ public class MemoryMapTests
     {
         TorchTestSetup.Init();
         var dir = TinyImageModel.Folder();
-        Assert.True(new PipelineOptions().UseMemoryMap);
-        using var a = VargptPipeline.Load(dir);
-        using var b = VargptPipeline.Load(dir, new PipelineOptions { MemoryMap = false });
+        Assert.True(new VargptModelOptions().UseMemoryMap);
+        using var a = VargptModel.Load(dir);
+        using var b = VargptModel.Load(dir, new VargptModelOptions { MemoryMap = false });
         using var pa = a.Prepare([new VarGpt.Text.ChatMessage("user", [VarGpt.Text.ContentPart.FromText("a red circle")])], []);
         using var pb = b.Prepare([new VarGpt.Text.ChatMessage("user", [VarGpt.Text.ContentPart.FromText("a red circle")])], []);
         var g = a.DefaultTextGeneration(6);
-        var oa = a.Run(pa, g, new ImageGenerationOptions { Seed = 3 }, textSeed: 1, cancellationToken: TestContext.Current.CancellationToken);
-        var ob = b.Run(pb, g, new ImageGenerationOptions { Seed = 3 }, textSeed: 1, cancellationToken: TestContext.Current.CancellationToken);
-        Assert.Equal(ob.GeneratedIds, oa.GeneratedIds);
-        Assert.Equal(ob.StopReason, oa.StopReason);
+        var oa = Turn(a, pa, g);
+        var ob = Turn(b, pb, g);
+        Assert.Equal(ob.Ids, oa.Ids);
+        Assert.Equal(ob.Stop, oa.Stop);
+    }
+
+    /// <summary>One seeded turn of the official loop (the image, if the model starts one, is drawn with seed 3).</summary>
+    static (IReadOnlyList<int> Ids, VarGpt.LanguageModel.StopReason Stop) Turn(VargptModel m, PreparedPrompt prompt, VarGpt.Configuration.GenerationConfig g)
+    {
+        using var turn = m.StartTurn([prompt], new TurnOptions { Generation = g, Seed = 1 });
+        foreach (var _ in turn.Run(TestContext.Current.CancellationToken)) { }
+        if (turn.ImageReady) turn.DrawImage(new VarGpt.Model.ImageOptions(), 3, cancellationToken: TestContext.Current.CancellationToken);
+        return (turn.Rows[0].TokenIds, turn.StopReason);
     }
 }

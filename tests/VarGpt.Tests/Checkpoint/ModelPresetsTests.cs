@@ -5,6 +5,10 @@ using VarGpt.Generation;
 using VarGpt.Model;
 using VarGpt.Text;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
+using VarGpt.Presets;
+
+using VarGpt.ShapesWorld;
 
 namespace VarGpt.Tests.Checkpoint;
 
@@ -13,7 +17,7 @@ namespace VarGpt.Tests.Checkpoint;
 public class ModelPresetsTests
 {
     static RandomCheckpointResult InitTiny(string dir, long seed = 0) =>
-        RandomCheckpoint.Create(ModelPresets.Tiny, dir, new RandomCheckpointOptions { Seed = seed });
+        RandomCheckpoint.Create(ModelPresets.Tiny, dir, new RandomCheckpointOptions { DefaultTokenizer = BpeTrainer.WriteShapesWorldTokenizer, Seed = seed });
 
     [Fact]
     public void Tiny_folder_has_the_official_layout_and_matches_its_architecture()
@@ -114,7 +118,7 @@ public class ModelPresetsTests
     {
         TorchTestSetup.Init();
         using var d = TestPaths.Temp();
-        var r = RandomCheckpoint.Create(ModelPresets.Tiny, d["t"], new RandomCheckpointOptions { DType = ScalarType.BFloat16, MaxShardBytes = 1_000_000 });
+        var r = RandomCheckpoint.Create(ModelPresets.Tiny, d["t"], new RandomCheckpointOptions { DefaultTokenizer = BpeTrainer.WriteShapesWorldTokenizer, DType = ScalarType.BFloat16, MaxShardBytes = 1_000_000 });
         Assert.True(File.Exists(Path.Combine(r.Dir, CheckpointReader.IndexFileName)));
         Assert.True(r.WeightFiles.Count(f => f.EndsWith(".safetensors", StringComparison.Ordinal)) > 1);
         using var ckpt = CheckpointReader.Open(r.Dir);
@@ -136,21 +140,23 @@ public class ModelPresetsTests
         entries.Add("0.5/cfgtest3", new JsonObject { ["pixel"] = new JsonArray(64, 32), ["scales"] = new JsonArray(new JsonArray(1, 1, 1), new JsonArray(2, 2, 1), new JsonArray(3, 4, 2)) });
         json["vargpt_gen_args"]!["pn"] = "cfgtest3";
         File.WriteAllText(d["config.json"], json.ToJsonString());
-        Assert.Throws<ArgumentException>(() => ScaleSchedules.Get(0.5, "cfgtest3"));
+        Assert.Throws<ArgumentException>(() => ScaleSchedules.Official.Get(0.5, "cfgtest3"));
         var c = VargptConfig.Load(d.Path);
         Assert.Equal("cfgtest3", c.Pn);
-        var s = ScaleSchedules.Get(0.5, "cfgtest3");
+        var s = c.Schedules.Get(0.5, "cfgtest3");
         Assert.Equal((64, 32), s.Pixels);
         Assert.Equal([new Scale(1, 1, 1), new Scale(1, 2, 1), new Scale(1, 4, 2)], s.Scales);
         Assert.Equal(1 + 2 + 8, s.SequenceLength);
-        var tiny5 = ScaleSchedules.Get(1.0, "tiny5");
+        var tiny5 = c.Schedules.Get(1.0, "tiny5");
         Assert.Equal([1, 2, 4, 6, 8], tiny5.Scales.Select(x => x.H));
         Assert.Equal(2, c.CustomPns.Count);
 
-        // A clash with a registered entry, and malformed entries, name the key.
-        entries["0.5/cfgtest3"]!["pixel"] = new JsonArray(64, 64);
+        // A clash with an official entry, and malformed entries, name the key. (Entries of other configs are no clash:
+        // each config has its own table.)
+        entries.Add("0.5/0.25M", entries["0.5/cfgtest3"]!.DeepClone());
         File.WriteAllText(d["config.json"], json.ToJsonString());
-        Assert.Contains("custom_pn_entries.0.5/cfgtest3", Assert.Throws<InvalidDataException>(() => VargptConfig.Load(d.Path)).Message);
+        Assert.Contains("custom_pn_entries.0.5/0.25M", Assert.Throws<InvalidDataException>(() => VargptConfig.Load(d.Path)).Message);
+        entries.Remove("0.5/0.25M");
         entries.Remove("0.5/cfgtest3");
         entries.Add("nonsense", e);
         File.WriteAllText(d["config.json"], json.ToJsonString());
@@ -204,6 +210,6 @@ public class ModelPresetsTests
         Assert.Contains(missing, Assert.Throws<DirectoryNotFoundException>(() => RandomCheckpoint.Create(ModelPresets.Tiny, d["t"], new RandomCheckpointOptions { TokenizerDir = missing })).Message);
         Assert.False(Directory.Exists(d["s"]));
         Assert.False(Directory.Exists(d["t"]));
-        Assert.Contains("unknown pn 'nope'", Assert.Throws<ArgumentException>(() => RandomCheckpoint.Create(ModelPresets.Tiny, d["p"], new RandomCheckpointOptions { Pn = "nope" })).Message);
+        Assert.Contains("unknown pn 'nope'", Assert.Throws<ArgumentException>(() => RandomCheckpoint.Create(ModelPresets.Tiny, d["p"], new RandomCheckpointOptions { DefaultTokenizer = BpeTrainer.WriteShapesWorldTokenizer, Pn = "nope" })).Message);
     }
 }

@@ -1,5 +1,7 @@
 using VarGpt.Cli;
 
+using VarGpt.Cli.Runner;
+
 namespace VarGpt.Tests.Cli;
 
 /// <summary>Runs a vargpt command line in-process with captured output.</summary>

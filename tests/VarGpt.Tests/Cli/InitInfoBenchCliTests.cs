@@ -2,6 +2,7 @@ using System.Text.Json;
 using VarGpt.Checkpoint;
 using VarGpt.Cli;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Tests.Cli;
 

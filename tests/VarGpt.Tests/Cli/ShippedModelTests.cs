@@ -1,5 +1,6 @@
 using VarGpt.Model;
 using VarGpt.Tests.ShapesWorld;
+using VarGpt.Inference;
 
 namespace VarGpt.Tests.Cli;
 

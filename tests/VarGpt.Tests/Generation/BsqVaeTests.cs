@@ -3,6 +3,8 @@ using VarGpt.Checkpoint;
 using VarGpt.Generation;
 using VarGpt.Golden;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
+using VarGpt.Model;
 
 namespace VarGpt.Tests.Generation;
 
@@ -201,7 +203,7 @@ public class BsqVaeTests(ITestOutputHelper output)
         using var f = new Fixture(Path.Combine(TestPaths.Golden, "bsq_vae"));
         var weights = f.LoadWeights();
         using var bf = new BsqVae(Tiny, dtype: ScalarType.BFloat16);
-        StateDict.Load(bf, weights, new StateDictOptions { Prefix = BsqVae.CheckpointPrefix }); // fp32 checkpoint into bf16 weights; the I64 mask stays I64
+        StateDict.Load(bf, weights, new StateDictOptions { Prefix = ModelComponents.Vae.Prefix }); // fp32 checkpoint into bf16 weights; the I64 mask stays I64
         Assert.Equal(ScalarType.Int64, bf.quantizer.lfq.get_buffer("mask")!.dtype);
         Assert.True(bf.quantizer.lfq.get_buffer("mask")!.eq(weights["vae_local.quantizer.lfq.mask"]).all().item<bool>());
         using var raw = bf.Encode(f.In("image"));
@@ -235,7 +237,7 @@ public class BsqVaeTests(ITestOutputHelper output)
         var cfg = VaeConfig.Parse(new JsonFields(f.Config.GetProperty("vae"), f.Id + ":config.vae"));
         using var vae = new BsqVae(cfg);
         var weights = f.LoadWeights();
-        StateDict.Load(vae, weights, new StateDictOptions { Prefix = BsqVae.CheckpointPrefix });
+        StateDict.Load(vae, weights, new StateDictOptions { Prefix = ModelComponents.Vae.Prefix });
         foreach (var t in weights.Values) t.Dispose();
 
         var bits = new List<Tensor>();
@@ -285,14 +287,14 @@ public class BsqVaeTests(ITestOutputHelper output)
         using var vae = new BsqVae(Tiny);
         var sd = vae.state_dict().ToDictionary(kv => "vae_local." + kv.Key, kv => kv.Value);
         sd.Remove("vae_local.decoder.conv_out.conv.bias");
-        var e = Assert.Throws<StateDictMismatchException>(() => StateDict.Load(vae, sd, new StateDictOptions { Prefix = BsqVae.CheckpointPrefix }));
+        var e = Assert.Throws<StateDictMismatchException>(() => StateDict.Load(vae, sd, new StateDictOptions { Prefix = ModelComponents.Vae.Prefix }));
         Assert.Contains("vae_local.decoder.conv_out.conv.bias", e.Message);
         sd["vae_local.decoder.conv_out.conv.bias"] = zeros(4);
-        e = Assert.Throws<StateDictMismatchException>(() => StateDict.Load(vae, sd, new StateDictOptions { Prefix = BsqVae.CheckpointPrefix }));
+        e = Assert.Throws<StateDictMismatchException>(() => StateDict.Load(vae, sd, new StateDictOptions { Prefix = ModelComponents.Vae.Prefix }));
         Assert.Contains("[4]", e.Message);
         sd["vae_local.decoder.conv_out.conv.bias"] = zeros(3);
         sd["vae_local.decoder.extra"] = zeros(3);
-        e = Assert.Throws<StateDictMismatchException>(() => StateDict.Load(vae, sd, new StateDictOptions { Prefix = BsqVae.CheckpointPrefix }));
+        e = Assert.Throws<StateDictMismatchException>(() => StateDict.Load(vae, sd, new StateDictOptions { Prefix = ModelComponents.Vae.Prefix }));
         Assert.Contains("vae_local.decoder.extra", e.Message);
     }
 }

@@ -1,6 +1,7 @@
 using VarGpt.Checkpoint;
 using VarGpt.Generation;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Tests.Generation;
 
@@ -14,7 +15,7 @@ public class InfinityTests
     };
 
     static ScaleSchedule TinySchedule() =>
-        ScaleSchedules.Register(1.0, "infinity-test-4", (96, 96), [new(1, 1, 1), new(1, 2, 2), new(1, 4, 4), new(1, 6, 6)]);
+        new(1.0, "infinity-test-4", (96, 96), [new(1, 1, 1), new(1, 2, 2), new(1, 4, 4), new(1, 6, 6)]);
 
     static Infinity NewModel(ScalarType dtype = ScalarType.Float32)
     {

@@ -3,6 +3,7 @@ using VarGpt.Generation;
 using VarGpt.Golden;
 using VarGpt.Golden.Kinds;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Tests.Generation;
 
@@ -29,7 +30,7 @@ public class InfinityVargptGenerateTests
         int hidden = cfgJson.GetProperty("config").GetProperty("hidden_size").GetInt32();
         int startId = cfgJson.GetProperty("config").GetProperty("special_tokens").GetProperty("image_gen_start_token_id").GetInt32();
         var entry = cfgJson.GetProperty("custom_pn_entries").GetProperty("1.0/fx5");
-        var sched = ScaleSchedules.Register(1.0, "fx5",
+        var sched = new ScaleSchedule(1.0, "fx5",
             (entry.GetProperty("pixel")[0].GetInt32(), entry.GetProperty("pixel")[1].GetInt32()),
             entry.GetProperty("scales").EnumerateArray().Select(s => new Scale(s[0].GetInt32(), s[1].GetInt32(), s[2].GetInt32())).ToArray());
 

@@ -1,5 +1,6 @@
 using VarGpt.Generation;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Tests.Generation;
 
@@ -10,7 +11,7 @@ public class Rope2dTests
     [Fact]
     public void Positions_of_025M_square_schedule_are_normalised_to_the_64x64_grid()
     {
-        var s = ScaleSchedules.Get(1.0, "0.25M");
+        var s = ScaleSchedules.Official.Get(1.0, "0.25M");
         Assert.Equal([1, 2, 4, 6, 8, 12, 16, 20, 24, 32], s.Scales.Select(x => x.H));
         Assert.Equal([0], RowSet(1));
         Assert.Equal([0, 32], RowSet(2));

@@ -3,6 +3,7 @@ using VarGpt.Checkpoint;
 using VarGpt.Model;
 using VarGpt.ShapesWorld;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Tests.ImageGen;
 

@@ -3,27 +3,28 @@ using VarGpt.LanguageModel;
 using VarGpt.Model;
 using VarGpt.Vision;
 using MeaiOptions = Microsoft.Extensions.AI.ImageGenerationOptions;
+using VarGpt.Inference;
 
 namespace VarGpt.Tests.ImageGen;
 
-/// <summary>(Loads pipelines, which build modules under TorchRuntime.DefaultsScope: runs outside parallel tests.) Text-to-image and editing through <see cref="VargptImages"/> on a tiny random checkpoint (image start forced).</summary>
+/// <summary>(Loads pipelines, which build modules under TorchRuntime.DefaultsScope: runs outside parallel tests.) Text-to-image and editing through <see cref="VargptModel"/> on a tiny random checkpoint (image start forced).</summary>
 [Collection(nameof(TorchDefaultsCollection))]
 public class VargptImagesTests
 {
-    static readonly Lazy<VargptImages> Images = new(() => VargptImages.Load(TinyImageModel.Folder()));
+    static readonly Lazy<VargptModel> Images = new(() => VargptModel.Load(TinyImageModel.Folder()));
     static readonly ImageOptions Forced = new() { ForceImageStart = true };
     const string Prompt = "Please draw a red circle on the left.";
 
-    static VargptImages Model()
+    static VargptModel Model()
     {
         TorchTestSetup.Init();
         return Images.Value;
     }
 
-    static ImageResult Gen(VargptImages m, string prompt, ImageOptions o, Action<ImageProgress>? progress = null) =>
+    static ImageResult Gen(VargptModel m, string prompt, ImageOptions o, Action<ImageProgress>? progress = null) =>
         m.GenerateImage(prompt, o, progress, TestContext.Current.CancellationToken);
 
-    static ImageResult Edit(VargptImages m, RgbImage image, string instruction, ImageOptions o, Action<ImageProgress>? progress = null) =>
+    static ImageResult Edit(VargptModel m, RgbImage image, string instruction, ImageOptions o, Action<ImageProgress>? progress = null) =>
         m.EditImage(image, instruction, o, progress, TestContext.Current.CancellationToken);
 
     static RgbImage Pattern(int w, int h)
@@ -127,7 +128,7 @@ public class VargptImagesTests
     public void Prompt_context_longer_than_cfg_uncond_rows_is_a_clear_error()
     {
         TorchTestSetup.Init();
-        using var small = VargptImages.Load(TinyImageModel.Folder(textMaxLen: 48));
+        using var small = VargptModel.Load(TinyImageModel.Folder(textMaxLen: 48));
         var longPrompt = string.Join(" ", Enumerable.Repeat("a large red circle on the left", 20));
         var e = Assert.Throws<ArgumentException>(() => Gen(small, longPrompt, Forced with { Seed = 1 }));
         Assert.Contains("at most 48", e.Message);
@@ -149,8 +150,8 @@ public class VargptImagesTests
     public void Checkpoint_without_generation_weights_names_the_missing_ones()
     {
         TorchTestSetup.Init();
-        var e = Assert.Throws<InvalidDataException>(() => VargptImages.Load(TinyImageModel.Folder(withGeneration: false)));
-        foreach (var p in VargptForConditionalGeneration.GenerationPrefixes) Assert.Contains(p + "*", e.Message);
+        var e = Assert.Throws<InvalidDataException>(() => VargptModel.Load(TinyImageModel.Folder(withGeneration: false)));
+        foreach (var p in ModelComponents.PrefixesOf(ModelParts.Generation)) Assert.Contains(p + "*", e.Message);
         Assert.Contains("understanding-only", e.Message);
     }
 

@@ -4,6 +4,7 @@ using VarGpt.Golden.Kinds;
 using VarGpt.LanguageModel;
 using VarGpt.Model;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Tests.LanguageModel;
 

@@ -1,6 +1,7 @@
 using VarGpt.Checkpoint;
 using VarGpt.LanguageModel;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Tests.LanguageModel;
 

@@ -3,6 +3,7 @@ using VarGpt.Golden;
 using VarGpt.Golden.Kinds;
 using VarGpt.Model;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Tests.LanguageModel;
 

@@ -7,6 +7,9 @@ using VarGpt.Training;
 using VarGpt.Training.Data;
 using VarGpt.Vision;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
+using VarGpt.Inference;
+using VarGpt.Presets;
 
 namespace VarGpt.Tests.ShapesWorld;
 
@@ -30,9 +33,9 @@ public class ShapesDpoPairsTests(ITestOutputHelper output)
         return dir;
     });
 
-    static readonly Lazy<VargptImages> Model = new(() => VargptImages.Load(ModelDir.Value, new PipelineOptions { Parts = ModelParts.LanguageModel | ModelParts.Generation }));
+    static readonly Lazy<VargptModel> Model = new(() => VargptModel.Load(ModelDir.Value, new VargptModelOptions { Parts = ModelParts.LanguageModel | ModelParts.Generation }));
 
-    static VargptImages LoadModel()
+    static VargptModel LoadModel()
     {
         TorchTestSetup.Init();
         return Model.Value;

@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using VarGpt.Model;
 using VarGpt.ShapesWorld;
 using VarGpt.Tests.Cli;
+using VarGpt.Inference;
 
 namespace VarGpt.Tests.ShapesWorld;
 
@@ -91,7 +92,7 @@ public class ShapesEvaluationTests(ITestOutputHelper output)
         TorchTestSetup.Init();
         using var tmp = TestPaths.Temp();
         var dir = TinyShapesModel.Copy(tmp["model"]);
-        TinyShapesModel.WriteAdapter(Path.Combine(dir, PipelineOptions.DefaultAdapterFolder), bScale: 0).Dispose();
+        TinyShapesModel.WriteAdapter(Path.Combine(dir, VargptModelOptions.DefaultAdapterFolder), bScale: 0).Dispose();
         var options = Small() with { Understanding = 0, Description = 0, Edit = 0, TextToImage = 3 };
         var r = ShapesEvaluation.Run(dir, options, cancellationToken: TestContext.Current.CancellationToken);
         Assert.Equal(Path.Combine(dir, "adapter"), r.AdapterDir);
@@ -108,7 +109,7 @@ public class ShapesEvaluationTests(ITestOutputHelper output)
         Assert.All(t2i, e => Assert.Equal(e.ImagePng, e.BeforeDpoPng));
 
         // a non-zero adapter changes the images on the same prompts and seeds (the adapter really is in the eval path)
-        TinyShapesModel.WriteAdapter(Path.Combine(dir, PipelineOptions.DefaultAdapterFolder), bScale: 1).Dispose();
+        TinyShapesModel.WriteAdapter(Path.Combine(dir, VargptModelOptions.DefaultAdapterFolder), bScale: 1).Dispose();
         var r2 = ShapesEvaluation.Run(dir, options, cancellationToken: TestContext.Current.CancellationToken);
         Assert.Contains(r2.Examples, e => e.Kind == ShapesTaskKind.TextToImage && !e.ImagePng!.SequenceEqual(e.BeforeDpoPng!));
         Assert.True(r2.DpoGain is double g && g >= -1 && g <= 1);

@@ -4,6 +4,7 @@ using VarGpt.Model;
 using VarGpt.ShapesWorld;
 using VarGpt.Vision;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Tests.ShapesWorld;
 
@@ -19,13 +20,13 @@ public class ShapesModelConfigTests(ITestOutputHelper output)
         var sizes = new ShapesModelConfig();
         using var dir = TestPaths.Temp();
         sizes.WriteModelFolder(dir.Path, tok);
-        var cfg = VargptConfig.Load(dir.Path); // registers the custom scale schedule from config.json
+        var cfg = VargptConfig.Load(dir.Path); // the custom scale schedule comes from config.json
         Assert.Equal(0, cfg.VocabSize % 64);
         Assert.InRange(cfg.VocabSize, tok.VocabSize, tok.VocabSize + 63);
         Assert.Equal(tok.SpecialTokenIds["<|image_gen_start|>"], cfg.ImageGen.StartId);
         Assert.Equal(tok.SpecialTokenIds["<|image_pad|>"], cfg.ImageTokenId);
         Assert.Equal(sizes.Pn, cfg.Pn);
-        var sched = ScaleSchedules.Get(1.0, cfg.Pn);
+        var sched = cfg.Schedules.Get(1.0, cfg.Pn);
         Assert.Equal((128, 128), sched.Pixels);
         Assert.Equal(121, sched.SequenceLength);
         Assert.Equal(128, sched.PaddedLength(cfg.Infinity.PadToMultiplier));
@@ -91,10 +92,17 @@ public class ShapesModelConfigTests(ITestOutputHelper output)
         using var doc = System.Text.Json.JsonDocument.Parse(json);
         var c = VargptConfig.Parse(doc.RootElement, "test config");
         Assert.Single(c.CustomPns);
-        Assert.Equal(21, ScaleSchedules.Get(1.0, "cfgtest3").SequenceLength);
+        Assert.Equal(21, c.Schedules.Get(1.0, "cfgtest3").SequenceLength);
         VargptConfig.Parse(doc.RootElement, "test config"); // same entry again: fine
-        using var bad = System.Text.Json.JsonDocument.Parse(json.Replace("[3,4,4]", "[3,5,5]"));
+        // the table belongs to the config: another checkpoint may give the same pn other scales, and both stand
+        using var other = System.Text.Json.JsonDocument.Parse(json.Replace("[3,4,4]", "[3,5,5]").Replace("[64, 64]", "[80, 80]"));
+        var c2 = VargptConfig.Parse(other.RootElement, "other config");
+        Assert.Equal(1 + 4 + 25, c2.Schedules.Get(1.0, "cfgtest3").SequenceLength);
+        Assert.Equal(21, c.Schedules.Get(1.0, "cfgtest3").SequenceLength);
+        Assert.Throws<ArgumentException>(() => ScaleSchedules.Official.Get(1.0, "cfgtest3"));
+        // an entry that redefines an official pn is an error naming its key
+        using var bad = System.Text.Json.JsonDocument.Parse(json.Replace("1.0/cfgtest3", "1.0/0.06M"));
         var e = Assert.Throws<InvalidDataException>(() => VargptConfig.Parse(bad.RootElement, "bad config"));
-        Assert.Contains("1.0/cfgtest3", e.Message);
+        Assert.Contains("1.0/0.06M", e.Message);
     }
 }

@@ -3,6 +3,7 @@ using VarGpt.Checkpoint;
 using VarGpt.Model;
 using VarGpt.ShapesWorld;
 using VarGpt.Training;
+using VarGpt.Inference;
 
 namespace VarGpt.Tests.ShapesWorld;
 
@@ -93,7 +94,7 @@ public class ShapesTrainingTests(ITestOutputHelper output)
         Assert.True(File.Exists(Path.Combine(model, "training", "sft.jsonl")));
 
         // the folder is a model: it loads and draws (random quality after 8 steps; only the mechanics are checked)
-        using (var images = VargptImages.Load(model))
+        using (var images = VargptModel.Load(model))
         {
             var r = images.GenerateImage("Draw a red circle on the left.", new ImageOptions { Seed = 1, ForceImageStart = true }, cancellationToken: TestContext.Current.CancellationToken);
             Assert.Equal(128, r.Images[0].Image.Width);

@@ -3,6 +3,8 @@ using VarGpt.Model;
 using VarGpt.ShapesWorld;
 using VarGpt.Training;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
+using VarGpt.Inference;
 
 namespace VarGpt.Tests.ShapesWorld;
 
@@ -66,18 +68,18 @@ public static class TinyShapesModel
     /// random × <paramref name="bScale"/> (0 = an adapter that changes nothing). Returns the live-LoRA model
     /// (adapters applied, not merged) for comparisons; the caller disposes it.
     /// </summary>
-    public static VargptPipeline WriteAdapter(string adapterDir, double bScale, long seed = 11)
+    public static VargptModel WriteAdapter(string adapterDir, double bScale, long seed = 11)
     {
-        var p = VargptPipeline.Load(Dir, new PipelineOptions { MergeAdapter = false });
-        Lora.Apply(p.Model, AdapterOptions);
+        var p = VargptModel.Load(Dir, new VargptModelOptions { MergeAdapter = false });
+        Lora.Apply(p.Module, AdapterOptions);
         var g = new Generator((ulong)seed, CPU);
         using (no_grad())
-            foreach (var (_, layer) in Lora.Layers(p.Model))
+            foreach (var (_, layer) in Lora.Layers(p.Module))
             {
                 layer.lora_A.weight!.normal_(0, 0.3, g);
                 layer.lora_B.weight!.normal_(0, 1, g).mul_(bScale);
             }
-        Lora.SaveAdapter(adapterDir, p.Model, AdapterOptions);
+        Lora.SaveAdapter(adapterDir, p.Module, AdapterOptions);
         return p;
     }
 }

@@ -2,6 +2,8 @@ using VarGpt.Checkpoint;
 using VarGpt.Generation;
 using VarGpt.ShapesWorld;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
+using VarGpt.Model;
 
 namespace VarGpt.Tests.ShapesWorld;
 
@@ -44,7 +46,7 @@ public class VaeTrainingTests(ITestOutputHelper output)
         Assert.All(f.Tensors.Keys, k => Assert.StartsWith("vae_local.", k));
         using var vae = new BsqVae(VaeTraining.VaeConfigOf(Tiny));
         var sd = f.Tensors.Keys.ToDictionary(k => k, k => f.Load(k));
-        StateDict.Load(vae, sd, new StateDictOptions { Prefix = BsqVae.CheckpointPrefix });
+        StateDict.Load(vae, sd, new StateDictOptions { Prefix = ModelComponents.Vae.Prefix });
         Assert.True(File.Exists(Path.Combine(d1.Path, VaeTraining.EvalFile)));
         Assert.InRange(r1.Fp32.BitStability, 0, 1);
     }
@@ -60,7 +62,7 @@ public class VaeTrainingTests(ITestOutputHelper output)
         Assert.True(losses[4] < losses[0], $"crop-phase loss did not fall: {losses[0]} -> {losses[4]}");
         using var f = SafeTensorsFile.Open(r.WeightsPath);
         using var vae = new BsqVae(VaeTraining.VaeConfigOf(Tiny));
-        Assert.Equal(vae.state_dict().Keys.Select(k => BsqVae.CheckpointPrefix + k).Order(), f.Tensors.Keys.Order());
+        Assert.Equal(vae.state_dict().Keys.Select(k => ModelComponents.Vae.Prefix + k).Order(), f.Tensors.Keys.Order());
     }
 
     [Fact]

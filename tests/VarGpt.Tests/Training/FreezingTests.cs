@@ -1,6 +1,7 @@
 using VarGpt.Training;
 using TorchSharp;
 using static TorchSharp.torch;
+using VarGpt.Model;
 
 namespace VarGpt.Tests.Training;
 
@@ -54,9 +55,9 @@ public class FreezingTests
         Assert.Contains("sos_embedding.weight", plan.Trainable);
         Assert.Contains("model.layers.0.self_attn.q_proj.weight", plan.Trainable);
         Assert.Equal(Names.Length, plan.Trainable.Count + plan.Frozen.Count);
-        Assert.Equal("infinity", Freezing.ComponentOf("vargpt_gen.head.weight"));
-        Assert.Equal("language_model", Freezing.ComponentOf("lm_head.weight"));
-        Assert.Null(Freezing.ComponentOf("something_else"));
+        Assert.Equal("infinity", ModelComponents.Of("vargpt_gen.head.weight")?.Key);
+        Assert.Equal("language_model", ModelComponents.Of("lm_head.weight")?.Key);
+        Assert.Null(ModelComponents.Of("something_else"));
         Assert.Throws<ArgumentException>(() => Freezing.Plan(Names, [], ["nose"]));
     }
 

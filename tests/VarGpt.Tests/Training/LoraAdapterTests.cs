@@ -6,22 +6,23 @@ using VarGpt.Model;
 using VarGpt.Tests.ShapesWorld;
 using VarGpt.Training;
 using static TorchSharp.torch;
+using VarGpt.Inference;
 
 namespace VarGpt.Tests.Training;
 
-/// <summary>LoraAdapter.Merge and PipelineOptions.Adapter on a tiny random ShapesWorld model folder.</summary>
+/// <summary>LoraAdapter.Merge and VargptModelOptions.Adapter on a tiny random ShapesWorld model folder.</summary>
 [Collection(nameof(TorchDefaultsCollection))]
 public class LoraAdapterTests
 {
     static bool Same(Tensor a, Tensor b) => a.dtype == b.dtype && a.shape.SequenceEqual(b.shape) && a.equal(b).all().item<bool>();
 
-    static Tensor Logits(VargptPipeline p)
+    static Tensor Logits(VargptModel p)
     {
         using var ids = tensor(new long[] { 5, 17, 42, 99, 3, 250, 7 }).unsqueeze(0);
         using (no_grad())
-        using (var emb = p.Model.EmbedInputs(ids))
+        using (var emb = p.Module.EmbedInputs(ids))
         {
-            var o = p.Model.Forward(emb);
+            var o = p.Module.Forward(emb);
             o.LastHiddenState.Dispose();
             return o.Logits;
         }
@@ -37,15 +38,15 @@ public class LoraAdapterTests
         Assert.True(File.Exists(Path.Combine(adapterDir, LoraAdapter.ConfigFile)));
         using var liveLogits = Logits(live);
 
-        using var merged = VargptPipeline.Load(TinyShapesModel.Dir, new PipelineOptions { Adapter = adapterDir });
+        using var merged = VargptModel.Load(TinyShapesModel.Dir, new VargptModelOptions { Adapter = adapterDir });
         Assert.NotNull(merged.Adapter);
         Assert.Equal(["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"], merged.Adapter!.Merged);
         Assert.Equal(2.0, merged.Adapter.Config.Scaling);
         // merged weights keep the official names (no base_layer / lora_* keys)
-        Assert.DoesNotContain(merged.Model.state_dict().Keys, k => k.Contains("lora_") || k.Contains("base_layer"));
+        Assert.DoesNotContain(merged.Module.state_dict().Keys, k => k.Contains("lora_") || k.Contains("base_layer"));
         using var mergedLogits = Logits(merged);
 
-        using var plain = VargptPipeline.Load(TinyShapesModel.Dir, new PipelineOptions { MergeAdapter = false });
+        using var plain = VargptModel.Load(TinyShapesModel.Dir, new VargptModelOptions { MergeAdapter = false });
         Assert.Null(plain.Adapter);
         using var plainLogits = Logits(plain);
 
@@ -67,22 +68,22 @@ public class LoraAdapterTests
         const string q = "model.layers.0.self_attn.q_proj.weight";
 
         // bf16 compute = the stored dtype: every weight is a view of the file mapping, then q/v_proj are merged
-        using var p = VargptPipeline.Load(TinyShapesModel.Dir, new PipelineOptions { DType = ScalarType.BFloat16, Adapter = adapterDir });
+        using var p = VargptModel.Load(TinyShapesModel.Dir, new VargptModelOptions { DType = ScalarType.BFloat16, Adapter = adapterDir });
         Assert.True(p.Options.MemoryMap is null && p.Options.Device.type == DeviceType.CPU);
         using var f = SafeTensorsFile.Open(weights);
         using var a = SafeTensorsFile.Open(Path.Combine(adapterDir, LoraAdapter.WeightsFile));
         using var w0 = f.Load(q);
         using var la = a.Load("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
         using var lb = a.Load("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight");
-        using var expected = Lora.MergedWeight(w0, la, lb, 2.0);
-        var actual = p.Model.state_dict()[q];
+        using var expected = LoraAdapter.MergedWeight(w0, la, lb, 2.0);
+        var actual = p.Module.state_dict()[q];
         Assert.Equal(ScalarType.BFloat16, actual.dtype);
         Assert.True(Same(actual, expected), "merged weight != W + B·A·alpha/r (fp32, rounded to bf16)");
         Assert.False(Same(actual, w0));
 
         Assert.Equal(before, Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(weights))));
-        using var again = VargptPipeline.Load(TinyShapesModel.Dir, new PipelineOptions { DType = ScalarType.BFloat16, MergeAdapter = false });
-        Assert.True(Same(again.Model.state_dict()[q], w0), "a load without the adapter must see the original weight");
+        using var again = VargptModel.Load(TinyShapesModel.Dir, new VargptModelOptions { DType = ScalarType.BFloat16, MergeAdapter = false });
+        Assert.True(Same(again.Module.state_dict()[q], w0), "a load without the adapter must see the original weight");
     }
 
     [Fact]
@@ -91,12 +92,12 @@ public class LoraAdapterTests
         TorchTestSetup.Init();
         using var tmp = TestPaths.Temp();
         var dir = TinyShapesModel.Copy(tmp["model"]);
-        TinyShapesModel.WriteAdapter(Path.Combine(dir, PipelineOptions.DefaultAdapterFolder), bScale: 1).Dispose();
-        using (var p = VargptPipeline.Load(dir))
+        TinyShapesModel.WriteAdapter(Path.Combine(dir, VargptModelOptions.DefaultAdapterFolder), bScale: 1).Dispose();
+        using (var p = VargptModel.Load(dir))
             Assert.Equal(Path.Combine(dir, "adapter"), p.Adapter?.Directory);
-        using (var p = VargptPipeline.Load(dir, new PipelineOptions { MergeAdapter = false }))
+        using (var p = VargptModel.Load(dir, new VargptModelOptions { MergeAdapter = false }))
             Assert.Null(p.Adapter);
-        using (var p = VargptPipeline.Load(dir, new PipelineOptions { Parts = ModelParts.Understanding }))
+        using (var p = VargptModel.Load(dir, new VargptModelOptions { Parts = ModelParts.Understanding }))
             Assert.Empty(p.Adapter!.Skipped);
         // layers of parts that are not loaded are skipped (listed), not errors; loaded, they are checked
         var gen = Adapter(tmp, "with-gen", c => c["target_modules"] = new JsonArray("q_proj", "word_embed"), new()
@@ -106,14 +107,14 @@ public class LoraAdapterTests
             ["base_model.model.vargpt_gen.word_embed.lora_A.weight"] = zeros(4, 3),
             ["base_model.model.vargpt_gen.word_embed.lora_B.weight"] = zeros(5, 4),
         });
-        using (var p = VargptPipeline.Load(dir, new PipelineOptions { Parts = ModelParts.Understanding, Adapter = gen }))
+        using (var p = VargptModel.Load(dir, new VargptModelOptions { Parts = ModelParts.Understanding, Adapter = gen }))
         {
             Assert.Equal(["model.layers.0.self_attn.q_proj"], p.Adapter!.Merged);
             Assert.Equal(["vargpt_gen.word_embed"], p.Adapter.Skipped);
         }
-        Assert.Contains("vargpt_gen.word_embed.lora_A.weight", Assert.Throws<InvalidDataException>(() => VargptPipeline.Load(dir, new PipelineOptions { Adapter = gen })).Message);
-        Assert.Throws<ArgumentException>(() => new PipelineOptions { Adapter = dir, MergeAdapter = false }.ResolveAdapter(dir));
-        var missing = Assert.Throws<DirectoryNotFoundException>(() => VargptPipeline.Load(dir, new PipelineOptions { Adapter = tmp["nope"] }));
+        Assert.Contains("vargpt_gen.word_embed.lora_A.weight", Assert.Throws<InvalidDataException>(() => VargptModel.Load(dir, new VargptModelOptions { Adapter = gen })).Message);
+        Assert.Throws<ArgumentException>(() => new VargptModelOptions { Adapter = dir, MergeAdapter = false }.ResolveAdapter(dir));
+        var missing = Assert.Throws<DirectoryNotFoundException>(() => VargptModel.Load(dir, new VargptModelOptions { Adapter = tmp["nope"] }));
         Assert.Contains(tmp["nope"], missing.Message);
     }
 
@@ -143,8 +144,8 @@ public class LoraAdapterTests
     {
         TorchTestSetup.Init();
         using var tmp = TestPaths.Temp();
-        using var p = VargptPipeline.Load(TinyShapesModel.Dir, new PipelineOptions { MergeAdapter = false });
-        var model = p.Model;
+        using var p = VargptModel.Load(TinyShapesModel.Dir, new VargptModelOptions { MergeAdapter = false });
+        var model = p.Module;
         string Fails<T>(string dir) where T : Exception => Assert.Throws<T>(() => LoraAdapter.Merge(model, dir)).Message;
 
         // the well-formed zero adapter merges (and changes nothing)

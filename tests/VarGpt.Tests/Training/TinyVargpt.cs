@@ -10,6 +10,7 @@ using VarGpt.Training;
 using VarGpt.Training.Data;
 using VarGpt.Vision;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Tests.Training;
 
@@ -23,8 +24,7 @@ public static class TinyVargpt
     public const string Pn = "t64";
     public const int Side = 64;
 
-    public static ScaleSchedule Schedule { get; } =
-        ScaleSchedules.Register(1.0, Pn, (Side, Side), [new Scale(1, 1, 1), new Scale(1, 2, 2), new Scale(1, 4, 4)]);
+    public static ScaleSchedule Schedule { get; } = new(1.0, Pn, (Side, Side), [new Scale(1, 1, 1), new Scale(1, 2, 2), new Scale(1, 4, 4)]);
 
     static readonly string[] Corpus =
     [
@@ -48,7 +48,6 @@ public static class TinyVargpt
     /// <summary>Tiny config; randomisations (bit-flip noise is separate) set by <paramref name="noisy"/>: cond dropout 0.1 and drop-path 0.1, or both 0.</summary>
     public static VargptConfig Config(bool noisy = false)
     {
-        _ = Schedule;
         var tok = Tokenizer;
         int Id(string t) => tok.TokenToId(t);
         return new VargptConfig
@@ -66,7 +65,7 @@ public static class TinyVargpt
                 CodebookDim = 8, PadToMultiplier = 8, DropPathRate = noisy ? 0.1 : 0, CondDropRate = noisy ? 0.1 : 0,
             },
             Vae = new VaeConfig { BaseCh = 24, CodebookDim = 8, EncoderChMult = [1, 1, 1, 1, 1], DecoderChMult = [1, 1, 1, 1, 1], NumResBlocks = 1, PatchSize = 16 },
-            Pn = Pn, TorchDtype = "float32",
+            Pn = Pn, CustomPns = [Schedule], TorchDtype = "float32",
         };
     }
 
@@ -89,7 +88,15 @@ public static class TinyVargpt
             ["depth"] = c.Vision.Depth, ["embed_dim"] = c.Vision.EmbedDim, ["num_heads"] = c.Vision.NumHeads, ["mlp_ratio"] = c.Vision.MlpRatio, ["hidden_size"] = c.Vision.HiddenSize,
         },
         ["vargpt_gen_config"] = c.Infinity.ToJson(), ["vae_config"] = c.Vae.ToJson(),
-        ["vargpt_gen_args"] = new JsonObject { ["pn"] = c.Pn },
+        ["vargpt_gen_args"] = new JsonObject
+        {
+            ["pn"] = c.Pn,
+            ["custom_pn_entries"] = new JsonObject(c.CustomPns.Select(s => KeyValuePair.Create($"{s.Template:0.0}/{s.Pn}", (JsonNode?)new JsonObject
+            {
+                ["pixel"] = new JsonArray(s.Pixels.H, s.Pixels.W),
+                ["scales"] = new JsonArray(s.RawScales.Select(x => (JsonNode)new JsonArray(x.T, x.H, x.W)).ToArray()),
+            }))),
+        },
     };
 
     public static VargptForConditionalGeneration Model(VargptConfig cfg, int seed)

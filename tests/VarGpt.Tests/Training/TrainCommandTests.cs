@@ -4,6 +4,9 @@ using VarGpt.Cli;
 using VarGpt.Model;
 using VarGpt.Training;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
+
+using VarGpt.Cli.Runner;
 
 namespace VarGpt.Tests.Training;
 

@@ -5,6 +5,7 @@ using VarGpt.Text;
 using VarGpt.Training;
 using VarGpt.Training.Data;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Tests.Training;
 

@@ -2,6 +2,7 @@ using VarGpt.Checkpoint;
 using System.Text.Json;
 using VarGpt.Vision;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Tests.Vision;
 

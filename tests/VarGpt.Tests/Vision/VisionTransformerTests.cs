@@ -2,6 +2,7 @@ using TorchSharp;
 using VarGpt.Checkpoint;
 using VarGpt.Vision;
 using static TorchSharp.torch;
+using VarGpt.Configuration;
 
 namespace VarGpt.Tests.Vision;
 

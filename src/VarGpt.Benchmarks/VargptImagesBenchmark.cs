@@ -1,0 +1,94 @@
+using System.Diagnostics;
+using VarGpt.Inference;
+using VarGpt.Model;
+using static TorchSharp.torch;
+using VarGpt.Configuration;
+
+namespace VarGpt.Benchmarks;
+
+/// <summary>Settings of <see cref="VargptImagesBenchmark.Run"/>.</summary>
+public sealed record GenerationBenchOptions
+{
+    /// <summary>Timed images (each a full GenerateImage call: prompt prefill, image loop, VAE decode).</summary>
+    public int Images { get; init; } = 1;
+    /// <summary>Untimed images first (allocator and kernel warm-up).</summary>
+    public int Warmup { get; init; }
+    public string Prompt { get; init; } = "Please design a drawing of a butterfly on a flower.";
+    /// <summary>Sampling settings; the image start is forced (random weights never emit it) and the seed fixed.</summary>
+    public ImageOptions Image { get; init; } = new() { ForceImageStart = true, Seed = 0 };
+    /// <summary>n of the [n,n]×[n,n]ᵀ matmul measured for the FLOP bound, in the model's compute dtype.</summary>
+    public int MatmulN { get; init; } = 1024;
+}
+
+/// <summary>
+/// Time per image and per scale of <see cref="VargptModel.GenerateImage"/>, peak RSS, and the time as a multiple of the
+/// matmul FLOP bound: 2 × active parameters per image token × image tokens × branches (2 with CFG) ÷ measured matmul
+/// FLOP/s. Active parameters = LLM decoder layers + final norm (no embedding, no lm_head: image tokens use neither),
+/// both projectors, the Infinity decoder; attention score FLOPs, the prompt prefill and the VAE decode are not counted,
+/// so the multiple is an upper bound on how far the run is from the machine's matmul speed.
+/// </summary>
+public static class VargptImagesBenchmark
+{
+    public static BenchRecord Run(VargptModel images, GenerationBenchOptions options, TextWriter? log = null)
+    {
+        var model = images.Module;
+        var schedule = options.Image.Validate(images.Config);
+        int branches = options.Image.Cfg == 1 ? 1 : 2;
+        long llm = model.model.named_parameters().Where(p => !p.name.StartsWith("embed_tokens.", StringComparison.Ordinal)).Sum(p => p.parameter.numel());
+        long proj = model.ImageGenProjector.parameters().Sum(p => p.numel()) + model.ImageGenProjectorOut.parameters().Sum(p => p.numel());
+        long inf = model.VargptGen.parameters().Sum(p => p.numel());
+        long active = llm + proj + inf;
+        long tokens = schedule.SequenceLength;
+        double flop = 2.0 * active * tokens * branches;
+
+        log?.WriteLine($"measuring {TorchSharp.torch.get_num_threads()}-thread matmul throughput ({model.DType}, n={options.MatmulN})...");
+        var (flops, _) = MachineBenchmarks.MatmulFlops(options.MatmulN, model.DType, repeats: 3, model.Device);
+
+        for (int i = 0; i < options.Warmup; i++)
+        {
+            log?.WriteLine($"warm-up image {i + 1}/{options.Warmup}...");
+            images.GenerateImage(options.Prompt, options.Image);
+        }
+        var totals = new List<double>();
+        var perScale = new double[schedule.Scales.Count];
+        var loops = new List<double>();
+        ImageResult? last = null;
+        using (var mem = MemoryPhase.Start())
+        {
+            for (int i = 0; i < options.Images; i++)
+            {
+                double prev = 0;
+                var sw = Stopwatch.StartNew();
+                last = images.GenerateImage(options.Prompt, options.Image, p =>
+                {
+                    double t = p.Elapsed.TotalSeconds;
+                    perScale[p.ScaleIndex] += t - prev;
+                    prev = t;
+                    log?.WriteLine($"  image {i + 1}/{options.Images} scale {p.ScaleIndex + 1}/{p.Scales} ({p.Scale.H}x{p.Scale.W}) {t:F1} s");
+                });
+                totals.Add(sw.Elapsed.TotalSeconds);
+                loops.Add(prev);
+            }
+            mem.Stop();
+            var r = new BenchRecord("generate")
+                .Set("dtype", model.DType.ToString()).Set("device", model.Device.type.ToString().ToLowerInvariant())
+                .Set("threads", get_num_threads()).Set("pn", schedule.Pn).Set("pixels", $"{schedule.Pixels.W}x{schedule.Pixels.H}")
+                .Set("scales", schedule.Scales.Count).Set("image_tokens", tokens).Set("cfg", options.Image.Cfg)
+                .Set("images", options.Images).Set("warmup", options.Warmup).Set("prompt_tokens", last!.PromptTokens)
+                .Set("active_parameters", active);
+            double perImage = totals.Average();
+            double bound = flop / flops;
+            r.Add("seconds_per_image", perImage, "s", "GenerateImage wall time: prompt prefill + image loop + VAE decode");
+            r.Add("image_loop", loops.Average(), "s", "all scales (LLM + Infinity + sampling), without prefill and VAE decode");
+            r.Add("prefill_and_decode", perImage - loops.Average(), "s", "prompt prefill + VAE decode + uint8 conversion");
+            for (int s = 0; s < perScale.Length; s++)
+                r.Add($"scale_{s}_{schedule.Scales[s].H}x{schedule.Scales[s].W}", perScale[s] / options.Images, "s");
+            r.Add("peak_rss", mem.PeakBytes, "bytes", mem.PeakIsPhaseOnly ? "during the timed images" : "process peak (VmHWM reset unavailable)");
+            r.Add("matmul_throughput", flops / 1e9, "GFLOP/s", $"linear [{options.MatmulN}]^2 in {model.DType}");
+            r.Add("flop_per_image", flop / 1e12, "TFLOP", $"2 x {active:N0} active params x {tokens} tokens x {branches} branches");
+            r.Add("flop_bound", bound, "s");
+            r.Add("multiple_of_flop_bound", perImage / bound, "x", "seconds_per_image / flop_bound");
+            return r;
+        }
+    }
+}

@@ -1,0 +1,397 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using TorchSharp;
+using VarGpt.Checkpoint;
+using VarGpt.Generation;
+using VarGpt.Training;
+using static TorchSharp.torch;
+using VarGpt.Configuration;
+using VarGpt.Model;
+
+namespace VarGpt.ShapesWorld;
+
+/// <summary>Settings of the ShapesWorld BSQ-VAE run (defaults: the shipped recipe, ~8 minutes on 2 cores; docs/shapesworld.md).</summary>
+public sealed record VaeTrainingOptions
+{
+    public required string OutputDir { get; init; }
+    public int Seed { get; init; }
+    public int Steps { get; init; } = 800;
+    /// <summary>Images per full-size (128²) step.</summary>
+    public int BatchSize { get; init; } = 4;
+    /// <summary>The first CropFraction of the steps train on random 16-aligned CropSize² crops of the renders (a conv
+    /// VAE is translation-equivariant, so crops teach the same local coding at a quarter of the cost per crop); the rest
+    /// on whole images with the real scale schedule. 0 disables cropping.</summary>
+    public double CropFraction { get; init; } = 0.85;
+    public int CropSize { get; init; } = 64;
+    public int CropBatchSize { get; init; } = 8;
+    public double LearningRate { get; init; } = 3e-3;
+    public double MaxGradNorm { get; init; } = 2.0;
+    public double WarmupRatio { get; init; } = 0.05;
+    public string LrScheduler { get; init; } = "cosine";
+    /// <summary>Reconstruction terms on the decoder output (official recon_loss_type 'l1'; the L2 term lifts PSNR, the
+    /// edge term — L1 between finite differences, a cheap perceptual proxy — keeps the small shapes' corners sharp).</summary>
+    public double L1Weight { get; init; } = 1.0;
+    public double L2Weight { get; init; } = 1.0;
+    public double EdgeWeight { get; init; } = 0.5;
+    /// <summary>BSQ commitment: mean over scales of ||u − û||² (u = l2-normalised residual, û its ±1/√d corner),
+    /// pulling features away from the bit boundaries so bit labels are stable.</summary>
+    public double CommitmentWeight { get; init; } = 0.1;
+    /// <summary>Keeps the encoder output's per-position norm near NormTarget: weight · mean (‖h‖ − target)². Without it
+    /// ‖h‖ drifts large (measured absmax 19), which shrinks the gradient through the l2-normalisation (∝ 1/‖h‖) and makes
+    /// every scale's residual ≈ h, so all scales repeat the same signs.</summary>
+    public double NormWeight { get; init; } = 0.1;
+    public double NormTarget { get; init; } = 2.0;
+
+    /// <summary>Box-centre jitter of the training renders (fraction of the side); the dataset renders jitter-free.</summary>
+    public float PositionJitter { get; init; } = ShapesPalette.MaxJitter;
+    /// <summary>Objects per training render, uniform in [MinObjects, MaxObjects] (the dataset shows 1–2; the VAE sees
+    /// denser scenes so that most crops hold an object: with 1–2 small shapes on white, the decoder settles on the white
+    /// image first and the pixel losses hardly move it — measured: an all-white reconstruction after 300 steps).</summary>
+    public int MinObjects { get; init; } = 2;
+    public int MaxObjects { get; init; } = 4;
+    /// <summary>Extra weight of foreground pixels (any channel of the render below 250) in the pixel losses. 12 rather than
+    /// 4: red, orange and yellow then decode as three hues instead of one orange (measured at 800 steps; docs/shapesworld.md).</summary>
+    public double ForegroundWeight { get; init; } = 12;
+    /// <summary>Weight of the code probe: a linear read-out of the quantized codes (<see cref="VaeCodeProbe"/>) trained to
+    /// name each latent cell's colour and shape (or background). Pixel losses are averages over mostly-white pixels, so
+    /// within a short run the codes only learn the largest colour contrasts (warm/cool/grey, measured); the probe's
+    /// per-cell cross-entropy reaches the encoder through the straight-through estimator and makes the bits carry
+    /// every hue. The probe is training-only: it is not part of the VAE or of the checkpoint. 0 disables it.</summary>
+    public double ProbeWeight { get; init; } = 0;
+    /// <summary>Wall-clock cap: the run stops after this many minutes (final weights are still written; resume continues).</summary>
+    public double? Minutes { get; init; }
+    public int LoggingSteps { get; init; } = 10;
+    public int SaveSteps { get; init; } = 100;
+    /// <summary>Held-out renders for the final evaluation.</summary>
+    public int EvalImages { get; init; } = 200;
+    public TextWriter? Output { get; init; }
+}
+
+/// <summary>Held-out quality of a trained VAE (all images go through encode → multi-scale BSQ bits → decode, the path
+/// generated images take).</summary>
+/// <param name="Psnr">mean PSNR (dB) of the uint8 reconstruction against the render</param>
+/// <param name="ScorerAccuracy">fraction of reconstructions the ShapesScorer reads completely right (count, shape, colour, size, position)</param>
+/// <param name="BitStability">fraction of bit labels (all scales) unchanged when Gaussian noise σ = NoiseSigma is added to the input</param>
+/// <param name="ScorerAccuracyWithFlips">scorer accuracy when a fraction FlipRate of all bits is flipped at random (decoder robustness to generation errors)</param>
+public sealed record VaeEvaluation(int Images, double Psnr, double ScorerAccuracy, double BitStability, double NoiseSigma,
+    double ScorerAccuracyWithFlips, double FlipRate, double[] BitStabilityPerScale, string DType, int DistinctFinestCodes)
+{
+    public override string ToString() => string.Create(CultureInfo.InvariantCulture,
+        $"{Images} held-out renders ({DType} weights): PSNR {Psnr:F2} dB | scorer {ScorerAccuracy:P1} | bits stable under noise σ={NoiseSigma:G3}: {BitStability:P2} (per scale {string.Join(" ", BitStabilityPerScale.Select(x => x.ToString("P1", CultureInfo.InvariantCulture)))}) | scorer with {FlipRate:P0} bits flipped: {ScorerAccuracyWithFlips:P1} | {DistinctFinestCodes} distinct codes at the last scale");
+}
+
+public sealed record VaeTrainingResult(TrainingResult Training, string WeightsPath, VaeEvaluation Fp32, VaeEvaluation Bf16, double WallSeconds, double CpuSeconds);
+
+/// <summary>
+/// Trains the ShapesWorld BSQ-VAE (<see cref="BsqVae"/>: conv encoder/decoder + multi-scale BSQ) from scratch on
+/// freshly rendered scenes with the generic <see cref="Trainer{TBatch}"/> (AdamW, warmup + cosine, clipping,
+/// resumable checkpoints, progress lines). The released VAE was trained by Infinity with a recipe we do not have
+/// (its published args: l1 reconstruction ×4, perceptual/GAN terms, commitment and entropy weights zeroed by
+/// lfq_weight 0); for 2-colour-class synthetic images a pixel + edge loss and a commitment term are enough.
+/// Output: OUT/vae.safetensors (official names, prefix vae_local., fp32), OUT/vae_eval.json, trainer checkpoints.
+/// </summary>
+public static class VaeTraining
+{
+    public const string WeightsFile = "vae.safetensors", EvalFile = "vae_eval.json";
+
+    public static VaeTrainingResult Train(ShapesModelConfig sizes, VaeTrainingOptions o, bool resume = false)
+    {
+        sizes.Validate();
+        var vaeCfg = VaeConfigOf(sizes);
+        var schedule = sizes.Scales.Select(s => s with { T = 1 }).ToArray();
+        var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
+        var wall = Stopwatch.StartNew();
+        Directory.CreateDirectory(o.OutputDir);
+        var log = o.Output ?? TextWriter.Null;
+
+        torch.manual_seed(o.Seed); // the initial weights are a function of the seed
+        using var vae = new BsqVae(vaeCfg);
+        long nParams = vae.parameters().Sum(p => p.numel());
+        log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"BSQ-VAE base_ch {vaeCfg.BaseCh} ch_mult [{string.Join(",", vaeCfg.EncoderChMult)}] res_blocks {vaeCfg.NumResBlocks} codebook_dim {vaeCfg.CodebookDim}: {nParams:N0} parameters; {sizes.ImageSize}² images, scales {string.Join(",", schedule.Select(s => s.H))}; {o.Steps} steps: {ShapesVaeData.CropSteps(o)} × {o.CropBatchSize} crops of {o.CropSize}², then batch {o.BatchSize}; {torch.get_num_threads()} threads"));
+
+        var world = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = o.Seed, ImageSize = sizes.ImageSize, PositionJitter = o.PositionJitter });
+        var data = new ShapesVaeData(world, o, ShapesModelConfig.VaePatchSize);
+        using var probe = o.ProbeWeight != 0 ? new VaeCodeProbe(vaeCfg.CodebookDim) : null;
+        using var trained = probe is null ? null : new VaeWithProbe(vae, probe);
+        var objective = new VaeReconstructionObjective(vae, schedule, o, probe);
+        var options = new TrainerOptions
+        {
+            OutputDir = o.OutputDir, LearningRate = o.LearningRate, LrSchedulerType = o.LrScheduler, WarmupRatio = o.WarmupRatio,
+            MaxSteps = o.Steps, NumTrainEpochs = 1, MaxGradNorm = o.MaxGradNorm, AdamBeta1 = 0.9, AdamBeta2 = 0.95, WeightDecay = 0,
+            LoggingSteps = o.LoggingSteps, SaveSteps = o.SaveSteps, SaveTotalLimit = 2, Seed = o.Seed, Output = o.Output,
+            ExportWeights = () => Prefixed(vae),
+        };
+        using var cts = o.Minutes is { } m ? new CancellationTokenSource(TimeSpan.FromMinutes(m)) : new CancellationTokenSource();
+        TrainingResult result;
+        using (var trainer = new Trainer<Tensor>(trained is null ? vae : trained, objective, data, options))
+            result = trainer.Train(resume ? "latest" : null, cts.Token);
+        vae.eval();
+
+        var weights = Path.Combine(o.OutputDir, WeightsFile);
+        var meta = new Dictionary<string, string> { ["vae_config"] = vaeCfg.ToJson().ToJsonString(), ["steps"] = result.GlobalStep.ToString(CultureInfo.InvariantCulture) };
+        SafeTensorsWriter.Save(weights, Prefixed(vae), meta);
+
+        var evalWorld = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = o.Seed, ImageSize = sizes.ImageSize });
+        var fp32 = Evaluate(vae, schedule, evalWorld, o.EvalImages, o.Seed);
+        log.WriteLine("eval " + fp32);
+        VaeEvaluation bf16;
+        using (var v16 = new BsqVae(vaeCfg, dtype: ScalarType.BFloat16))
+        {
+            StateDict.Load(v16, Prefixed(vae).ToDictionary(kv => kv.Key, kv => kv.Value), new StateDictOptions { Prefix = ModelComponents.Vae.Prefix });
+            bf16 = Evaluate(v16, schedule, evalWorld, o.EvalImages, o.Seed);
+        }
+        log.WriteLine("eval " + bf16);
+        double cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
+        var res = new VaeTrainingResult(result, weights, fp32, bf16, wall.Elapsed.TotalSeconds, cpu);
+        File.WriteAllText(Path.Combine(o.OutputDir, EvalFile), JsonSerializer.Serialize(new
+        {
+            steps = result.GlobalStep, completed = result.Completed, wall_seconds = res.WallSeconds, cpu_seconds = cpu,
+            threads = torch.get_num_threads(), parameters = nParams, vae_config = JsonNode.Parse(vaeCfg.ToJson().ToJsonString()),
+            final_loss = result.Steps.Count > 0 ? result.Steps[^1].Loss : double.NaN, fp32, bf16,
+        }, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower }));
+        log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"VAE done in {res.WallSeconds:F0} s wall, {cpu:F0} s CPU; weights {weights}"));
+        return res;
+    }
+
+    public static VaeConfig VaeConfigOf(ShapesModelConfig s) => new()
+    {
+        BaseCh = s.VaeBaseCh, CodebookDim = s.CodebookDim, EncoderChMult = s.VaeChMult, DecoderChMult = s.VaeChMult,
+        NumResBlocks = s.VaeNumResBlocks, PatchSize = ShapesModelConfig.VaePatchSize,
+    };
+
+    /// <summary>The VAE's state dict under the official top-level prefix (vae_local.*).</summary>
+    public static IEnumerable<KeyValuePair<string, Tensor>> Prefixed(BsqVae vae) =>
+        vae.state_dict().Select(kv => new KeyValuePair<string, Tensor>(ModelComponents.Vae.Prefix + kv.Key, kv.Value));
+
+    /// <summary>
+    /// The training-side multi-scale BSQ (official MultiScaleBSQ.forward in train mode, new_quant, no projections):
+    /// per scale, area-resize the residual, l2-normalise and binarise with the straight-through estimator
+    /// (BSQ.forward: u + (û − u).detach()), trilinear back to the full size, residual −= quantized.detach()
+    /// (remove_residual_detach False) and sum. Gradients reach the encoder through every scale's normalisation.
+    /// Returns the summed codes [B,d,h,w] (with grad) and the commitment term mean_s ||u_s − û_s||² (per element).
+    /// </summary>
+    public static (Tensor Z, Tensor Commitment) QuantizeForTraining(BSQ lfq, Tensor h, IReadOnlyList<Scale> schedule)
+    {
+        using var scope = NewDisposeScope();
+        var residual = h.to(ScalarType.Float32).unsqueeze(2); // [B,d,1,H,W]
+        var full = new Scale(1, (int)residual.shape[3], (int)residual.shape[4]);
+        Tensor? sum = null, commit = null;
+        foreach (var s in schedule)
+        {
+            var r = s == full ? residual : MultiScaleResidual.Resize(residual, s, MultiScaleResidual.Down);
+            var (quantized, _) = lfq.forward(r);
+            // commitment (BSQ paper / LFQ): ||u − sign(u)/√d||², u = the normalised input; the code side is detached.
+            var u = nn.functional.normalize(r, p: 2, dim: 1, eps: 1e-12);
+            var c = (u - quantized.detach()).pow(2).mean();
+            commit = commit is null ? c : commit + c;
+            if (s != full) quantized = MultiScaleResidual.Resize(quantized, full, MultiScaleResidual.Up);
+            residual = residual - quantized.detach();
+            sum = sum is null ? quantized : sum + quantized;
+        }
+        return (sum!.squeeze(2).MoveToOuterDisposeScope(), (commit! / schedule.Count).MoveToOuterDisposeScope());
+    }
+
+    /// <summary>Rendered scenes as a [B,3,H,W] float32 batch in [-1,1] (pixel/127.5 − 1, the official normalisation);
+    /// with <paramref name="channels"/> 5, channels 3–4 are the code probe's cell labels, kept as integers.</summary>
+    public static Tensor ToPixels(IReadOnlyList<byte[]> rgb, int side, int channels = 3)
+    {
+        var buf = new byte[rgb.Count * side * side * channels];
+        for (int i = 0; i < rgb.Count; i++) rgb[i].CopyTo(buf, i * side * side * channels);
+        using var u8 = tensor(buf, [rgb.Count, side, side, channels], ScalarType.Byte);
+        using var f = u8.permute(0, 3, 1, 2).to(ScalarType.Float32);
+        if (channels == 3) return f.div(127.5).sub_(1);
+        return cat([f.narrow(1, 0, 3).div(127.5).sub_(1), f.narrow(1, 3, channels - 3)], 1);
+    }
+
+    /// <summary>
+    /// Held-out evaluation: Eval-split scenes of <paramref name="world"/> (jitter-free renders as in the dataset) through
+    /// encode → multi-scale BSQ → bits → decode (BsqVae.DecodeFromBits, the generation path).
+    /// </summary>
+    public static VaeEvaluation Evaluate(BsqVae vae, IReadOnlyList<Scale> schedule, ShapesWorldGenerator world, int count, int seed,
+        double noiseSigma = 0.02, double flipRate = 0.02, int batch = 16)
+    {
+        using var noGrad = no_grad();
+        int side = world.Options.ImageSize;
+        var rng = new ShapesRng(ShapesRng.Mix((ulong)seed ^ 0x5641455F4556414CUL));
+        var scenes = Enumerable.Range(0, count).Select(_ => world.RandomScene(rng)).ToList();
+        var gen = new Generator((ulong)seed + 17);
+        double psnrSum = 0; int correct = 0, correctFlip = 0;
+        var stableBits = new double[schedule.Count]; var totalBits = new double[schedule.Count];
+        var codes = new HashSet<long>(); // code usage at the last scale: a collapsed encoder uses a handful
+        for (int start = 0; start < count; start += batch)
+        {
+            using var scope = NewDisposeScope();
+            var part = scenes.Skip(start).Take(batch).ToList();
+            var rgb = part.Select(s => ShapesRenderer.RenderRgb(s, side)).ToList();
+            var x = ToPixels(rgb, side);
+            var (_, q) = vae.EncodeMultiScale(x, schedule);
+            var (_, img) = vae.DecodeFromBits(q.Bits, schedule);
+            var u8 = ImageOutput.ToUInt8Rgb(img).cpu().contiguous();
+            var flipped = q.Bits.Select(b => b.logical_xor(rand(b.shape, generator: gen).lt(flipRate)).to(ScalarType.Int64)).ToList();
+            var (_, imgF) = vae.DecodeFromBits(flipped, schedule);
+            var u8F = ImageOutput.ToUInt8Rgb(imgF).cpu().contiguous();
+            var noisy = (x + randn(x.shape, generator: gen) * noiseSigma);
+            var (_, qn) = vae.EncodeMultiScale(noisy, schedule);
+            using (var last = q.Bits[^1].reshape(-1, q.Bits[^1].shape[^1]).to(ScalarType.Int64))
+            using (var weights = pow(tensor(2L), arange(last.shape[1] - 1, -1, -1, ScalarType.Int64)))
+            using (var packed = (last * weights).sum(1))
+                foreach (var c in packed.data<long>()) codes.Add(c);
+            for (int k = 0; k < schedule.Count; k++)
+            {
+                stableBits[k] += q.Bits[k].eq(qn.Bits[k]).sum().item<long>();
+                totalBits[k] += q.Bits[k].numel();
+            }
+            for (int i = 0; i < part.Count; i++)
+            {
+                var rec = u8[i].data<byte>().ToArray();
+                double mse = 0;
+                for (int j = 0; j < rec.Length; j++) { double d = rec[j] - rgb[i][j]; mse += d * d; }
+                mse /= rec.Length;
+                psnrSum += mse == 0 ? 100 : 10 * Math.Log10(255.0 * 255.0 / mse);
+                if (ShapesScorer.Score(part[i].ToSpec(), rec, side, side).Correct) correct++;
+                if (ShapesScorer.Score(part[i].ToSpec(), u8F[i].data<byte>().ToArray(), side, side).Correct) correctFlip++;
+            }
+        }
+        var perScale = stableBits.Zip(totalBits, (a, b) => a / b).ToArray();
+        return new VaeEvaluation(count, psnrSum / count, (double)correct / count, stableBits.Sum() / totalBits.Sum(), noiseSigma,
+            (double)correctFlip / count, flipRate, perScale, vae.DType.ToString(), codes.Count);
+    }
+}
+
+/// <summary>Random ShapesWorld scenes rendered on the fly: batch (epoch, index) depends only on the seed, so a resumed
+/// run sees the same images. One "epoch" is the whole run. The first <see cref="CropSteps"/> batches are random crops
+/// (aligned to the VAE patch so latent cells keep their pixel grid), the rest whole renders.</summary>
+public sealed class ShapesVaeData(ShapesWorldGenerator world, VaeTrainingOptions o, int patch) : ITrainingData<Tensor>
+{
+    public int BatchesPerEpoch => o.Steps;
+
+    public static int CropSteps(VaeTrainingOptions o) => o.CropSize > 0 ? (int)Math.Round(o.Steps * Math.Clamp(o.CropFraction, 0, 1)) : 0;
+
+    public Tensor GetBatch(int epoch, int index)
+    {
+        var rng = new ShapesRng(ShapesRng.Mix(ShapesRng.Mix((ulong)o.Seed ^ 0x564145UL) ^ ShapesRng.Mix((ulong)epoch + 1) * 31 ^ (ulong)index));
+        int side = world.Options.ImageSize;
+        bool crop = index < CropSteps(o) && o.CropSize < side;
+        int n = crop ? o.CropBatchSize : o.BatchSize;
+        var scenes = Enumerable.Range(0, n).Select(_ => world.RandomTrainingScene(rng, o.MinObjects + rng.Next(o.MaxObjects - o.MinObjects + 1))).ToList();
+        var rgb = scenes.Select(s => ShapesRenderer.RenderRgb(s, side)).ToList();
+        bool labelled = o.ProbeWeight != 0;
+        if (labelled) rgb = rgb.Select((img, i) => WithCellLabels(img, scenes[i], side, patch)).ToList();
+        int ch = labelled ? 5 : 3;
+        if (!crop) return VaeTraining.ToPixels(rgb, side, ch);
+        int c = o.CropSize, positions = (side - c) / patch + 1;
+        var crops = rgb.Select(img =>
+        {
+            int x0 = rng.Next(positions) * patch, y0 = rng.Next(positions) * patch;
+            var dst = new byte[c * c * ch];
+            for (int y = 0; y < c; y++) Array.Copy(img, ((y0 + y) * side + x0) * ch, dst, y * c * ch, c * ch);
+            return dst;
+        }).ToList();
+        return VaeTraining.ToPixels(crops, c, ch);
+    }
+
+    /// <summary>The render with two extra byte channels per pixel: the colour and shape labels of the pixel's latent
+    /// cell (<see cref="ShapesRenderer.CellLabels"/>), for the code probe.</summary>
+    static byte[] WithCellLabels(byte[] rgb, Scene scene, int side, int patch)
+    {
+        int g = side / patch;
+        var label = ShapesRenderer.CellLabels(scene, side, g);
+        var dst = new byte[side * side * 5];
+        for (int y = 0; y < side; y++)
+            for (int x = 0; x < side; x++)
+            {
+                int i = y * side + x;
+                dst[5 * i] = rgb[3 * i]; dst[5 * i + 1] = rgb[3 * i + 1]; dst[5 * i + 2] = rgb[3 * i + 2];
+                var l = label[y / patch * g + x / patch];
+                dst[5 * i + 3] = l.Color; dst[5 * i + 4] = l.Shape;
+            }
+        return dst;
+    }
+}
+
+/// <summary>Reconstruction objective of the VAE run: encoder → training-side multi-scale BSQ → decoder, loss =
+/// w1·L1 + w2·L2 + we·edge-L1 + wc·commitment. Tokens = images (the progress line's "tok/s" is images/s).
+/// A crop with a smaller latent uses the schedule's scales that fit it, ending at its own latent size.</summary>
+public sealed class VaeReconstructionObjective(BsqVae vae, IReadOnlyList<Scale> schedule, VaeTrainingOptions o, VaeCodeProbe? probe = null) : ITrainingObjective<Tensor>
+{
+    public ObjectiveOutput Compute(Tensor batch)
+    {
+        var x = batch.shape[1] == 3 ? batch : batch.narrow(1, 0, 3);
+        var h = vae.encoder.forward(x.to(vae.DType));
+        var (z, commit) = VaeTraining.QuantizeForTraining(vae.quantizer.lfq, h, ScalesFor((int)h.shape[2], (int)h.shape[3]));
+        var rec = vae.decoder.forward(z.to(vae.DType)).to(ScalarType.Float32); // official training: no clamp
+        var loss = commit * o.CommitmentWeight;
+        if (o.NormWeight != 0) loss = loss + (h.to(ScalarType.Float32).norm(1) - o.NormTarget).pow(2).mean() * o.NormWeight;
+        // per-pixel weight 1 + fg·[pixel is not background white] (x in [-1,1]; 250/255 → 0.96)
+        var w = x.amin([1], keepdim: true).lt(0.96).to(ScalarType.Float32).mul(o.ForegroundWeight).add(1);
+        var wsum = w.sum() * x.shape[1];
+        if (o.L1Weight != 0) loss = loss + ((rec - x).abs() * w).sum() / wsum * o.L1Weight;
+        if (o.L2Weight != 0) loss = loss + ((rec - x).pow(2) * w).sum() / wsum * o.L2Weight;
+        if (o.EdgeWeight != 0) loss = loss + EdgeLoss(rec, x) * o.EdgeWeight;
+        if (probe is not null) // then the data carries the labels (ShapesVaeData with ProbeWeight ≠ 0)
+        {
+            int p = ShapesModelConfig.VaePatchSize;
+            // one label per latent cell (constant inside the cell): [B,2,h,w] → colour, shape
+            var labels = batch.narrow(1, 3, 2).slice(2, 0, batch.shape[2], p).slice(3, 0, batch.shape[3], p).to(ScalarType.Int64);
+            loss = loss + probe.Loss(z.to(ScalarType.Float32), labels) * o.ProbeWeight;
+        }
+        return new ObjectiveOutput(loss, x.shape[0]);
+    }
+
+    IReadOnlyList<Scale> ScalesFor(int lh, int lw)
+    {
+        if (lh == schedule[^1].H && lw == schedule[^1].W) return schedule;
+        var fit = schedule.Where(s => s.H < lh && s.W < lw).ToList();
+        fit.Add(new Scale(1, lh, lw));
+        return fit;
+    }
+
+    /// <summary>L1 between horizontal and vertical finite differences of the two images.</summary>
+    public static Tensor EdgeLoss(Tensor a, Tensor b)
+    {
+        long h = a.shape[2], w = a.shape[3];
+        var dxa = a.narrow(3, 1, w - 1) - a.narrow(3, 0, w - 1);
+        var dxb = b.narrow(3, 1, w - 1) - b.narrow(3, 0, w - 1);
+        var dya = a.narrow(2, 1, h - 1) - a.narrow(2, 0, h - 1);
+        var dyb = b.narrow(2, 1, h - 1) - b.narrow(2, 0, h - 1);
+        return nn.functional.l1_loss(dxa, dxb) + nn.functional.l1_loss(dya, dyb);
+    }
+}
+
+/// <summary>Training-only linear read-out of the quantized VAE codes per latent cell: colour (8 classes: background +
+/// 7) and shape (6). See <see cref="VaeTrainingOptions.ProbeWeight"/>.</summary>
+public sealed class VaeCodeProbe : nn.Module
+{
+    public readonly TorchSharp.Modules.Linear color, shape;
+
+    public VaeCodeProbe(int codebookDim) : base(nameof(VaeCodeProbe))
+    {
+        color = nn.Linear(codebookDim, CellLabel.ColorClasses);
+        shape = nn.Linear(codebookDim, CellLabel.ShapeClasses);
+        RegisterComponents();
+    }
+
+    /// <summary>Mean cross-entropy of both read-outs; z [B,d,h,w], labels [B,2,h,w] int64.</summary>
+    public Tensor Loss(Tensor z, Tensor labels)
+    {
+        var cells = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]);
+        return nn.functional.cross_entropy(color.forward(cells), labels.select(1, 0).reshape(-1))
+            + nn.functional.cross_entropy(shape.forward(cells), labels.select(1, 1).reshape(-1));
+    }
+}
+
+/// <summary>The VAE and its training-only probe as one module, so the trainer optimises and checkpoints both.</summary>
+public sealed class VaeWithProbe : nn.Module
+{
+    public readonly BsqVae vae;
+    public readonly VaeCodeProbe probe;
+
+    public VaeWithProbe(BsqVae vae, VaeCodeProbe probe) : base(nameof(VaeWithProbe))
+    {
+        this.vae = vae; this.probe = probe;
+        RegisterComponents();
+    }
+}

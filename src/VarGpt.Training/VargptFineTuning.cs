@@ -1,0 +1,161 @@
+using VarGpt.Checkpoint;
+using VarGpt.Inference;
+using VarGpt.Model;
+using VarGpt.Text;
+using VarGpt.Torch;
+using VarGpt.Training.Data;
+using VarGpt.Vision;
+using static TorchSharp.torch;
+using VarGpt.Configuration;
+
+namespace VarGpt.Training;
+
+/// <summary>A training configuration that cannot run (bad paths, data, stage/freeze combination); the message says why.</summary>
+public sealed class TrainingSetupException(string message) : Exception(message);
+
+/// <summary>How <see cref="VargptFineTuning.Run"/> runs a configuration (what the yaml does not say).</summary>
+public sealed record FineTuningOptions
+{
+    public Device Device { get; init; } = CPU;
+    /// <summary>DPO: compute the reference log-probs once per pair before training, then free the reference model.</summary>
+    public bool PrecomputeReference { get; init; }
+    /// <summary>Folder that relative paths of the configuration are resolved against (the yaml's folder); null = current directory.</summary>
+    public string? BaseDir { get; init; }
+    public TextWriter Output { get; init; } = TextWriter.Null;
+}
+
+/// <param name="ModelPath">OUTPUT/model.safetensors (adapters merged), or null when the run stopped early</param>
+/// <param name="AdapterDir">OUTPUT/adapter (PEFT layout) for LoRA runs</param>
+public sealed record FineTuningResult(TrainingResult Training, string OutputDir, string? ModelPath, string? AdapterDir);
+
+/// <summary>
+/// One LLaMA-Factory style training run of VARGPT (what `vargpt train sft|dpo CONFIG.yaml` does, and what the ShapesWorld
+/// recipe runs per stage): load the sharegpt data, encode it with the official template and collator, load the model,
+/// freeze by vargpt_train_stage (or wrap LoRA adapters), then the <see cref="Trainer{TBatch}"/> with the SFT loss
+/// (text CE + image bit CE, get_gen_loss_1_1) or image DPO against a frozen copy of the starting model.
+/// </summary>
+public static class VargptFineTuning
+{
+    /// <summary>lora_target "all" wraps the language model's projections (the layers the port can wrap).</summary>
+    public static readonly IReadOnlyList<string> LanguageModelLinears = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+    public static FineTuningResult Run(TrainingConfig cfg, FineTuningOptions options, CancellationToken ct = default)
+    {
+        var o = options.Output;
+        string Resolve(string p) => Path.IsPathRooted(p) || options.BaseDir is null || Directory.Exists(p) || File.Exists(p) ? p : Path.Combine(options.BaseDir, p);
+        string stage = cfg.Stage;
+        var modelDir = Resolve(cfg.ModelNameOrPath);
+        if (!Directory.Exists(modelDir)) throw new TrainingSetupException($"model_name_or_path '{cfg.ModelNameOrPath}' is not a folder (download the checkpoint and point at it)");
+        var dtype = cfg.Bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
+
+        // configs and tokenizer first: the data is encoded (and its errors reported) before the long weight load
+        var folder = ModelFolder.Read(modelDir);
+        var (modelCfg, tokenizer, processor) = (folder.Config, folder.Tokenizer, folder.Preprocessor);
+        IReadOnlyList<TrainingRecord> records;
+        try
+        {
+            records = DatasetLoader.Load(cfg.Dataset, new DatasetLoadOptions
+            {
+                DatasetDir = Resolve(cfg.DatasetDir), ImageDir = cfg.ImageDir is { } idir ? Resolve(idir) : null, Stage = stage, MaxSamples = cfg.MaxSamples, Seed = cfg.Seed,
+            });
+        }
+        catch (Exception e) when (e is DatasetValidationException or MissingImagesException or NotSupportedException or ArgumentException) { throw new TrainingSetupException(e.Message); }
+        VargptCollator collator;
+        EncodedDataset ds;
+        try
+        {
+            collator = new VargptCollator(tokenizer, modelCfg, new VargptCollatorOptions
+            {
+                CutoffLen = cfg.CutoffLen, ImageResolution = cfg.ImageResolution, ImageGenResolution = cfg.ImageGenResolution, Seed = cfg.Seed, Processor = processor,
+                TargetAugment = cfg.ImageGenAugment,
+            });
+            ds = collator.EncodeAll(records, stage);
+        }
+        catch (ArgumentException e) { throw new TrainingSetupException(e.Message); }
+        o.WriteLine($"data: {ds.Items.Count} {(stage == "dpo" ? "pair(s)" : "sample(s)")} from {string.Join(", ", cfg.Dataset)}; targets {collator.GenSchedule.Pixels.H}x{collator.GenSchedule.Pixels.W} ({collator.GenSchedule.Pn}, {collator.ImageGenTokenCount} <|image_gen_pad|> tokens each)");
+        if (ds.Skipped.Count > 0) o.WriteLine($"warning: {ds.SkippedSummary()}");
+
+        using var loaded = LoadModel(folder, options.Device, dtype, o);
+        var model = loaded.Module;
+        LoraOptions? lora = null;
+        if (cfg.FinetuningType == "lora")
+        {
+            var targets = cfg.LoraTarget is ["all"] ? LanguageModelLinears : cfg.LoraTarget;
+            lora = LoraOptions.FromConfig(cfg) with { Targets = targets };
+            var forbidden = cfg.FreezeModules;
+            var frozenComponents = cfg.FreezeComponents.Select(ModelComponents.Get).Append(ModelComponents.Vae).ToList();
+            Lora.Apply(model, lora, name => Freezing.IsForbidden(name, forbidden) || frozenComponents.Any(c => c.Owns(name)));
+        }
+        else Freezing.Apply(model, Freezing.Plan(model.named_parameters().Select(p => p.name), cfg));
+        o.WriteLine(Freezing.Summary(model));
+        // the parts a text-only batch trains through: the language model and the vision tower
+        bool textTrainable = model.named_parameters().Any(p => p.parameter.requires_grad &&
+            (ModelComponents.LanguageModel.Owns(p.name) || ModelComponents.VisionTower.Owns(p.name)));
+        var textOnly = ds.Items.Where(i => !i.Chosen.HasTarget).ToList();
+        if (!textTrainable && textOnly.Count > 0)
+            throw new TrainingSetupException($"{textOnly.Count} sample(s) have no generation target (e.g. {textOnly[0].Record.Where}) but this configuration freezes the language model, lm_head and vision tower " +
+                $"(vargpt_train_stage {cfg.VargptTrainStage}, finetuning_type {cfg.FinetuningType}), so a batch of them has no trainable parameter (the official trainer fails on such a batch too); " +
+                "remove them or use a stage that trains the language model (2, 4 or 5)");
+
+        var fwd = new VargptTrainingOptions { Seed = cfg.Seed };
+        ITrainingObjective<VargptBatch> objective;
+        VargptModel? reference = null;
+        try
+        {
+            if (stage == "dpo")
+            {
+                var dpo = DpoOptions.FromConfig(cfg);
+                try { dpo.Validate(); } catch (Exception e) when (e is NotSupportedException or ArgumentException) { throw new TrainingSetupException(e.Message); }
+                reference = LoadModel(folder, options.Device, dtype, o);
+                var d = new VargptDpoObjective(model, reference.Module, dpo, fwd);
+                if (options.PrecomputeReference)
+                {
+                    o.WriteLine($"computing reference log-probs for {ds.Items.Count} pair(s)...");
+                    d.PrecomputeReference(collator, ds.Items);
+                    reference.Dispose();
+                    reference = null;
+                }
+                objective = d;
+            }
+            else objective = new VargptSftObjective(model, fwd, cfg.GenTextLoss == "labels");
+
+            var trainerOptions = TrainerOptions.FromConfig(cfg) with
+            {
+                OutputDir = Resolve(cfg.OutputDir), BaseModelDir = modelDir, Output = o,
+                ExportWeights = lora != null ? () => Lora.MergedStateDict(model) : null,
+            };
+            using var trainer = new Trainer<VargptBatch>(model, objective, new VargptData(collator, ds.Items, cfg.PerDeviceTrainBatchSize, cfg.Seed), trainerOptions);
+            var result = trainer.Train(cfg.ResumeFromCheckpoint, ct);
+            if (objective is VargptDpoObjective dm && dm.LastMetrics.Count > 0)
+                o.WriteLine("last batch: " + string.Join(", ", dm.LastMetrics.Select(kv => $"{kv.Key} {kv.Value:G4}")));
+            if (!result.Completed) return new FineTuningResult(result, trainerOptions.OutputDir, null, null);
+            trainer.ExportModel(trainerOptions.OutputDir);
+            string? adapterDir = null;
+            if (lora != null)
+            {
+                adapterDir = Path.Combine(trainerOptions.OutputDir, "adapter");
+                var extra = Lora.SaveAdapter(adapterDir, model, lora, modelDir);
+                o.WriteLine($"adapter: {adapterDir}" + (extra.Count > 0 ? $" (the {extra.Count} fully trained non-adapter tensors are only in the merged model.safetensors)" : ""));
+            }
+            var modelPath = Path.Combine(trainerOptions.OutputDir, TrainerCheckpoint.ModelFile);
+            o.WriteLine($"model: {modelPath}");
+            return new FineTuningResult(result, trainerOptions.OutputDir, modelPath, adapterDir);
+        }
+        finally { reference?.Dispose(); }
+    }
+
+    /// <summary>
+    /// The starting weights, through the one load path, with two deliberate differences from inference: an adapter/
+    /// in the folder is not merged (LLaMA-Factory starts from model_name_or_path and takes an adapter only through
+    /// adapter_name_or_path, which this port rejects), and the weights are copied, not memory-mapped (the optimizer
+    /// writes them).
+    /// </summary>
+    static VargptModel LoadModel(ModelFolder folder, Device device, ScalarType dtype, TextWriter o)
+    {
+        var model = VargptModel.Load(folder, new VargptModelOptions { Device = device, DType = dtype, MemoryMap = false, MergeAdapter = false });
+        o.WriteLine($"loaded {model.Module.state_dict().Count} tensors from {folder.Directory} ({dtype.ToString().ToLowerInvariant()} on {device})");
+        if (new VargptModelOptions().ResolveAdapter(folder.Directory) is { } adapter)
+            o.WriteLine($"note: {adapter} is not merged: training starts from the folder's base weights");
+        return model;
+    }
+}

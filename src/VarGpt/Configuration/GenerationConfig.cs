@@ -1,0 +1,109 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace VarGpt.Configuration;
+
+/// <summary>
+/// generation_config.json (Hugging Face GenerationConfig, copied from Qwen2-VL by VARGPT plus its special_tokens).
+/// Defaults are the Hugging Face class defaults, used only when a field is absent; unknown fields are ignored.
+/// The file's values matter for fidelity: HF generate() builds a repetition-penalty processor from it even when
+/// do_sample is false (reference §2.7), and the image-generation token ids live here too.
+/// </summary>
+public sealed record GenerationConfig
+{
+    public const string FileName = "generation_config.json";
+
+    public int? BosTokenId { get; init; }
+    /// <summary>eos_token_id may be an int or a list in the file; always a list here. Generation stops for a row once it emits any of these.</summary>
+    public long[] EosTokenIds { get; init; } = [];
+    /// <summary>Written into rows that already finished (null: the first EOS id, as transformers does).</summary>
+    public long? PadTokenId { get; init; }
+    public bool DoSample { get; init; }
+    public double Temperature { get; init; } = 1.0;
+    /// <summary>0 disables top-k (transformers' default is 50 and applies whenever sampling).</summary>
+    public int TopK { get; init; } = 50;
+    public double TopP { get; init; } = 1.0;
+    /// <summary>Applied in greedy mode too (transformers builds the processor whenever it is not 1).</summary>
+    public double RepetitionPenalty { get; init; } = 1.0;
+    /// <summary>New tokens per sequence; when null, <see cref="MaxLength"/> bounds prompt + new tokens.</summary>
+    public int? MaxNewTokens { get; init; }
+    public int MaxLength { get; init; } = 20;
+    /// <summary>special_tokens (image_gen_start/_end/_pad and their ids); null when the file has none.</summary>
+    public ImageGenTokens? ImageGen { get; init; }
+    /// <summary>allowed_special_tokens (strings the decoder may emit although they are special).</summary>
+    public string[] AllowedSpecialTokens { get; init; } = [];
+    public JsonObject Raw { get; init; } = new();
+
+    /// <summary>Reads generation_config.json (or DIR/generation_config.json when given a folder).</summary>
+    public static GenerationConfig Load(string path)
+    {
+        if (Directory.Exists(path)) path = Path.Combine(path, FileName);
+        using var doc = JsonFields.ParseFile(path, "generation config");
+        return Parse(doc.RootElement, path);
+    }
+
+    public static GenerationConfig Parse(JsonElement root, string source)
+    {
+        if (root.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{source}: expected a JSON object");
+        var j = new JsonFields(root, source);
+        ImageGenTokens? imageGen = null;
+        if (j.Has("special_tokens"))
+        {
+            var st = j.Obj("special_tokens");
+            imageGen = new ImageGenTokens(st.Int("image_gen_start_token_id"), st.Int("image_gen_end_token_id"), st.Int("image_gen_pad_token_id"),
+                st.Str("image_gen_start", "<|image_gen_start|>"), st.Str("image_gen_end", "<|image_gen_end|>"), st.Str("image_gen_pad", "<|image_gen_pad|>"));
+        }
+        var cfg = new GenerationConfig
+        {
+            BosTokenId = j.OptInt("bos_token_id"),
+            EosTokenIds = j.IntOrInts("eos_token_id", []).Select(x => (long)x).ToArray(),
+            PadTokenId = j.OptInt("pad_token_id"),
+            DoSample = j.Bool("do_sample", false),
+            Temperature = j.Double("temperature", 1.0),
+            TopK = j.Int("top_k", 50),
+            TopP = j.Double("top_p", 1.0),
+            RepetitionPenalty = j.Double("repetition_penalty", 1.0),
+            MaxNewTokens = j.OptInt("max_new_tokens"),
+            MaxLength = j.Int("max_length", 20),
+            ImageGen = imageGen,
+            AllowedSpecialTokens = j.Has("allowed_special_tokens")
+                ? ReadStrings(j, "allowed_special_tokens") : [],
+            Raw = JsonNode.Parse(root.GetRawText())!.AsObject(),
+        };
+        if (cfg.Temperature < 0) throw new InvalidDataException($"{source}: temperature must be >= 0, found {cfg.Temperature}");
+        if (cfg.TopP is <= 0 or > 1) throw new InvalidDataException($"{source}: top_p must be in (0, 1], found {cfg.TopP}");
+        if (cfg.RepetitionPenalty <= 0) throw new InvalidDataException($"{source}: repetition_penalty must be > 0, found {cfg.RepetitionPenalty}");
+        return cfg;
+    }
+
+    /// <summary>EOS/pad from config.json (what transformers falls back to without a generation_config.json).</summary>
+    public static GenerationConfig FromModelConfig(VargptConfig c) => new()
+    {
+        EosTokenIds = c.EosTokenIds.Select(x => (long)x).ToArray(),
+        PadTokenId = c.PadTokenId,
+        BosTokenId = c.BosTokenId,
+        ImageGen = c.ImageGen,
+    };
+
+    /// <summary>Rejects values transformers rejects (temperature and penalty must be positive, top_p in [0, 1], ...).</summary>
+    public void Validate(string source = "generation config")
+    {
+        if (RepetitionPenalty <= 0) throw new ArgumentException($"{source}: repetition_penalty must be > 0, got {RepetitionPenalty}");
+        if (MaxNewTokens is <= 0) throw new ArgumentException($"{source}: max_new_tokens must be > 0, got {MaxNewTokens}");
+        if (MaxLength <= 0) throw new ArgumentException($"{source}: max_length must be > 0, got {MaxLength}");
+        if (DoSample)
+        {
+            if (Temperature <= 0) throw new ArgumentException($"{source}: temperature must be > 0 when sampling, got {Temperature}");
+            if (TopK < 0) throw new ArgumentException($"{source}: top_k must be >= 0, got {TopK}");
+            if (TopP < 0 || TopP > 1) throw new ArgumentException($"{source}: top_p must be in [0, 1], got {TopP}");
+        }
+    }
+
+    static string[] ReadStrings(JsonFields j, string key)
+    {
+        var v = j.Element.GetProperty(key);
+        if (v.ValueKind != JsonValueKind.Array || v.EnumerateArray().Any(x => x.ValueKind != JsonValueKind.String))
+            throw new InvalidDataException($"{j.Source}: field '{key}' must be a list of strings, found {v.GetRawText()}");
+        return v.EnumerateArray().Select(x => x.GetString()!).ToArray();
+    }
+}

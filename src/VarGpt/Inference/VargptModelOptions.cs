@@ -1,0 +1,51 @@
+using VarGpt.Model;
+using static TorchSharp.torch;
+
+namespace VarGpt.Inference;
+
+/// <summary>How <see cref="VargptModel.Load"/> loads a model folder.</summary>
+public sealed record VargptModelOptions
+{
+    /// <summary>Name of the subfolder of a model folder whose PEFT LoRA adapter is merged at load by default.</summary>
+    public const string DefaultAdapterFolder = "adapter";
+
+    public Device Device { get; init; } = CPU;
+    /// <summary>Compute dtype. The official inference scripts load the bf16 checkpoint with torch_dtype=float32.</summary>
+    public ScalarType DType { get; init; } = ScalarType.Float32;
+    /// <summary>ModelParts.Understanding skips the generation half (as the official lmms-eval wrapper does) to save memory.</summary>
+    public ModelParts Parts { get; init; } = ModelParts.All;
+    /// <summary>
+    /// CPU loads: build the model on META (no allocation, no random init) and make every weight stored in the compute
+    /// dtype a zero-copy view of a private mapping of its safetensors file (StateDictOptions.MemoryMap); the others are
+    /// allocated and read. Pages are read on first use and stay evictable page cache instead of anonymous memory, so a
+    /// bf16 checkpoint run in bf16 fits in less RAM than its size. null (default) = on for the CPU, off elsewhere.
+    /// Training turns it off: the optimizer writes into the weights. Trade-off measured in docs/notes/checkpoint-io.md.
+    /// </summary>
+    public bool? MemoryMap { get; init; }
+    /// <summary>
+    /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) merged into the weights at load
+    /// (<see cref="Checkpoint.LoraAdapter.Merge"/>). null (default) = the model folder's <c>adapter/</c> subfolder when it exists.
+    /// </summary>
+    public string? Adapter { get; init; }
+    /// <summary>false = never merge an adapter (the base weights alone, even when the folder has <c>adapter/</c>).</summary>
+    public bool MergeAdapter { get; init; } = true;
+
+    internal bool UseMemoryMap => MemoryMap ?? Device.type == TorchSharp.DeviceType.CPU;
+
+    /// <summary>The adapter folder a load of <paramref name="modelDir"/> merges, or null.</summary>
+    public string? ResolveAdapter(string modelDir)
+    {
+        if (!MergeAdapter)
+        {
+            if (Adapter is not null) throw new ArgumentException($"VargptModelOptions: Adapter = {Adapter} but MergeAdapter = false; set one or the other");
+            return null;
+        }
+        if (Adapter is not null)
+        {
+            var full = Path.GetFullPath(Adapter);
+            return Directory.Exists(full) ? full : throw new DirectoryNotFoundException($"LoRA adapter folder not found: {full}");
+        }
+        var own = Path.Combine(modelDir, DefaultAdapterFolder);
+        return Directory.Exists(own) ? Path.GetFullPath(own) : null;
+    }
+}
