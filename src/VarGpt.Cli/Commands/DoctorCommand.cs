@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using VarGpt.Cli.Runner;
 using VarGpt.Torch;
 
 namespace VarGpt.Cli.Commands;
