@@ -54,6 +54,20 @@ public class NativeKernelTests(ITestOutputHelper log)
         Assert.All(both.Where(c => c.Name.StartsWith("conv2d", StringComparison.Ordinal)), c => Assert.Equal("im2col", c.Taken!.Route));
     }
 
+    /// <summary>The CI guard can fail: with every convolution route corrupted, no implementation is right and the
+    /// assertion names the kernels, the CPU and the versions.</summary>
+    [Fact]
+    public void With_every_convolution_route_wrong_the_ci_guard_fails_naming_the_kernels()
+    {
+        TorchTestSetup.Init();
+        var checks = KernelSelfCheck.Run(new KernelSelfCheckOptions { FaultyRoutes = ConvRoutes.Order.ToHashSet() });
+        var e = Assert.ThrowsAny<Exception>(() => AssertKernelsRight(checks));
+        Assert.Contains("Native kernels with no right implementation on this CPU", e.Message);
+        Assert.Contains("FAIL conv2d float32 fwd x[1,24,64,64] w[24,24,3,3] s1 p1", e.Message);
+        Assert.Contains("oneDNN v3.", e.Message);
+        Assert.DoesNotContain("FAIL linear", e.Message);
+    }
+
     static FixtureComparer RunBsqVaeFixture(ConvRouterOptions routing)
     {
         using var f = new Fixture(Path.Combine(TestPaths.Golden, "bsq_vae"));
