@@ -55,20 +55,24 @@ public static class DoctorCommand
     {
         LibTorchNative.DisableNnpack(); // as every model load does (ConvRouter); reported below
         var env = NativeEnvironment.Read();
+        // oneDNN prints its version, threading runtime and the ISA it dispatches to with its first verbose line
+        IReadOnlyList<string> oneDnnInfo = options.CaptureImplementations
+            ? OneDnnVerbose.Capture(() => { using var a = TorchSharp.torch.ones(32, 32, TorchSharp.torch.ScalarType.BFloat16); using var p = a.matmul(a); return 0; }).Info
+            : [];
         var sw = Stopwatch.StartNew();
         IReadOnlyList<KernelCheck> checks = KernelSelfCheck.Run(options);
         for (int i = 1; i < repeat; i++)
             checks = checks.Zip(KernelSelfCheck.Run(options with { CaptureImplementations = false }), (a, b) => a.Pass && !b.Pass || a.DefaultPass && !b.DefaultPass ? b : a).ToList();
         double seconds = sw.Elapsed.TotalSeconds;
         int failed = checks.Count(c => !c.Pass), fallbacks = checks.Count(c => c.Pass && !c.DefaultPass);
-        if (json) o.WriteLine(Json(env, checks, options, repeat, seconds, failed, fallbacks));
-        else Text(env, checks, options, repeat, seconds, failed, fallbacks, o);
+        if (json) o.WriteLine(Json(env, oneDnnInfo, checks, options, repeat, seconds, failed, fallbacks));
+        else Text(env, oneDnnInfo, checks, options, repeat, seconds, failed, fallbacks, o);
         return failed > 0 ? ExitCodes.Failed : ExitCodes.Ok;
     }
 
     static readonly string[] ImportantFlags = ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx512_vp2intersect", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "avx10"];
 
-    static void Text(NativeEnvironment env, IReadOnlyList<KernelCheck> checks, KernelSelfCheckOptions options, int repeat, double seconds, int failed, int fallbacks, TextWriter o)
+    static void Text(NativeEnvironment env, IReadOnlyList<string> oneDnnInfo, IReadOnlyList<KernelCheck> checks, KernelSelfCheckOptions options, int repeat, double seconds, int failed, int fallbacks, TextWriter o)
     {
         var cpu = env.Cpu;
         o.WriteLine($"CPU          {cpu.Summary}, {cpu.LogicalProcessors} logical processors");
@@ -79,6 +83,8 @@ public static class DoctorCommand
         }
         o.WriteLine($"TorchSharp   {env.TorchSharpVersion}; libtorch {env.LibTorchVersion ?? "?"}; oneDNN {env.OneDnnVersion ?? "?"}");
         o.WriteLine($"libtorch     CPU capability {env.CpuCapability ?? "?"}; {env.Threads} intra-op thread{(env.Threads == 1 ? "" : "s")}; oneDNN (mkldnn) {OnOff(env.MkldnnEnabled)}; NNPACK {OnOff(env.NnpackEnabled)}{(env.NnpackEnabled == false ? " (VarGpt turns it off: never used by its convolutions, and its probe floods stderr on CPUs it does not know)" : "")}");
+        foreach (var line in oneDnnInfo.Where(l => l.StartsWith("cpu,", StringComparison.Ordinal)))
+            o.WriteLine($"oneDNN       {line[4..]}");
         foreach (var v in new[] { "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_CBWR", ConvRouterOptions.RouteVariable, ConvRouterOptions.FaultVariable })
             if (Environment.GetEnvironmentVariable(v) is { } val) o.WriteLine($"environment  {v}={val}");
         if (options.FaultyRoutes.Count > 0) o.WriteLine($"injected     wrong results from the convolution route(s) {string.Join(", ", options.FaultyRoutes.Select(ConvRoutes.Name))}");
@@ -99,14 +105,14 @@ public static class DoctorCommand
         if (fallbacks > 0) o.WriteLine("A PASS* kernel is wrong in libtorch on this CPU; VarGpt's models detect that at their first use of each shape and take the same fallback (docs/notes/cpu-kernels.md).");
     }
 
-    static string Json(NativeEnvironment env, IReadOnlyList<KernelCheck> checks, KernelSelfCheckOptions options, int repeat, double seconds, int failed, int fallbacks)
+    static string Json(NativeEnvironment env, IReadOnlyList<string> oneDnnInfo, IReadOnlyList<KernelCheck> checks, KernelSelfCheckOptions options, int repeat, double seconds, int failed, int fallbacks)
     {
         var cpu = env.Cpu;
         var doc = new
         {
             cpu = new { cpu.Vendor, cpu.Brand, cpu.Family, cpu.Model, cpu.Stepping, cpu.Hypervisor, cpu.LogicalProcessors, cpu.Flags, caches = cpu.Caches },
             torchsharp = env.TorchSharpVersion, libtorch = env.LibTorchVersion, onednn = env.OneDnnVersion, cpu_capability = env.CpuCapability,
-            threads = env.Threads, mkldnn_enabled = env.MkldnnEnabled, nnpack_enabled = env.NnpackEnabled,
+            onednn_info = oneDnnInfo, threads = env.Threads, mkldnn_enabled = env.MkldnnEnabled, nnpack_enabled = env.NnpackEnabled,
             injected_faults = options.FaultyRoutes.Select(ConvRoutes.Name).ToArray(), repeat,
             checks = checks.Select(c => new
             {

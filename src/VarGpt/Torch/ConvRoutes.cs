@@ -142,9 +142,9 @@ public static class ConvRoutes
 
     /// <summary>
     /// Checks a forward result <paramref name="y"/> = conv(x, weight, bias) against a float64 reference at sampled
-    /// output positions: every output channel at up to 128 positions along each of the first, middle and last rows and
-    /// columns (where padding and tails live) of the first and last image, plus 64 random positions. Cheap next to the
-    /// convolution itself, so it can check a real call. <paramref name="rerun"/>, when given, recomputes the result:
+    /// output positions: every output channel at positions spread along the first, middle and last rows and columns
+    /// (where padding and tails live) of the first and last image, plus random ones, about 1/32 of all positions
+    /// (<see cref="SamplePositions"/>). Cheaper than the convolution itself, so it can check a real call. <paramref name="rerun"/>, when given, recomputes the result:
     /// it must be bitwise identical (a kernel that is sometimes wrong often differs between runs).
     /// </summary>
     public static ConvRouteCheck CheckForward(ConvRoute route, Tensor y, Tensor x, Tensor weight, Tensor? bias, long stride, long padding, Func<Tensor>? rerun = null)
@@ -246,17 +246,24 @@ public static class ConvRoutes
         return (err, err > tol ? $"error {err:G3} above tolerance {tol:G3}" : null);
     }
 
-    /// <summary>Output positions to sample: (image, row, column) index tensors of equal length.</summary>
+    /// <summary>
+    /// Output positions to sample: (image, row, column) index tensors of equal length. About 1/32 of the output
+    /// positions (at least 16, at most ~830): per sampled position the reference costs ~4 times what the convolution
+    /// does (float64, plus the absolute-value product), so this keeps it near an eighth of the checked convolution.
+    /// </summary>
     static (Tensor B, Tensor Y, Tensor X) SamplePositions(long n, long outH, long outW)
     {
         var b = new List<long>(); var ys = new List<long>(); var xs = new List<long>();
         void Add(long bb, long yy, long xx) { b.Add(bb); ys.Add(yy); xs.Add(xx); }
-        static IEnumerable<long> Spread(long len)
+        long budget = Math.Max(16, n * outH * outW / 32);
+        var images = n == 1 ? [0L] : new[] { 0L, n - 1 };
+        long perLine = Math.Clamp(budget * 3 / 4 / (images.Length * 6), 2, 128);
+        IEnumerable<long> Spread(long len)
         {
-            long count = Math.Min(len, 128);
+            long count = Math.Min(len, perLine);
             for (long i = 0; i < count; i++) yield return count == 1 ? 0 : i * (len - 1) / (count - 1);
         }
-        foreach (var img in n == 1 ? [0L] : new[] { 0L, n - 1 })
+        foreach (var img in images)
         {
             foreach (var row in new[] { 0L, outH / 2, outH - 1 }.Distinct())
                 foreach (var col in Spread(outW)) Add(img, row, col);
@@ -264,7 +271,7 @@ public static class ConvRoutes
                 foreach (var row in Spread(outH)) Add(img, row, col);
         }
         var rng = new Random(7); // positions only; the global torch RNG is left untouched (training reproducibility)
-        for (int i = 0; i < 64; i++) Add(rng.NextInt64(n), rng.NextInt64(outH), rng.NextInt64(outW));
+        for (long i = 0, extra = Math.Clamp(budget / 4, 4, 64); i < extra; i++) Add(rng.NextInt64(n), rng.NextInt64(outH), rng.NextInt64(outW));
         return (tensor(b.ToArray()), tensor(ys.ToArray()), tensor(xs.ToArray()));
     }
 
