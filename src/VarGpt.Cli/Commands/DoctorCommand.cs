@@ -13,7 +13,7 @@ public static class DoctorCommand
 {
     public static Command Create()
     {
-        var json = BenchCommand.JsonOption();
+        var json = new Option<bool>("--json") { Description = "Print one JSON object: cpu (vendor, brand, family, model, flags, caches), versions, threads, switches, checks [{name, pass, default_pass, taken, attempts [{route, pass, error, tolerance, problem, implementations}]}], totals." };
         var threads = BenchCommand.ThreadsOption();
         var allRoutes = new Option<bool>("--all-routes") { Description = "Check every convolution route (default, channels_last, im2col, float64), not only until one passes." };
         var repeat = new Option<int>("--repeat") { Description = "Run the checks this many times (kernels that are only sometimes wrong); a check fails if any run fails.", DefaultValueFactory = _ => 1 };

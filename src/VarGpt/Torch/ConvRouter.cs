@@ -16,7 +16,7 @@ public sealed record ConvRouterOptions
     public const string RouteVariable = "VARGPT_CONV_ROUTE";
 
     /// <summary>Diagnostic/test switch: <c>VARGPT_CONV_FAULT=default[,channels_last…]</c> corrupts those routes'
-    /// results (scaled by 1/16, one NaN), as the wrong AMD Zen 5 kernel did, to show the checks catch it.</summary>
+    /// results (scaled by 1/16, one NaN: a stand-in for the wrong AMD Zen 5 kernel's values and NaNs) to show the checks catch it.</summary>
     public const string FaultVariable = "VARGPT_CONV_FAULT";
 
     /// <summary>Run every convolution by this route, unchecked; null = check and choose.</summary>
@@ -53,7 +53,7 @@ public sealed record ConvRouterOptions
 
     internal Func<Tensor, Tensor>? CorruptionFor(ConvRoute route) => FaultyRoutes.Contains(route) ? Corrupt : null;
 
-    /// <summary>A wrong kernel's signature: values off by a factor and a NaN (what the Zen 5 encoder produced).</summary>
+    /// <summary>A stand-in for a wrong kernel: values off by a factor and one NaN (the Zen 5 encoder gave wrong values, sometimes NaN).</summary>
     static Tensor Corrupt(Tensor y)
     {
         using var scope = NewDisposeScope();
