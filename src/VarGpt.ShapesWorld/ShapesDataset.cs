@@ -31,7 +31,7 @@ public static class ShapesDataset
     public static void WriteDataset(string folder, string name, IEnumerable<ShapesSample> samples, int imageSize = 128)
     {
         var imageDir = Path.Combine(folder, "images", name);
-        Directory.CreateDirectory(imageDir);
+        AtomicFile.EnsureFolder(imageDir);
         var records = new JsonArray();
         var truth = new JsonArray();
         foreach (var s in samples)
@@ -64,7 +64,7 @@ public static class ShapesDataset
     // Relaxed escaping keeps "<image>" readable (as in the official demo files) instead of "\u003Cimage\u003E".
     static readonly JsonSerializerOptions Indented = new() { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
-    internal static void WriteJson(string path, JsonNode node) => File.WriteAllText(path, node.ToJsonString(Indented));
+    internal static void WriteJson(string path, JsonNode node) => AtomicFile.WriteAllText(path, node.ToJsonString(Indented));
 
     /// <summary>Adds (or replaces) the sharegpt entry of dataset name in folder/dataset_info.json; a ranking (DPO) dataset
     /// also maps the chosen/rejected columns (LLaMA-Factory data/README.md, "Preference Dataset" in sharegpt format).</summary>

@@ -130,8 +130,7 @@ public static class ShapesRenderer
     {
         using var data = bmp.Encode(SKEncodedImageFormat.Png, 100)
             ?? throw new InvalidOperationException($"SkiaSharp could not encode a {bmp.Width}x{bmp.Height} PNG for {path}");
-        using var f = File.Create(path);
-        data.SaveTo(f);
+        AtomicFile.Write(path, data.SaveTo);
     }
 
     /// <summary>Packed RGB bytes [H, W, 3] of any bitmap (converted to RGBA8888 first when needed).</summary>

@@ -23,11 +23,7 @@ public static class ShapesReport
 
     public static void Write(string path, ShapesEvaluationResult result)
     {
-        var full = Path.GetFullPath(path);
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        var tmp = full + ".tmp-" + Environment.ProcessId;
-        File.WriteAllText(tmp, Html(result), new UTF8Encoding(false));
-        File.Move(tmp, full, overwrite: true);
+        AtomicFile.WriteAllText(Path.GetFullPath(path), Html(result));
     }
 
     /// <summary>The loss curves of MODEL/training/*.jsonl (lines with current_steps and a finite loss; others are skipped).</summary>

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using VarGpt.Checkpoint;
+using VarGpt.Configuration;
 using VarGpt.Model;
 using VarGpt.Text;
 using VarGpt.Vision;
@@ -22,7 +23,7 @@ public static class ChatCommand
         public Option<int?> MaxNewTokens { get; } = new("--max-new-tokens") { Description = $"New tokens at most (default: generation_config.json max_new_tokens, else {VargptChatOptions.DefaultMaxNewTokens} as the official scripts)." };
         public Option<double?> Temperature { get; } = new("--temperature") { Description = "Sample with this temperature (0 = greedy). Unset sampling values come from generation_config.json, as in HF generate." };
         public Option<int?> TopK { get; } = new("--top-k") { Description = "Sample from the k most likely tokens (0 = off)." };
-        public Option<double?> TopP { get; } = new("--top-p") { Description = "Nucleus sampling: the smallest set of tokens with probability >= p." };
+        public Option<double?> TopP { get; } = new("--top-p") { Description = "Nucleus sampling of text tokens, in (0, 1]: the smallest set of tokens with probability >= p (1 = off). (The image sampler's --top-p of generate/edit takes [0, 1], 0 = off, as Infinity's sampler does.)" };
         public Option<double?> RepetitionPenalty { get; } = new("--repetition-penalty") { Description = "Override generation_config.json's repetition_penalty (1 = off)." };
         public Option<bool> Sample { get; } = new("--sample") { Description = "Sample with generation_config.json's temperature/top-k/top-p (default: greedy, as the official scripts)." };
         public Option<long?> Seed { get; } = new("--seed") { Description = "Seed of the token and image samplers (same seed, same output). Default: random, printed." };
@@ -30,6 +31,22 @@ public static class ChatCommand
         public void AddTo(Command c)
         {
             foreach (var o in new Option[] { MaxNewTokens, Temperature, TopK, TopP, RepetitionPenalty, Sample, Seed }) c.Options.Add(o);
+        }
+
+        /// <summary>The library's property names → these flags (for <see cref="OptionErrors"/>).</summary>
+        public static readonly IReadOnlyDictionary<string, string> Flags = new Dictionary<string, string>
+        {
+            [nameof(VargptChatOptions.MaxNewTokens)] = "--max-new-tokens", [nameof(VargptChatOptions.Temperature)] = "--temperature",
+            [nameof(VargptChatOptions.TopK)] = "--top-k", [nameof(VargptChatOptions.TopP)] = "--top-p",
+            [nameof(VargptChatOptions.RepetitionPenalty)] = "--repetition-penalty", [nameof(VargptChatOptions.StopSequences)] = "--stop",
+        };
+
+        /// <summary>The options, their ranges checked (in the flags' names) before any model is loaded.</summary>
+        public VargptChatOptions ReadChecked(ParseResult p)
+        {
+            var options = Read(p);
+            OptionErrors.Check(() => options.Resolve(new GenerationConfig()), Flags);
+            return options;
         }
 
         public VargptChatOptions Read(ParseResult p) => new()
@@ -46,7 +63,7 @@ public static class ChatCommand
         var images = new Option<string[]>("--image", "-i") { Description = "Image file (PNG, JPEG, WebP, BMP, GIF) to attach to the prompt; repeat for several.", AllowMultipleArgumentsPerToken = false };
         var system = new Option<string?>("--system") { Description = "System message (default: the template's \"You are a helpful assistant.\")." };
         var stops = new Option<string[]>("--stop") { Description = "Stop the answer before this text; repeat for several." };
-        var imageOut = new Option<string>("--image-out") { Description = "Where to save an image the model draws (further images get -2, -3, ... suffixes).", DefaultValueFactory = _ => "vargpt-image.png" };
+        var imageOut = new Option<string?>("--image-out") { Description = $"Where to save an image the model draws (overwritten; further images get -2, -3, ... suffixes). Default: a new file {DefaultImageName}-N.png in the working directory (never an existing one), printed." };
         var noImages = new Option<bool>("--no-image-generation") { Description = "When the model starts an image, stop there instead of drawing it." };
         var model = new ModelOptions();
         var sampling = new SamplingOptions();
@@ -66,7 +83,9 @@ public static class ChatCommand
               /reset        forget the conversation
               /exit         quit (so does end of input)
             Images larger than the processor's max_pixels are resized (a note says so once per image).
-            If the model draws an image it is saved to --image-out and the path printed; no text follows an image.
+            If the model draws an image it is saved to --image-out (default: a new vargpt-image-N.png in the working
+            directory, never an existing file) and the path printed; no text follows an image. Input from stdin must
+            be UTF-8. A question about "this image" with no image attached gets a note that the model cannot see one.
             """);
         cmd.WithExamples(
             "vargpt chat -m ~/models/VARGPT-v1.1 \"Write a haiku about the sea.\"",
@@ -79,28 +98,66 @@ public static class ChatCommand
             var e = parse.InvocationConfiguration.Error;
             var input = stdin ?? Console.In;
             var text = parse.GetValue(prompt);
-            if (text == "-") text = input.ReadToEnd().TrimEnd('\r', '\n');
+            if (text == "-") text = ReadStdin(input).TrimEnd('\r', '\n');
             if (text is not null && string.IsNullOrWhiteSpace(text)) throw new VargptInputException("the prompt is empty");
-            var options = sampling.Read(parse) with
+            var files = parse.GetValue(images) ?? [];
+            if (text is not null && files.Length == 0 && text.Contains("<image>", StringComparison.Ordinal))
+                throw new InvalidOptionException("the prompt has an <image> placeholder but no image is attached: add --image FILE", "--image");
+            var imagePath = parse.GetValue(imageOut) is { } io ? Path.GetFullPath(io) : null;
+            if (imagePath is not null) AtomicFile.CheckWritable(imagePath, "--image-out");
+            var options = sampling.ReadChecked(parse) with
             {
                 StopSequences = parse.GetValue(stops) ?? [],
                 GenerateImages = !parse.GetValue(noImages),
             };
             // load the images before the model: a wrong path fails in a second, not after minutes of loading
-            var firstImages = (parse.GetValue(images) ?? []).Select(p => new NamedImage(p, RgbImage.Load(p))).ToList();
+            var firstImages = files.Select(p => new NamedImage(p, RgbImage.Load(p))).ToList();
             using var chat = model.Load(parse, e);
-            var session = new Session(chat, options, parse.GetValue(system), parse.GetValue(imageOut)!, o, e);
+            var session = new Session(chat, options, parse.GetValue(system), imagePath, o, e);
             session.Describe();
             if (text is not null) return session.Turn(text, firstImages) ? ExitCodes.Ok : ExitCodes.UserError;
-            return session.Interactive(input, firstImages);
+            return session.Interactive(Strict(input), firstImages);
         });
         return cmd;
     }
 
+    /// <summary>The default image file name stem: vargpt-image-1.png, -2, ... (the first that does not exist).</summary>
+    public const string DefaultImageName = "vargpt-image";
+
+    /// <summary>Console input decoded as strict UTF-8: bytes that are not UTF-8 are an error, never silently replaced.</summary>
+    /// <summary>
+    /// The first vargpt-image-N.png in <paramref name="dir"/> that does not exist, claimed (created empty with
+    /// CreateNew, so two sessions never pick the same one); the image is then written over the claim atomically.
+    /// </summary>
+    public static string ClaimNewImagePath(string dir)
+    {
+        for (int n = 1; ; n++)
+        {
+            var path = Path.Combine(Path.GetFullPath(dir), $"{DefaultImageName}-{n}.png");
+            try { using (new FileStream(path, FileMode.CreateNew, FileAccess.Write)) { } return path; }
+            catch (IOException) when (File.Exists(path) || Directory.Exists(path)) { }
+            catch (Exception x) when (AtomicFile.IsEnvironmentError(x)) { throw AtomicFile.Wrap(path, x); }
+        }
+    }
+
+    static TextReader Strict(TextReader input) => ReferenceEquals(input, Console.In)
+        ? new StreamReader(Console.OpenStandardInput(), new System.Text.UTF8Encoding(false, throwOnInvalidBytes: true))
+        : input;
+
+    static string ReadStdin(TextReader input)
+    {
+        try { return Strict(input).ReadToEnd(); }
+        catch (System.Text.DecoderFallbackException x) { throw new InvalidFileException($"stdin is not valid UTF-8 (byte 0x{(x.BytesUnknown is { Length: > 0 } b ? b[0] : 0):X2} at offset {x.Index}); send UTF-8 text"); }
+    }
+
+    /// <summary>Words that ask about an image ("this picture", "the photo"): with none attached the model answers blind, so say so.</summary>
+    static readonly System.Text.RegularExpressions.Regex AsksAboutImage = new(@"\b(this|the|attached|my)\s+(image|picture|photo|photograph)\b",
+        System.Text.RegularExpressions.RegexOptions.IgnoreCase | System.Text.RegularExpressions.RegexOptions.CultureInvariant);
+
     internal sealed record NamedImage(string Path, RgbImage Image);
 
     /// <summary>The conversation: history, images waiting for the next message, notes already given, saved images.</summary>
-    sealed class Session(VargptModel chat, VargptChatOptions options, string? system, string imageOut, TextWriter o, TextWriter e)
+    sealed class Session(VargptModel chat, VargptChatOptions options, string? system, string? imageOut, TextWriter o, TextWriter e)
     {
         readonly List<ChatMessage> _history = [];
         readonly HashSet<RgbImage> _noted = new(ReferenceEqualityComparer.Instance);
@@ -137,6 +194,8 @@ public static class ChatCommand
         /// <summary>Runs one user turn; false when it failed with a user error (already printed).</summary>
         public bool Turn(string text, IReadOnlyList<NamedImage> images)
         {
+            if (images.Count == 0 && !_history.Any(m => m.Content.OfType<ImagePart>().Any()) && AsksAboutImage.IsMatch(text))
+                e.WriteLine("note: no image is attached (--image FILE, or /image PATH in a session): the model answers from the text alone");
             var user = new ChatMessage("user", images.Select(i => ContentPart.FromImage(i.Image)).Append(ContentPart.FromText(text)).ToList());
             var messages = new List<ChatMessage>();
             if (system is not null) messages.Add(ChatMessage.System(system));
@@ -175,8 +234,14 @@ public static class ChatCommand
                     e.WriteLine($"note: {NameOf(all[i], images)} ({all[i].Width}x{all[i].Height}) was resized to fit max_pixels {chat.Preprocessor.MaxPixels}");
             if (reply!.Image is { } img)
             {
-                var path = ++_saved == 1 ? imageOut : Path.Combine(Path.GetDirectoryName(imageOut) ?? "", $"{Path.GetFileNameWithoutExtension(imageOut)}-{_saved}{Path.GetExtension(imageOut)}");
-                img.SavePng(path);
+                ++_saved;
+                string path;
+                if (imageOut is not null)
+                {
+                    path = _saved == 1 ? imageOut : Path.Combine(Path.GetDirectoryName(imageOut) ?? "", $"{Path.GetFileNameWithoutExtension(imageOut)}-{_saved}{Path.GetExtension(imageOut)}");
+                    img.SavePng(path);
+                }
+                else path = SaveNew(img);
                 e.WriteLine($"image saved to {path} ({img.Width}x{img.Height}, seed {reply.ImageSeed})");
             }
             else if (reply.Finish == VargptChatFinish.Image) e.WriteLine("(the model started an image; not drawn: --no-image-generation)");
@@ -184,6 +249,13 @@ public static class ChatCommand
             _history.Add(user);
             _history.Add(ChatMessage.Assistant(reply.Text));
             return true;
+        }
+
+        static string SaveNew(RgbImage img)
+        {
+            var path = ClaimNewImagePath(Environment.CurrentDirectory);
+            img.SavePng(path);
+            return path;
         }
 
         string NameOf(RgbImage image, IReadOnlyList<NamedImage> current) =>
@@ -199,7 +271,9 @@ public static class ChatCommand
             {
                 e.Write("> ");
                 e.Flush();
-                var line = input.ReadLine();
+                string? line;
+                try { line = input.ReadLine(); }
+                catch (System.Text.DecoderFallbackException) { e.WriteLine("error: this line is not valid UTF-8; type it again in UTF-8"); continue; }
                 if (line is null) { e.WriteLine(); return ExitCodes.Ok; }
                 line = line.Trim();
                 if (line.Length == 0) continue;

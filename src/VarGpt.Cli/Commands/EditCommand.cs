@@ -44,13 +44,17 @@ public static class EditCommand
             var log = parse.InvocationConfiguration.Error;
             var px = parse.GetValue(maxPixels);
             if (px < 0) throw new VargptInputException("--max-pixels must be ≥ 0 (0 = no pre-shrink)");
-            var options = image.Read(parse) with { EditMaxPixels = px == 0 ? null : px };
+            var instructionText = parse.GetRequiredValue(instruction);
+            if (string.IsNullOrWhiteSpace(instructionText)) throw new InvalidOptionException("INSTRUCTION is empty: say how to change the image, e.g. \"make the circle blue\"", "INSTRUCTION");
+            var modelDir = model.ResolveModelDir(parse);
+            var options = ImageCommandOptions.Checked(image.Read(parse, modelDir) with { EditMaxPixels = px == 0 ? null : px }, parse.GetValue(image.Aspect)!, modelDir);
+            var output = image.CheckedOutputPath(parse, options.Count);
             RgbImage source;
             try { source = RgbImage.Load(Path.GetFullPath(parse.GetRequiredValue(input))); }
             catch (ImageLoadException e) { throw new VargptInputException($"cannot read the edit image {e.Message}"); }
             using var images = model.Load(parse, log);
-            return ImageCommandOptions.RunAndSave(images, options, image.OutputPath(parse), o, log,
-                (opts, progress) => images.EditImage(source, parse.GetRequiredValue(instruction), opts, progress));
+            return ImageCommandOptions.RunAndSave(images, options, output, o, log,
+                (opts, progress) => images.EditImage(source, instructionText, opts, progress));
         });
         return cmd;
     }

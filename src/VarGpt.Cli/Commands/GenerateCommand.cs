@@ -30,10 +30,14 @@ public static class GenerateCommand
         {
             var o = parse.InvocationConfiguration.Output;
             var log = parse.InvocationConfiguration.Error;
-            var options = image.Read(parse);
+            // every argument is checked before the model loads
+            var text = parse.GetRequiredValue(prompt);
+            if (string.IsNullOrWhiteSpace(text)) throw new InvalidOptionException("PROMPT is empty: say what to draw, e.g. vargpt generate \"a red circle\"", "PROMPT");
+            var options = image.Read(parse, model.ResolveModelDir(parse));
+            var output = image.CheckedOutputPath(parse, options.Count);
             using var images = model.Load(parse, log);
-            return ImageCommandOptions.RunAndSave(images, options, image.OutputPath(parse), o, log,
-                (opts, progress) => images.GenerateImage(parse.GetRequiredValue(prompt), opts, progress));
+            return ImageCommandOptions.RunAndSave(images, options, output, o, log,
+                (opts, progress) => images.GenerateImage(text, opts, progress));
         });
         return cmd;
     }
@@ -75,9 +79,30 @@ public sealed class ImageCommandOptions
         foreach (var o in new Option[] { Output, Seed, Cfg, Tau, TopK, TopP, Aspect, Pixels, Count, ForceImageStart, MaxNewTokens }) cmd.Options.Add(o);
     }
 
-    public string OutputPath(ParseResult parse) => Path.GetFullPath(parse.GetValue(Output)!);
+    /// <summary>The library's property names → these flags (for <see cref="OptionErrors"/>).</summary>
+    public static readonly IReadOnlyDictionary<string, string> Flags = new Dictionary<string, string>
+    {
+        [nameof(ImageOptions.Cfg)] = "--cfg", [nameof(ImageOptions.Tau)] = "--tau", [nameof(ImageOptions.TopK)] = "--top-k",
+        [nameof(ImageOptions.TopP)] = "--top-p", [nameof(ImageOptions.Count)] = "--count", [nameof(ImageOptions.MaxNewTokens)] = "--max-new-tokens",
+        [nameof(ImageOptions.AspectRatio)] = "--aspect", [nameof(ImageOptions.EditMaxPixels)] = "--max-pixels",
+    };
 
-    public ImageOptions Read(ParseResult parse)
+    /// <summary>
+    /// -o as a full path, checked before any work: its folder exists and is writable and no folder stands where an
+    /// output file goes (with --count N, every OUT-i.png).
+    /// </summary>
+    public string CheckedOutputPath(ParseResult parse, int count)
+    {
+        var path = Path.GetFullPath(parse.GetValue(Output)!);
+        for (int i = 1; i <= count; i++) AtomicFile.CheckWritable(count == 1 ? path : NumberedPath(path, i), "-o");
+        return path;
+    }
+
+    /// <summary>
+    /// The options, every one checked against the model folder's config.json before the (slow) weight load: sampler
+    /// ranges, and that the aspect ratio has a scale schedule at the pixel budget in this checkpoint.
+    /// </summary>
+    public ImageOptions Read(ParseResult parse, string modelDir)
     {
         var o = new ImageOptions
         {
@@ -86,6 +111,26 @@ public sealed class ImageCommandOptions
             AspectRatio = ParseAspect(parse.GetValue(Aspect)!), Pn = parse.GetValue(Pixels),
             Count = parse.GetValue(Count), ForceImageStart = parse.GetValue(ForceImageStart), MaxNewTokens = parse.GetValue(MaxNewTokens),
         };
+        return Checked(o, parse.GetValue(Aspect)!, modelDir);
+    }
+
+    /// <summary><see cref="ImageOptions.Validate"/> in the CLI's words, against the config.json of <paramref name="modelDir"/> (when it has one).</summary>
+    public static ImageOptions Checked(ImageOptions o, string aspectText, string modelDir)
+    {
+        OptionErrors.Check(() => { o.ValidateSampling(); return 0; }, Flags);
+        if (!File.Exists(Path.Combine(modelDir, "config.json"))) { OptionErrors.Check(() => o with { }, Flags); return o; }   // the load reports the missing file
+        var config = VargptConfig.Load(modelDir);
+        var pn = o.Pn ?? config.Pn;
+        var template = ScaleSchedules.NearestTemplate(o.AspectRatio);
+        var aspects = ScaleSchedules.Templates.Where(t => config.Schedules.PnsOf(t).Contains(pn)).Select(WidthToHeight).ToList();
+        if (!config.Schedules.PnsOf(template).Contains(pn) && aspects.Count > 0)   // an unknown pn altogether: Validate lists the budgets
+        {
+            var budgets = config.Schedules.PnsOf(template);
+            throw new InvalidOptionException(
+                $"--aspect {aspectText} has no scale schedule at pixel budget {pn}{(o.Pn is null ? " (this model's vargpt_gen_args.pn)" : "")} in {modelDir}: " +
+                $"aspects at {pn}: {string.Join(", ", aspects)}" + (budgets.Count > 0 ? $"; pixel budgets (--pixels) for {aspectText}: {string.Join(", ", budgets)}" : ""), "--aspect");
+        }
+        OptionErrors.Check(() => o.Validate(config), Flags);
         return o;
     }
 
@@ -120,8 +165,6 @@ public sealed class ImageCommandOptions
     public static int RunAndSave(VargptModel images, ImageOptions options, string output, TextWriter o, TextWriter log,
         Func<ImageOptions, Action<ImageProgress>, ImageResult> run)
     {
-        var dir = Path.GetDirectoryName(output)!;
-        if (!Directory.Exists(dir)) throw new VargptInputException($"output folder does not exist: {dir}");
         o.WriteLine($"seed {options.Seed}");
         var sw = Stopwatch.StartNew();
         var result = run(options, p => log.WriteLine(

@@ -60,6 +60,7 @@ public static class ShapesCommand
             if (p.GetValue(size) < 16) throw new VargptInputException("--image-size must be at least 16");
             var gen = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = p.GetValue(seed), ImageSize = p.GetValue(size), PositionJitter = j });
             var dir = Path.GetFullPath(p.GetRequiredValue(output));
+            AtomicFile.CheckWritableFolder(dir, "--out");
             var sw = System.Diagnostics.Stopwatch.StartNew();
             ShapesDataset.Write(dir, gen, nTrain, nEval);
             foreach (var (name, n) in new[] { (ShapesDataset.TrainName, nTrain), (ShapesDataset.EvalName, nEval) })
@@ -229,6 +230,8 @@ public static class ShapesCommand
             if (n < 1) throw new VargptInputException($"--count must be at least 1, got {n}");
             if (p.GetValue(examples) < 0) throw new VargptInputException("--examples must be ≥ 0");
             var dir = model.ResolveModelDir(p);
+            // the report's path is checked before the evaluation (minutes), not after it
+            if (p.GetValue(report) is { } rp) AtomicFile.CheckWritable(rp, "--report");
             var options = ShapesEvaluationOptions.PerTask(n) with
             {
                 ImageSeed = p.GetValue(seed),
@@ -326,6 +329,7 @@ public static class ShapesCommand
             opts.Validate();
             var world = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = p.GetValue(seed) });
             var dir = Path.GetFullPath(p.GetRequiredValue(output));
+            AtomicFile.CheckWritableFolder(dir, "--out");
             using var images = model.Load(p, log, ModelParts.LanguageModel | ModelParts.Generation);
             var r = ShapesDpoPairs.Mine(images, world, opts, log);
             o.WriteLine(r.Stats);

@@ -15,14 +15,14 @@ public static class ExitCodes
 }
 
 /// <summary>Parses and invokes with the given writers (tests pass StringWriters), turning errors into messages and exit codes.</summary>
-public static class CliRunner
+public static partial class CliRunner
 {
     public static int Run(RootCommand root, string[] args, TextWriter output, TextWriter error)
     {
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
-            foreach (var e in parse.Errors) error.WriteLine($"error: {e.Message}");
+            foreach (var e in parse.Errors) error.WriteLine($"error: {Plain(e.Message)}");
             var cmd = string.Join(' ', new[] { "vargpt" }.Concat(parse.CommandResult.Command.Parents.Count() == 0 ? [] : CommandPath(parse.CommandResult.Command)));
             error.WriteLine($"Run '{cmd} --help' for usage.");
             return ExitCodes.UserError;
@@ -59,6 +59,31 @@ public static class CliRunner
         int q = e.Message.IndexOf('\'');
         return q >= 0 && AtomicFile.Cause(e) != e.Message.TrimEnd('.') ? $" ({e.Message.TrimEnd('.')})" : "";
     }
+
+    /// <summary>
+    /// System.CommandLine's "Cannot parse argument 'abc' for option '--seed' as expected type 'System.Nullable`1[System.Int64]'"
+    /// in the CLI's words: "--seed expects a whole number, got 'abc'" (.NET type names mean nothing to a user).
+    /// </summary>
+    public static string Plain(string message)
+    {
+        var m = ParseError().Match(message);
+        if (!m.Success) return message;
+        var type = m.Groups["type"].Value;
+        var inner = NullableType().Match(type) is { Success: true } n ? n.Groups[1].Value : type;
+        string expects = inner switch
+        {
+            "System.Int32" or "System.Int64" or "System.Int16" or "System.UInt32" or "System.UInt64" => "a whole number",
+            "System.Double" or "System.Single" or "System.Decimal" => "a number",
+            "System.Boolean" => "true or false",
+            _ => "a value of another form (see --help)",
+        };
+        return $"{m.Groups["what"].Value} expects {expects}, got '{m.Groups["value"].Value}'";
+    }
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"^Cannot parse argument '(?<value>.*)' for (option|command|argument) '(?<what>[^']+)' as expected type '(?<type>[^']+)'\.?$")]
+    private static partial System.Text.RegularExpressions.Regex ParseError();
+    [System.Text.RegularExpressions.GeneratedRegex(@"^System\.Nullable`1\[(.+)\]$")]
+    private static partial System.Text.RegularExpressions.Regex NullableType();
 
     static IEnumerable<string> CommandPath(Command c)
     {

@@ -25,7 +25,7 @@ public sealed record RandomCheckpointOptions
     public long Seed { get; init; }
     /// <summary>Default generation resolution written to vargpt_gen_args.pn; null = the preset's.</summary>
     public string? Pn { get; init; }
-    /// <summary>Write into a non-empty folder (overwriting our files; stale weight shards are removed).</summary>
+    /// <summary>Replace a non-empty folder: the new checkpoint is built beside it and swapped in; files init does not write are kept, stale weight shards dropped.</summary>
     public bool Force { get; init; }
     public long MaxShardBytes { get; init; } = SafeTensorsWriter.DefaultMaxShardBytes;
 }
@@ -66,43 +66,53 @@ public static class RandomCheckpoint
         if (options.Pn is { } pn && !pns.Contains(pn))
             throw new InvalidOptionException($"unknown pn '{pn}' for preset '{preset.Name}'; registered for template 1.0: {string.Join(", ", pns)}");
 
-        Directory.CreateDirectory(outDir);
-        // Tokenizer first: config.json's vocabulary size and special ids are read from the files.
-        if (tokDir is null)
+        // The folder is built beside the target and renamed into place (AtomicFile.WriteFolder): a kill or a full disk
+        // leaves the previous folder (or none), never a half-written checkpoint; --force swaps the old folder out.
+        RandomCheckpointResult? result = null;
+        var previous = Directory.Exists(outDir) ? outDir : null;
+        AtomicFile.WriteFolder(outDir, tmp =>
         {
-            log?.WriteLine("writing the preset's default tokenizer (no --tokenizer given)");
-            options.DefaultTokenizer!(outDir);
-        }
-        else
-        {
-            var present = TokenizerFiles.Where(f => File.Exists(Path.Combine(tokDir, f))).ToList();
-            if (!present.Contains("tokenizer.json") && !(present.Contains("vocab.json") && present.Contains("merges.txt")))
-                throw new InputNotFoundException($"tokenizer folder {tokDir} has no tokenizer.json and no vocab.json + merges.txt pair");
-            if (!SameDir(tokDir, outDir))
-                foreach (var f in present)
-                {
-                    // copy the bytes, not the mode: a read-only source (e.g. a shared folder) must not make the copy read-only
-                    using var src = File.OpenRead(Path.Combine(tokDir, f));
-                    using var dst = new FileStream(Path.Combine(outDir, f), FileMode.Create, FileAccess.Write);
-                    src.CopyTo(dst);
-                }
-        }
-        var tokenizer = QwenTokenizer.FromDirectory(outDir);
-        var ids = TokenizerIds.From(tokenizer, tokDir ?? outDir);
+            // Tokenizer first: config.json's vocabulary size and special ids are read from the files.
+            if (tokDir is null)
+            {
+                log?.WriteLine("writing the preset's default tokenizer (no --tokenizer given)");
+                options.DefaultTokenizer!(tmp);
+            }
+            else
+            {
+                var present = TokenizerFiles.Where(f => File.Exists(Path.Combine(tokDir, f))).ToList();
+                if (!present.Contains("tokenizer.json") && !(present.Contains("vocab.json") && present.Contains("merges.txt")))
+                    throw new InputNotFoundException($"tokenizer folder {tokDir} has no tokenizer.json and no vocab.json + merges.txt pair");
+                foreach (var f in present) AtomicFile.Copy(Path.Combine(tokDir, f), Path.Combine(tmp, f));
+            }
+            var tokenizer = QwenTokenizer.FromDirectory(tmp);
+            var ids = TokenizerIds.From(tokenizer, tmp);
 
-        var configJson = preset.ConfigJson(ids, tokDir ?? outDir, dtype, options.Pn);
-        var config = VargptConfig.Parse(JsonDocument.Parse(configJson.ToJsonString()).RootElement, "config.json of preset " + preset.Name);
-        var indented = new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
-        WriteJson(Path.Combine(outDir, "config.json"), configJson, indented);
-        WriteJson(Path.Combine(outDir, GenerationConfig.FileName), ModelPreset.GenerationConfigJson(ids), indented);
-        WriteJson(Path.Combine(outDir, PreprocessorConfig.FileName), preset.PreprocessorConfigJson(), indented);
+            var configJson = preset.ConfigJson(ids, tmp, dtype, options.Pn);
+            var config = VargptConfig.Parse(JsonDocument.Parse(configJson.ToJsonString()).RootElement, "config.json of preset " + preset.Name);
+            var indented = new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+            WriteJson(Path.Combine(tmp, "config.json"), configJson, indented);
+            WriteJson(Path.Combine(tmp, GenerationConfig.FileName), ModelPreset.GenerationConfigJson(ids), indented);
+            WriteJson(Path.Combine(tmp, PreprocessorConfig.FileName), preset.PreprocessorConfigJson(), indented);
 
-        var arch = ModelArchitecture.Enumerate(config, dtype);
-        long parameters = arch.Sum(t => t.ElementCount), bytes = arch.Sum(t => t.Entry.ByteLength);
-        log?.WriteLine($"writing {arch.Count} tensors, {parameters:N0} parameters, {bytes / 1e9:F2} GB ({TorchSharpName(dtype)})");
-        var files = WriteWeights(outDir, arch, options.Seed, options.MaxShardBytes, log);
-        return new RandomCheckpointResult(outDir, config, dtype, files, parameters, bytes);
+            var arch = ModelArchitecture.Enumerate(config, dtype);
+            long parameters = arch.Sum(t => t.ElementCount), bytes = arch.Sum(t => t.Entry.ByteLength);
+            log?.WriteLine($"writing {arch.Count} tensors, {parameters:N0} parameters, {bytes / 1e9:F2} GB ({TorchSharpName(dtype)})");
+            var files = WriteWeights(tmp, arch, options.Seed, options.MaxShardBytes, log);
+            // --force into a folder with other files: they are kept (copied into the new folder before the swap)
+            if (previous is not null)
+                foreach (var f in Directory.EnumerateFiles(previous).Where(f => !IsOurs(Path.GetFileName(f))))
+                    AtomicFile.Copy(f, Path.Combine(tmp, Path.GetFileName(f)));
+            result = new RandomCheckpointResult(outDir, config, dtype, files.Select(f => Path.Combine(outDir, Path.GetFileName(f))).ToList(), parameters, bytes);
+        }, replace: options.Force);
+        return result!;
     }
+
+    /// <summary>Names `vargpt init` writes (replaced by --force; anything else in the folder is kept).</summary>
+    static bool IsOurs(string name) =>
+        name is "config.json" or CheckpointReader.SingleFileName or CheckpointReader.IndexFileName || name == GenerationConfig.FileName || name == PreprocessorConfig.FileName
+        || TokenizerFiles.Contains(name) || System.Text.RegularExpressions.Regex.IsMatch(name, @"^model-\d{5}-of-\d{5}\.safetensors$")
+        || AtomicFile.ParseLeftover(name) is not null;
 
     /// <summary>Streams seeded random values for every entry into (sharded) safetensors in <paramref name="dir"/>.</summary>
     public static IReadOnlyList<string> WriteWeights(string dir, IReadOnlyList<ArchitectureTensor> arch, long seed,
@@ -171,15 +181,7 @@ public static class RandomCheckpoint
         return h;
     }
 
-    static void WriteJson(string path, JsonObject obj, JsonSerializerOptions options)
-    {
-        var tmp = path + ".tmp-" + Environment.ProcessId;
-        File.WriteAllText(tmp, obj.ToJsonString(options) + "\n");
-        File.Move(tmp, path, overwrite: true);
-    }
-
-    static bool SameDir(string a, string b) =>
-        string.Equals(Path.TrimEndingDirectorySeparator(a), Path.TrimEndingDirectorySeparator(b), StringComparison.Ordinal);
+    static void WriteJson(string path, JsonObject obj, JsonSerializerOptions options) => AtomicFile.WriteAllText(path, obj.ToJsonString(options) + "\n");
 
     static string TorchSharpName(ScalarType t) => Torch.TorchRuntime.DTypeName(t);
 }

@@ -108,7 +108,7 @@ public class ChatCommandTests
             (["--model", TinyCheckpoint.Dir, "look <|image_pad|>"], "<|image_pad|>"),
             (["--model", TinyCheckpoint.Dir, "--device", "gpu", "hi"], "gpu"),
             (["--model", TinyCheckpoint.Dir, "--dtype", "fp8", "hi"], "fp8"),
-            (["--model", TinyCheckpoint.Dir, "--top-p", "1.5", "hi"], "top_p"),
+            (["--model", TinyCheckpoint.Dir, "--top-p", "1.5", "hi"], "--top-p must be in (0, 1]"),
             (["--model", TinyCheckpoint.Dir, "--temperature", "-1", "hi"], "temperature"),
             (["--model", t["no-model"], "hi"], "no-model"),
             // no --model: the shipped model answers (ShippedModelTests covers the default resolution)

@@ -16,7 +16,7 @@ public sealed class CliProcess : IDisposable
     readonly StringBuilder _out = new(), _err = new();
     readonly object _lock = new();
 
-    public CliProcess(IEnumerable<string> args, string? workingDir = null, IReadOnlyDictionary<string, string>? env = null, int threads = 1)
+    public CliProcess(IEnumerable<string> args, string? workingDir = null, IReadOnlyDictionary<string, string>? env = null, int threads = 1, byte[]? stdin = null)
     {
         var psi = new ProcessStartInfo(Executable)
         {
@@ -35,6 +35,7 @@ public sealed class CliProcess : IDisposable
         _p.Start();
         _p.BeginOutputReadLine();
         _p.BeginErrorReadLine();
+        if (stdin is not null) { _p.StandardInput.BaseStream.Write(stdin); _p.StandardInput.BaseStream.Flush(); }
         _p.StandardInput.Close();
     }
 
@@ -71,9 +72,9 @@ public sealed class CliProcess : IDisposable
     }
 
     /// <summary>Runs to the end: (exit code, stdout, stderr).</summary>
-    public static (int Code, string Out, string Err) Run(IEnumerable<string> args, string? workingDir = null, IReadOnlyDictionary<string, string>? env = null, int timeoutSeconds = 300)
+    public static (int Code, string Out, string Err) Run(IEnumerable<string> args, string? workingDir = null, IReadOnlyDictionary<string, string>? env = null, int timeoutSeconds = 300, byte[]? stdin = null)
     {
-        using var p = new CliProcess(args, workingDir, env);
+        using var p = new CliProcess(args, workingDir, env, stdin: stdin);
         int code = p.WaitForExit(TimeSpan.FromSeconds(timeoutSeconds));
         return (code, p.Out, p.Err);
     }
