@@ -123,6 +123,8 @@ public static partial class AtomicFile
         catch (Exception e)
         {
             TryDeleteFolder(tmp);
+            // an error inside the temporary folder names the folder the user asked for, not our temporary name
+            if (e is OutputWriteException inner && inner.Path.StartsWith(tmp, StringComparison.Ordinal)) throw new OutputWriteException(full, inner.Cause, inner);
             if (IsEnvironmentError(e)) throw Wrap(full, e);
             throw;
         }

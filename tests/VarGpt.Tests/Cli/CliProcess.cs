@@ -60,6 +60,9 @@ public sealed class CliProcess : IDisposable
 
     public void Signal(int signal) => kill(_p.Id, signal);
 
+    /// <summary>True when the process ended within <paramref name="timeout"/>.</summary>
+    public bool WaitForExitOrTimeout(TimeSpan timeout) => _p.WaitForExit(timeout);
+
     public int WaitForExit(TimeSpan timeout)
     {
         if (!_p.WaitForExit(timeout))

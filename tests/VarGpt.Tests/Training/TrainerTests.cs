@@ -11,7 +11,7 @@ namespace VarGpt.Tests.Training;
 public class TrainerTests
 {
     /// <summary>2-layer MLP regression with dropout (uses the torch generator) and a LayerNorm (no weight decay).</summary>
-    sealed class Mlp : nn.Module<Tensor, Tensor>
+    internal sealed class Mlp : nn.Module<Tensor, Tensor>
     {
         public readonly nn.Module<Tensor, Tensor> fc1, fc2;
         public readonly LayerNorm norm;
@@ -26,7 +26,7 @@ public class TrainerTests
         public override Tensor forward(Tensor x) => fc2.forward(drop.forward(nn.functional.gelu(norm.forward(fc1.forward(x)))));
     }
 
-    sealed class Regression(Mlp model, Func<int, bool>? onCall = null, float? poisonAt = null) : ITrainingObjective<IReadOnlyList<(float[] X, float Y)>>
+    internal sealed class Regression(Mlp model, Func<int, bool>? onCall = null, float? poisonAt = null) : ITrainingObjective<IReadOnlyList<(float[] X, float Y)>>
     {
         public int Calls;
         public ObjectiveOutput Compute(IReadOnlyList<(float[] X, float Y)> batch)
@@ -42,14 +42,14 @@ public class TrainerTests
         }
     }
 
-    static List<(float[] X, float Y)> Data(int n)
+    internal static List<(float[] X, float Y)> Data(int n)
     {
         var rng = new VarGpt.Training.Data.SplitMix64(7);
         float U() => (float)(rng.Next() % 2000) / 1000f - 1f;
         return Enumerable.Range(0, n).Select(_ => { var x = new[] { U(), U(), U(), U() }; return (x, x[0] * 2 - x[1] * x[2] + 0.5f * x[3]); }).ToList();
     }
 
-    static TrainerOptions Options(string dir, int saveSteps = 1000) => new()
+    internal static TrainerOptions Options(string dir, int saveSteps = 1000) => new()
     {
         OutputDir = dir, LearningRate = 1e-2, LrSchedulerType = LrScheduler.Cosine, WarmupRatio = 0.1, NumTrainEpochs = 3,
         GradientAccumulationSteps = 2, MaxGradNorm = 0.5, WeightDecay = 0.01, LoggingSteps = 2, SaveSteps = saveSteps, Seed = 3,
