@@ -79,6 +79,9 @@ public static class VargptFineTuning
             lora = LoraOptions.FromConfig(cfg) with { Targets = targets };
             var forbidden = cfg.FreezeModules;
             var frozenComponents = cfg.FreezeComponents.Select(ModelComponents.Get).Append(ModelComponents.Vae).ToList();
+            // the adapters' random init (lora_A) comes from the run's seed, as LLaMA-Factory's set_seed(training_args.seed)
+            // before load_model makes it: the same yaml gives the same run in any process
+            manual_seed(cfg.Seed);
             Lora.Apply(model, lora, name => Freezing.IsForbidden(name, forbidden) || frozenComponents.Any(c => c.Owns(name)));
         }
         else Freezing.Apply(model, Freezing.Plan(model.named_parameters().Select(p => p.name), cfg));

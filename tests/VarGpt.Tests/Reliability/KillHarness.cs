@@ -164,13 +164,11 @@ public sealed class KillHarness(string root, bool lora, Action<string> log)
 
     void CompareWithReference(string outDir)
     {
-        log($"episode {Episodes} ({(lora ? "lora" : "full")}): kills [{string.Join(", ", _episodeKills)}] -> identical");
         var what = $"episode {Episodes} ({(lora ? "lora" : "full")}) after kills [{string.Join(", ", _episodeKills)}]: ";
         Assert.True(Losses(_referenceDir!) == Losses(outDir), what + "loss log differs:\n" + Losses(_referenceDir!) + "\n---\n" + Losses(outDir));
         Assert.True(Sha(Path.Combine(_referenceDir!, TrainerCheckpoint.ModelFile)) == Sha(Path.Combine(outDir, TrainerCheckpoint.ModelFile)), what + "model.safetensors differs");
-        Assert.Equal(Sha(Path.Combine(_referenceDir!, TrainerCheckpoint.ModelFile)), Sha(Path.Combine(outDir, TrainerCheckpoint.ModelFile)));
-        if (lora) Assert.Equal(Sha(Path.Combine(_referenceDir!, "adapter", "adapter_model.safetensors")), Sha(Path.Combine(outDir, "adapter", "adapter_model.safetensors")));
-        Assert.Equal(Losses(_referenceDir!), Losses(outDir));
+        if (lora) Assert.True(Sha(Path.Combine(_referenceDir!, "adapter", "adapter_model.safetensors")) == Sha(Path.Combine(outDir, "adapter", "adapter_model.safetensors")), what + "adapter differs");
+        log($"episode {Episodes} ({(lora ? "lora" : "full")}): kills [{string.Join(", ", _episodeKills)}] -> identical model, adapter and loss log");
     }
 
     static string Sha(string path) => Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(path)));
