@@ -28,6 +28,35 @@ public class OutputFileKillTests
     }
 
     [Fact]
+    public void A_dataset_or_an_image_killed_mid_write_leaves_only_complete_files_and_the_rerun_sweeps_the_leftovers()
+    {
+        using var d = TestPaths.Temp();
+        var data = d["data"];
+        // shapes data: killed as its 4th file is about to be renamed into place
+        string[] args = ["shapes", "data", "--out", data, "--train", "3", "--eval", "1"];
+        var (code, _, err) = CliProcess.Run(args, env: new Dictionary<string, string> { ["VARGPT_FAILPOINT"] = "atomic.before-rename#4" });
+        Assert.True(code == 128 + 9, $"exit {code}: {err}");
+        var files = Directory.GetFiles(data, "*", SearchOption.AllDirectories);
+        var (temps, done) = (files.Where(f => AtomicFile.ParseLeftover(Path.GetFileName(f)) is not null).ToList(), files.Where(f => AtomicFile.ParseLeftover(Path.GetFileName(f)) is null).ToList());
+        Assert.Single(temps);
+        Assert.Equal(3, done.Count);
+        foreach (var png in done) Assert.True(VarGpt.Vision.RgbImage.Load(png).Width > 0);   // each complete
+        (code, _, err) = CliProcess.Run(args);
+        Assert.True(code == 0, err);
+        Assert.DoesNotContain(Directory.GetFiles(data, "*", SearchOption.AllDirectories), f => AtomicFile.ParseLeftover(Path.GetFileName(f)) is not null);
+
+        // generate over an existing image, killed before the rename: the old image stays whole
+        var model = VarGpt.Tests.TestModels.TinyImageModel.Folder();
+        var png1 = d["out.png"];
+        Assert.Equal(0, CliHarness.Run("generate", "--model", model, "A red circle.", "--force-image-start", "--seed", "1", "-o", png1).Code);
+        var before = Sha(png1);
+        (code, _, err) = CliProcess.Run(["generate", "--model", model, "A red circle.", "--force-image-start", "--seed", "2", "-o", png1],
+            env: new Dictionary<string, string> { ["VARGPT_FAILPOINT"] = "atomic.before-rename" });
+        Assert.True(code == 128 + 9, $"exit {code}: {err}");
+        Assert.Equal(before, Sha(png1));
+    }
+
+    [Fact]
     public void Two_processes_writing_the_same_output_leave_one_writers_whole_result()
     {
         using var d = TestPaths.Temp();
