@@ -12,17 +12,22 @@ public sealed class CliProcess : IDisposable
 {
     public static string Executable { get; } = Path.Combine(AppContext.BaseDirectory, OperatingSystem.IsWindows() ? "VarGpt.Cli.exe" : "VarGpt.Cli");
 
+    const string Env = "/usr/bin/env";
     readonly Process _p;
     readonly StringBuilder _out = new(), _err = new();
     readonly object _lock = new();
 
     public CliProcess(IEnumerable<string> args, string? workingDir = null, IReadOnlyDictionary<string, string>? env = null, int threads = 1, byte[]? stdin = null)
     {
-        var psi = new ProcessStartInfo(Executable)
+        // A test host started in the background (`cmd &` in a script) ignores SIGINT and SIGQUIT, and a child inherits
+        // that: env --default-signal gives the CLI the default dispositions a terminal user's process has.
+        bool viaEnv = OperatingSystem.IsLinux() && File.Exists(Env);
+        var psi = new ProcessStartInfo(viaEnv ? Env : Executable)
         {
             UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true,
             WorkingDirectory = workingDir ?? Environment.CurrentDirectory,
         };
+        if (viaEnv) { psi.ArgumentList.Add("--default-signal=INT,QUIT"); psi.ArgumentList.Add(Executable); }
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["OMP_NUM_THREADS"] = threads.ToString(System.Globalization.CultureInfo.InvariantCulture);
         psi.Environment["MKL_NUM_THREADS"] = psi.Environment["OMP_NUM_THREADS"];
