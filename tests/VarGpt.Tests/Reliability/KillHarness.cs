@@ -94,7 +94,10 @@ public sealed class KillHarness(string root, bool lora, Action<string> log)
             var env = new Dictionary<string, string>();
             if (kill && rng.NextDouble() < pointShare)
             {
-                var (name, count) = _points!.ElementAt(rng.Next(_points!.Count));
+                // VARGPT_KILL_HARNESS_POINTS=a,b: only those points (a run aimed at points the random choice missed)
+                var only = Environment.GetEnvironmentVariable("VARGPT_KILL_HARNESS_POINTS")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+                var candidates = _points!.Where(p => only is null || only.Contains(p.Key)).ToList();
+                var (name, count) = candidates[rng.Next(candidates.Count)];
                 env["VARGPT_FAILPOINT"] = $"{name}#{rng.Next(1, count + 1)}";
                 where = "point:" + name;
             }
