@@ -40,6 +40,13 @@ public sealed record TrainingConfig
     /// "labels" = the dataset labels (answers only), as the text-only branch. Not an official option: a small model
     /// trained with "official" learns to continue user turns after the assistant's first token (docs/shapesworld.md).</summary>
     public string GenTextLoss { get; init; } = "official";
+    /// <summary>vargpt_train_positions (VarGpt.NET key): position ids of the training forward. "official" (default) =
+    /// none passed, so every token gets its 1-D index (the official forward never calls get_rope_index in training);
+    /// "mrope" = the positions inference uses: get_rope_index over the prompt (an image's tokens take (t, row, column)
+    /// and the text after it resumes at max + 1) and the raw index for the image-generation rows (the cache index
+    /// autoregressive_infer_cfg gives them). Not an official option: a model trained from scratch with 1-D positions
+    /// meets M-RoPE positions for the first time at inference (docs/shapesworld.md).</summary>
+    public string TrainPositions { get; init; } = "official";
 
     // optimisation (HF TrainingArguments defaults)
     public int PerDeviceTrainBatchSize { get; init; } = 8;
@@ -144,10 +151,11 @@ public sealed record TrainingConfig
         "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm", "adam_beta1", "adam_beta2",
         "adam_epsilon", "bf16", "seed", "output_dir", "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint",
         "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "pref_beta", "pref_ftx", "pref_loss", "dpo_label_smoothing",
-        "vargpt_freeze", "vargpt_freeze_modules", "vargpt_gen_augment", "vargpt_gen_text_loss",
+        "vargpt_freeze", "vargpt_freeze_modules", "vargpt_gen_augment", "vargpt_gen_text_loss", "vargpt_train_positions",
     ];
 
     public static readonly IReadOnlyList<string> GenTextLosses = ["official", "labels"];
+    public static readonly IReadOnlyList<string> TrainPositionModes = ["official", "mrope"];
     public static readonly IReadOnlyList<string> SchedulerTypes = ["cosine", "linear", "constant", "constant_with_warmup"];
     public static readonly IReadOnlyList<string> PrefLosses = ["sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo"];
 
@@ -222,6 +230,7 @@ public sealed record TrainingConfig
             ImageGenResolution = r.Int("image_gen_resolution", 512),
             ImageGenAugment = r.Bool("vargpt_gen_augment", true),
             GenTextLoss = r.OneOf("vargpt_gen_text_loss", "official", GenTextLosses),
+            TrainPositions = r.OneOf("vargpt_train_positions", "official", TrainPositionModes),
             PerDeviceTrainBatchSize = r.Int("per_device_train_batch_size", 8),
             GradientAccumulationSteps = r.Int("gradient_accumulation_steps", 1),
             LearningRate = r.Double("learning_rate", 5e-5),

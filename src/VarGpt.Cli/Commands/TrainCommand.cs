@@ -47,7 +47,9 @@ public static class TrainCommand
             language_model, infinity, projectors, vae), vargpt_freeze_modules (parameter-name substrings),
             vargpt_gen_augment (false: no 1.125x resize + crop of generation targets), vargpt_gen_text_loss (official:
             in a batch with generation targets the text CE covers every token but the image-gen pads, prompts
-            included, as get_gen_loss_1_1; labels: the answers only).
+            included, as get_gen_loss_1_1; labels: the answers only), vargpt_train_positions (official: 1-D position
+            ids, as the official training forward; mrope: the positions inference uses, get_rope_index over the prompt
+            and the cache index for image-generation rows).
             """);
         cmd.WithExamples($"vargpt train {stage} {stage}.yaml");
         cmd.SetAction((parse, ct) => Task.FromResult(Run(stage, parse.GetRequiredValue(config), parse.GetValue(device) ?? "cpu",
