@@ -29,10 +29,10 @@ public sealed class Fixture : IDisposable
     {
         Dir = System.IO.Path.GetFullPath(dir);
         var jsonPath = System.IO.Path.Combine(Dir, "fixture.json");
-        if (!File.Exists(jsonPath)) throw new FileNotFoundException($"fixture folder {Dir} has no fixture.json", jsonPath);
+        if (!File.Exists(jsonPath)) throw new InputNotFoundException($"fixture folder {Dir} has no fixture.json", jsonPath);
         _doc = JsonDocument.Parse(File.ReadAllText(jsonPath));
         var r = _doc.RootElement;
-        Kind = r.GetProperty("kind").GetString() ?? throw new InvalidDataException($"{jsonPath}: 'kind' is null");
+        Kind = r.GetProperty("kind").GetString() ?? throw new InvalidFileException($"{jsonPath}: 'kind' is null");
         Description = r.TryGetProperty("description", out var d) && d.ValueKind == JsonValueKind.String ? d.GetString()! : "";
         Config = r.TryGetProperty("config", out var c) ? c : default;
         Params = r.TryGetProperty("params", out var p) ? p : default;

@@ -17,8 +17,8 @@ public static class FixtureModels
         var src = f.Id + "/fixture.json config";
         var cfg = VargptConfig.Parse(root.GetProperty("config"), src);
         var j = new JsonFields(root, src);
-        if (j.Has("infinity")) cfg = cfg with { Infinity = InfinityConfig.Parse(j.Obj("infinity")) };
-        if (j.Has("vae")) cfg = cfg with { Vae = VaeConfig.Parse(j.Obj("vae")) };
+        if (j.Has("infinity")) cfg = cfg with { Infinity = ConfigJson.Parse<InfinityConfig>(j.Obj("infinity").Element, j.Obj("infinity").Source) };
+        if (j.Has("vae")) cfg = cfg with { Vae = ConfigJson.Parse<VaeConfig>(j.Obj("vae").Element, j.Obj("vae").Source) };
         if (j.Has("vargpt_gen_args")) cfg = cfg with { Pn = j.Obj("vargpt_gen_args").Str("pn", cfg.Pn) };
         if (j.Has("custom_pn_entries")) cfg = cfg with { CustomPns = [.. cfg.CustomPns, .. VargptConfig.ParseCustomPns(j.Obj("custom_pn_entries"))] };
         return cfg;

@@ -259,26 +259,26 @@ public sealed class ByteLevelBpeTokenizer
     /// or pair merges); special tokens are its added_tokens, which must follow the BPE ids contiguously.</summary>
     public static ByteLevelBpeTokenizer Load(string tokenizerJson)
     {
-        var root = JsonNode.Parse(File.ReadAllText(tokenizerJson))?.AsObject() ?? throw new InvalidDataException($"{tokenizerJson}: not a JSON object");
-        var model = root["model"]?.AsObject() ?? throw new InvalidDataException($"{tokenizerJson}: missing 'model'");
-        if ((string?)model["type"] != "BPE") throw new InvalidDataException($"{tokenizerJson}: model.type is '{model["type"]}', expected BPE");
-        var vocabObj = model["vocab"]?.AsObject() ?? throw new InvalidDataException($"{tokenizerJson}: missing model.vocab");
+        var root = JsonNode.Parse(File.ReadAllText(tokenizerJson))?.AsObject() ?? throw new InvalidFileException($"{tokenizerJson}: not a JSON object");
+        var model = root["model"]?.AsObject() ?? throw new InvalidFileException($"{tokenizerJson}: missing 'model'");
+        if ((string?)model["type"] != "BPE") throw new InvalidFileException($"{tokenizerJson}: model.type is '{model["type"]}', expected BPE");
+        var vocabObj = model["vocab"]?.AsObject() ?? throw new InvalidFileException($"{tokenizerJson}: missing model.vocab");
         var vocab = new string[vocabObj.Count];
         foreach (var (k, v) in vocabObj)
         {
             int id = (int)v!;
-            if (id < 0 || id >= vocab.Length || vocab[id] != null) throw new InvalidDataException($"{tokenizerJson}: vocab ids must be 0..{vocab.Length - 1} without gaps; '{k}' has {id}");
+            if (id < 0 || id >= vocab.Length || vocab[id] != null) throw new InvalidFileException($"{tokenizerJson}: vocab ids must be 0..{vocab.Length - 1} without gaps; '{k}' has {id}");
             vocab[id] = k;
         }
-        var merges = (model["merges"]?.AsArray() ?? throw new InvalidDataException($"{tokenizerJson}: missing model.merges")).Select(m =>
+        var merges = (model["merges"]?.AsArray() ?? throw new InvalidFileException($"{tokenizerJson}: missing model.merges")).Select(m =>
         {
             if (m is JsonArray a) return ((string)a[0]!, (string)a[1]!);
             var s = (string)m!; int sp = s.IndexOf(' ');
-            return sp > 0 ? (s[..sp], s[(sp + 1)..]) : throw new InvalidDataException($"{tokenizerJson}: malformed merge '{s}'");
+            return sp > 0 ? (s[..sp], s[(sp + 1)..]) : throw new InvalidFileException($"{tokenizerJson}: malformed merge '{s}'");
         }).ToArray();
         var added = (root["added_tokens"]?.AsArray() ?? []).Select(t => ((int)t!["id"]!, (string)t["content"]!)).OrderBy(t => t.Item1).ToArray();
         for (int k = 0; k < added.Length; k++)
-            if (added[k].Item1 != vocab.Length + k) throw new InvalidDataException($"{tokenizerJson}: added token '{added[k].Item2}' has id {added[k].Item1}, expected {vocab.Length + k}");
+            if (added[k].Item1 != vocab.Length + k) throw new InvalidFileException($"{tokenizerJson}: added token '{added[k].Item2}' has id {added[k].Item1}, expected {vocab.Length + k}");
         return new ByteLevelBpeTokenizer(vocab, merges, added.Select(t => t.Item2).ToArray());
     }
 }

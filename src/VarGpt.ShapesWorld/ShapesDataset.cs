@@ -87,8 +87,8 @@ public static class ShapesDataset
     public static IReadOnlyList<ShapesSample> ReadTruth(string folder, string name)
     {
         var path = Path.Combine(folder, name + "_truth.json");
-        if (!File.Exists(path)) throw new FileNotFoundException($"ShapesWorld ground truth {path} not found", path);
+        if (!File.Exists(path)) throw new InputNotFoundException($"ShapesWorld ground truth {path} not found", path);
         return JsonSerializer.Deserialize<List<ShapesSample>>(File.ReadAllText(path), TruthJson)
-            ?? throw new InvalidDataException($"{path}: empty ground truth");
+            ?? throw new InvalidFileException($"{path}: empty ground truth");
     }
 }

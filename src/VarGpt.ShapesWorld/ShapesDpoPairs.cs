@@ -38,13 +38,13 @@ public sealed record ShapesDpoMiningOptions
 
     public void Validate()
     {
-        if (Prompts < 1) throw new ArgumentOutOfRangeException(nameof(Prompts), Prompts, "prompts must be ≥ 1");
-        if (Start < 0) throw new ArgumentOutOfRangeException(nameof(Start), Start, "start index must be ≥ 0");
-        if (SamplesPerPrompt < 2) throw new ArgumentOutOfRangeException(nameof(SamplesPerPrompt), SamplesPerPrompt, "samples per prompt must be ≥ 2 (a pair needs a correct and a wrong image)");
-        if (PairsPerPrompt < 1) throw new ArgumentOutOfRangeException(nameof(PairsPerPrompt), PairsPerPrompt, "pairs per prompt must be ≥ 1");
-        if (ProgressEvery < 0) throw new ArgumentOutOfRangeException(nameof(ProgressEvery), ProgressEvery, "progress interval must be ≥ 0");
+        if (Prompts < 1) throw new InvalidOptionException($"prompts must be ≥ 1, got {Prompts}", nameof(Prompts));
+        if (Start < 0) throw new InvalidOptionException($"start index must be ≥ 0, got {Start}", nameof(Start));
+        if (SamplesPerPrompt < 2) throw new InvalidOptionException($"samples per prompt must be ≥ 2 (a pair needs a correct and a wrong image), got {SamplesPerPrompt}", nameof(SamplesPerPrompt));
+        if (PairsPerPrompt < 1) throw new InvalidOptionException($"pairs per prompt must be ≥ 1, got {PairsPerPrompt}", nameof(PairsPerPrompt));
+        if (ProgressEvery < 0) throw new InvalidOptionException($"progress interval must be ≥ 0, got {ProgressEvery}", nameof(ProgressEvery));
         if (Image.Seed is not null || Image.Count != 1)
-            throw new ArgumentException("ShapesDpoMiningOptions.Image: leave Seed and Count unset; the miner sets them per prompt from Seed and SamplesPerPrompt", nameof(Image));
+            throw new InvalidOptionException("ShapesDpoMiningOptions.Image: leave Seed and Count unset; the miner sets them per prompt from Seed and SamplesPerPrompt", nameof(Image));
     }
 }
 

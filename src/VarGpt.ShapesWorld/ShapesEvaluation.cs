@@ -46,10 +46,10 @@ public sealed record ShapesEvaluationOptions
     public void Validate()
     {
         foreach (var (name, n) in new[] { ("Understanding", Understanding), ("Description", Description), ("TextToImage", TextToImage), ("Edit", Edit) })
-            if (n < 0) throw new ArgumentOutOfRangeException(name, n, "sample counts must be ≥ 0");
-        if (BatchSize < 1) throw new ArgumentOutOfRangeException(nameof(BatchSize), BatchSize, "batch size must be ≥ 1");
-        if (MaxAnswerTokens < 1) throw new ArgumentOutOfRangeException(nameof(MaxAnswerTokens), MaxAnswerTokens, "max answer tokens must be ≥ 1");
-        if (Examples < 0) throw new ArgumentOutOfRangeException(nameof(Examples), Examples, "examples must be ≥ 0");
+            if (n < 0) throw new InvalidOptionException($"sample counts must be ≥ 0, got {n}", name);
+        if (BatchSize < 1) throw new InvalidOptionException($"batch size must be ≥ 1, got {BatchSize}", nameof(BatchSize));
+        if (MaxAnswerTokens < 1) throw new InvalidOptionException($"max answer tokens must be ≥ 1, got {MaxAnswerTokens}", nameof(MaxAnswerTokens));
+        if (Examples < 0) throw new InvalidOptionException($"examples must be ≥ 0, got {Examples}", nameof(Examples));
         Image.ValidateSampling();
     }
 }

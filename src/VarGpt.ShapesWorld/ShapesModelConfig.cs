@@ -84,7 +84,7 @@ public sealed record ShapesModelConfig
     {
         Validate();
         int Id(string t) => tokenizer.SpecialTokenIds.TryGetValue(t, out var id) ? id
-            : throw new InvalidDataException($"the ShapesWorld tokenizer has no special token {t}");
+            : throw new InvalidFileException($"the ShapesWorld tokenizer has no special token {t}");
         static JsonArray Arr(IEnumerable<int> xs) => new(xs.Select(x => (JsonNode)x).ToArray());
         var infinity = new InfinityConfig
         {

@@ -156,7 +156,7 @@ public static class ShapesRenderer
     /// <summary>Decodes an image file (PNG/JPEG/...) to packed RGB. Returns (rgb, width, height).</summary>
     public static (byte[] Rgb, int Width, int Height) LoadRgb(string path)
     {
-        using var bmp = SKBitmap.Decode(path) ?? throw new InvalidDataException($"cannot decode image {path}");
+        using var bmp = SKBitmap.Decode(path) ?? throw new InvalidFileException($"cannot decode image {path}");
         return (ToRgb(bmp), bmp.Width, bmp.Height);
     }
 

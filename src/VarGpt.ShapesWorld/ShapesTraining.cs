@@ -49,7 +49,7 @@ public sealed record ShapesTrainingOptions
     /// "The" of "The output image is:" it put 97% on &lt;|im_end|&gt; or question openings, and half the edit requests got
     /// no image). docs/shapesworld.md, "SFT text loss".
     /// </summary>
-    public string SftGenTextLoss { get; init; } = "labels";
+    public GenTextLoss SftGenTextLoss { get; init; } = GenTextLoss.Labels;
     public int BatchSize { get; init; } = 8;
     public double LearningRate { get; init; } = 1e-3;
     /// <summary>DPO: prompts to sample for pairs, images per prompt, optimizer steps, pairs per batch, LoRA rank.</summary>
@@ -135,15 +135,15 @@ public static class ShapesTraining
         // ---- C. understanding: questions and descriptions only (short sequences, so a larger batch), everything but the VAE
         // and (FreezeVisionTower) the pretrained tower
         var lmStage = o.FreezeVisionTower ? new Dictionary<string, string> { ["vargpt_freeze"] = "vision_tower" } : null;
-        Stage(root, UnderstandingDir, log, () => RunYaml(root, UnderstandingDir, StageYaml(o, "sft", VisionDir, [UnderstandingName], UnderstandingDir,
+        Stage(root, UnderstandingDir, log, () => RunYaml(root, UnderstandingDir, StageYaml(o, TrainingStage.Sft, VisionDir, [UnderstandingName], UnderstandingDir,
             o.UnderstandingSteps, o.UnderstandingBatchSize, o.LearningRate, lmStage), log, cancellationToken));
 
         // ---- D. alignment: caption pairs in both directions (descriptions, text-to-image), everything but the VAE (and the tower)
-        Stage(root, AlignDir, log, () => RunYaml(root, AlignDir, StageYaml(o, "sft", UnderstandingDir, [AlignName], AlignDir, o.AlignSteps, o.BatchSize, o.LearningRate, lmStage), log, cancellationToken));
+        Stage(root, AlignDir, log, () => RunYaml(root, AlignDir, StageYaml(o, TrainingStage.Sft, UnderstandingDir, [AlignName], AlignDir, o.AlignSteps, o.BatchSize, o.LearningRate, lmStage), log, cancellationToken));
 
         // ---- E. SFT on all tasks
-        var sftStage = new Dictionary<string, string>(lmStage ?? []) { ["vargpt_gen_text_loss"] = o.SftGenTextLoss };
-        Stage(root, SftDir, log, () => RunYaml(root, SftDir, StageYaml(o, "sft", AlignDir, [ShapesDataset.TrainName], SftDir, o.SftSteps, o.BatchSize, o.LearningRate, sftStage), log, cancellationToken));
+        var sftStage = new Dictionary<string, string>(lmStage ?? []) { ["vargpt_gen_text_loss"] = TrainingConfig.YamlName(o.SftGenTextLoss) };
+        Stage(root, SftDir, log, () => RunYaml(root, SftDir, StageYaml(o, TrainingStage.Sft, AlignDir, [ShapesDataset.TrainName], SftDir, o.SftSteps, o.BatchSize, o.LearningRate, sftStage), log, cancellationToken));
 
         // ---- F. DPO on text-to-image pairs sampled from the SFT model (chosen = scorer-correct, rejected = wrong),
         // trained as a LoRA adapter on the language model with everything else frozen, so the adapter holds all of it
@@ -164,7 +164,7 @@ public static class ShapesTraining
         });
         if (File.Exists(Path.Combine(root, DpoDataDir, ShapesDpoPairs.DatasetName + ".json")))
         {
-            Stage(root, DpoDir, log, () => RunYaml(root, DpoDir, StageYaml(o, "dpo", SftDir, [ShapesDpoPairs.DatasetName], DpoDir,
+            Stage(root, DpoDir, log, () => RunYaml(root, DpoDir, StageYaml(o, TrainingStage.Dpo, SftDir, [ShapesDpoPairs.DatasetName], DpoDir,
                 DpoStepsFor(o, MinedPairs(Path.Combine(root, DpoDataDir))), o.DpoBatchSize, o.DpoLearningRate,
                 new Dictionary<string, string>
                 {
@@ -240,17 +240,17 @@ public static class ShapesTraining
     public static ShapesWorldOptions ReadWorld(string dir)
     {
         var path = Path.Combine(dir, WorldFile);
-        if (!File.Exists(path)) throw new FileNotFoundException($"{path} not found: not a ShapesWorld model folder (it records the world seed and options)", path);
+        if (!File.Exists(path)) throw new InputNotFoundException($"{path} not found: not a ShapesWorld model folder (it records the world seed and options)", path);
         var text = File.ReadAllText(path);
         try
         {
             // the seed fixes the held-out triples and every sample: a file without it must not silently mean seed 0
             if (JsonNode.Parse(text) is not JsonObject obj || obj["seed"] is not JsonValue seed || !seed.TryGetValue<int>(out _))
-                throw new InvalidDataException($"{path}: field 'seed' (the ShapesWorld generator seed, an integer) is missing");
+                throw new InvalidFileException($"{path}: field 'seed' (the ShapesWorld generator seed, an integer) is missing");
             return JsonSerializer.Deserialize<ShapesWorldOptions>(text, new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower })
-                ?? throw new InvalidDataException($"{path}: empty");
+                ?? throw new InvalidFileException($"{path}: empty");
         }
-        catch (JsonException e) { throw new InvalidDataException($"{path}: {e.Message}", e); }
+        catch (JsonException e) { throw new InvalidFileException($"{path}: {e.Message}", e); }
     }
 
     /// <summary>OUT/name.done: the marker of a finished stage (its wall time).</summary>
@@ -289,9 +289,9 @@ public static class ShapesTraining
             using (var vae = SafeTensorsFile.Open(vaeWeights))
                 foreach (var name in vae.Tensors.Keys)
                 {
-                    if (!tensors.TryGetValue(name, out var old)) throw new InvalidDataException($"{vaeWeights}: tensor {name} is not part of the model");
+                    if (!tensors.TryGetValue(name, out var old)) throw new InvalidFileException($"{vaeWeights}: tensor {name} is not part of the model");
                     var t = vae.Load(name, old.dtype);
-                    if (!t.shape.SequenceEqual(old.shape)) throw new InvalidDataException($"{vaeWeights}: {name} has shape [{string.Join(",", t.shape)}], the model [{string.Join(",", old.shape)}]");
+                    if (!t.shape.SequenceEqual(old.shape)) throw new InvalidFileException($"{vaeWeights}: {name} has shape [{string.Join(",", t.shape)}], the model [{string.Join(",", old.shape)}]");
                     old.Dispose();
                     tensors[name] = t;
                 }
@@ -318,25 +318,25 @@ public static class ShapesTraining
         {
             using var doc = JsonDocument.Parse(File.ReadAllText(path));
             return doc.RootElement.TryGetProperty(nameof(ShapesDpoStats.Pairs), out var p) && p.TryGetInt32(out var n)
-                ? n : throw new InvalidDataException($"{path}: no integer '{nameof(ShapesDpoStats.Pairs)}' ({rerun})");
+                ? n : throw new InvalidFileException($"{path}: no integer '{nameof(ShapesDpoStats.Pairs)}' ({rerun})");
         }
-        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message}; {rerun})", e); }
+        catch (JsonException e) { throw new InvalidFileException($"{path}: not valid JSON ({e.Message}; {rerun})", e); }
     }
 
     /// <summary>A LLaMA-Factory yaml for one stage (official keys; paths relative to the run folder).</summary>
-    static string StageYaml(ShapesTrainingOptions o, string stage, string model, IReadOnlyList<string> datasets, string output, int steps, int batch, double lr,
+    static string StageYaml(ShapesTrainingOptions o, TrainingStage stage, string model, IReadOnlyList<string> datasets, string output, int steps, int batch, double lr,
         IReadOnlyDictionary<string, string>? extra = null)
     {
         var sb = new StringBuilder();
         void Kv(string k, object v) => sb.Append(k).Append(": ").Append(Convert.ToString(v, CultureInfo.InvariantCulture)).Append('\n');
-        sb.Append("# ShapesWorld stage '").Append(output).Append("' (written by vargpt shapes train; rerun: vargpt train ").Append(stage).Append(" THIS_FILE)\n");
+        sb.Append("# ShapesWorld stage '").Append(output).Append("' (written by vargpt shapes train; rerun: vargpt train ").Append(TrainingConfig.YamlName(stage)).Append(" THIS_FILE)\n");
         Kv("model_name_or_path", model);
-        Kv("stage", stage);
+        Kv("stage", TrainingConfig.YamlName(stage));
         Kv("do_train", "true");
         Kv("finetuning_type", extra is not null && extra.ContainsKey("finetuning_type") ? extra["finetuning_type"] : "full");
         Kv("vargpt_train_stage", 5);
         Kv("dataset", string.Join(",", datasets));
-        Kv("dataset_dir", stage == "dpo" ? DpoDataDir : DataDir);
+        Kv("dataset_dir", stage == TrainingStage.Dpo ? DpoDataDir : DataDir);
         Kv("template", "vargpt_qwen2_vl");
         Kv("cutoff_len", 512);
         Kv("image_resolution", 128 * 128);

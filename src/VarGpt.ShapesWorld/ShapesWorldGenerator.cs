@@ -76,9 +76,9 @@ public sealed class ShapesWorldGenerator
     {
         Options = options ?? new ShapesWorldOptions();
         if (Options.PositionJitter < 0 || Options.PositionJitter > ShapesPalette.MaxJitter)
-            throw new ArgumentOutOfRangeException(nameof(options), Options.PositionJitter, $"PositionJitter must be in [0, {ShapesPalette.MaxJitter}]");
+            throw new InvalidOptionException($"PositionJitter must be in [0, {ShapesPalette.MaxJitter}], got {Options.PositionJitter}", nameof(options));
         if (Options.HeldOutFraction < 0 || Options.HeldOutFraction > 0.2)
-            throw new ArgumentOutOfRangeException(nameof(options), Options.HeldOutFraction, "HeldOutFraction must be in [0, 0.2] (one position per shape×colour pair at most)");
+            throw new InvalidOptionException($"HeldOutFraction must be in [0, 0.2] (one position per shape×colour pair at most), got {Options.HeldOutFraction}", nameof(options));
         HeldOut = ChooseHeldOut(Options.Seed, Options.HeldOutFraction);
     }
 

@@ -29,7 +29,7 @@ public sealed record VaeTrainingOptions
     public double LearningRate { get; init; } = 3e-3;
     public double MaxGradNorm { get; init; } = 2.0;
     public double WarmupRatio { get; init; } = 0.05;
-    public string LrScheduler { get; init; } = "cosine";
+    public LrScheduler LrScheduler { get; init; } = LrScheduler.Cosine;
     /// <summary>Reconstruction terms on the decoder output (official recon_loss_type 'l1'; the L2 term lifts PSNR, the
     /// edge term — L1 between finite differences, a cheap perceptual proxy — keeps the small shapes' corners sharp).</summary>
     public double L1Weight { get; init; } = 1.0;

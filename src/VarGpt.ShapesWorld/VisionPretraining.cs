@@ -56,7 +56,7 @@ public static class VisionPretraining
         var objective = new TokenProbeObjective(visual, probe, processor, side, grid);
         var options = new TrainerOptions
         {
-            OutputDir = o.OutputDir, LearningRate = o.LearningRate, LrSchedulerType = "cosine", WarmupRatio = 0.05, MaxSteps = o.Steps,
+            OutputDir = o.OutputDir, LearningRate = o.LearningRate, LrSchedulerType = LrScheduler.Cosine, WarmupRatio = 0.05, MaxSteps = o.Steps,
             NumTrainEpochs = 1, MaxGradNorm = 1.0, AdamBeta1 = 0.9, AdamBeta2 = 0.95, WeightDecay = 0, LoggingSteps = o.LoggingSteps,
             SaveSteps = 100, SaveTotalLimit = 1, Seed = o.Seed, Output = o.Output,
             ExportWeights = () => visual.state_dict().Select(kv => new KeyValuePair<string, Tensor>(Prefix + kv.Key, kv.Value)),
@@ -86,7 +86,7 @@ public static class VisionPretraining
     {
         var s = processor.Settings;
         var (h, w, _) = ImageProcessor.SmartResize(side, side, s.Factor, s.MinPixels, s.MaxPixels);
-        if (h != w) throw new InvalidDataException($"a square {side}² render resizes to {w}×{h}: the token probe needs a square grid");
+        if (h != w) throw new InvalidFileException($"a square {side}² render resizes to {w}×{h}: the token probe needs a square grid");
         return h / s.PatchSize / s.MergeSize;
     }
 

@@ -60,27 +60,29 @@ public sealed class ShuffledBatches<T>(IReadOnlyList<T> items, int batchSize, in
     }
 }
 
-/// <summary>Trainer settings (HF TrainingArguments semantics); build from a yaml with <see cref="FromConfig"/>.</summary>
+/// <summary>Trainer settings (HF TrainingArguments semantics); defaults = the training yaml's (<see cref="TrainingConfig.Defaults"/>); build from a yaml with <see cref="FromConfig"/>.</summary>
 public sealed record TrainerOptions
 {
+    static readonly TrainingConfig D = TrainingConfig.Defaults;
+
     public required string OutputDir { get; init; }
-    public double LearningRate { get; init; } = 5e-5;
-    public string LrSchedulerType { get; init; } = "linear";
-    public double WarmupRatio { get; init; }
-    public int WarmupSteps { get; init; }
-    public double NumTrainEpochs { get; init; } = 3;
-    public int MaxSteps { get; init; } = -1;
-    public int GradientAccumulationSteps { get; init; } = 1;
+    public double LearningRate { get; init; } = D.LearningRate;
+    public LrScheduler LrSchedulerType { get; init; } = D.LrSchedulerType;
+    public double WarmupRatio { get; init; } = D.WarmupRatio;
+    public int WarmupSteps { get; init; } = D.WarmupSteps;
+    public double NumTrainEpochs { get; init; } = D.NumTrainEpochs;
+    public int MaxSteps { get; init; } = D.MaxSteps;
+    public int GradientAccumulationSteps { get; init; } = D.GradientAccumulationSteps;
     /// <summary>Global-norm clipping threshold; 0 disables clipping (the norm is still computed and logged).</summary>
-    public double MaxGradNorm { get; init; } = 1.0;
-    public double WeightDecay { get; init; }
-    public double AdamBeta1 { get; init; } = 0.9;
-    public double AdamBeta2 { get; init; } = 0.999;
-    public double AdamEpsilon { get; init; } = 1e-8;
-    public int LoggingSteps { get; init; } = 500;
-    public int SaveSteps { get; init; } = 500;
-    public int? SaveTotalLimit { get; init; }
-    public int Seed { get; init; } = 42;
+    public double MaxGradNorm { get; init; } = D.MaxGradNorm;
+    public double WeightDecay { get; init; } = D.WeightDecay;
+    public double AdamBeta1 { get; init; } = D.AdamBeta1;
+    public double AdamBeta2 { get; init; } = D.AdamBeta2;
+    public double AdamEpsilon { get; init; } = D.AdamEpsilon;
+    public int LoggingSteps { get; init; } = D.LoggingSteps;
+    public int SaveSteps { get; init; } = D.SaveSteps;
+    public int? SaveTotalLimit { get; init; } = D.SaveTotalLimit;
+    public int Seed { get; init; } = D.Seed;
     /// <summary>Folder of the starting checkpoint: its config.json is copied (torch_dtype updated) and, on the final export, its tokenizer/processor files.</summary>
     public string? BaseModelDir { get; init; }
     /// <summary>Write model.safetensors into each checkpoint (official names; for inference from a checkpoint). Resume never needs it.</summary>
@@ -360,16 +362,16 @@ public sealed class Trainer<TBatch> : IDisposable
         {
             var missing = state.TrainableNames.Except(names).Take(10);
             var extra = names.Except(state.TrainableNames).Take(10);
-            throw new InvalidDataException($"{dir}: the checkpoint's trainable parameters differ from this run's (only in checkpoint: {string.Join(", ", missing)}; only in this run: {string.Join(", ", extra)}); use the same freezing/LoRA settings");
+            throw new InvalidFileException($"{dir}: the checkpoint's trainable parameters differ from this run's (only in checkpoint: {string.Join(", ", missing)}; only in this run: {string.Join(", ", extra)}); use the same freezing/LoRA settings");
         }
         if (state.TotalSteps != TotalSteps)
-            throw new InvalidDataException($"{dir}: the run had {state.TotalSteps} total steps, this configuration gives {TotalSteps}; resuming would change the learning-rate schedule");
+            throw new InvalidFileException($"{dir}: the run had {state.TotalSteps} total steps, this configuration gives {TotalSteps}; resuming would change the learning-rate schedule");
         var trainable = Path.Combine(dir, TrainerCheckpoint.TrainableFile);
         using (var f = SafeTensorsFile.Open(trainable))
         using (torch.no_grad())
             foreach (var s in _slots)
             {
-                if (!f.Tensors.ContainsKey(s.Name)) throw new InvalidDataException($"{trainable}: missing '{s.Name}'");
+                if (!f.Tensors.ContainsKey(s.Name)) throw new InvalidFileException($"{trainable}: missing '{s.Name}'");
                 using var t = f.Load(s.Name);
                 TrainerCheckpoint.CopyExact(s.Master, t, trainable, s.Name);
                 if (s.Shadow) s.Param.copy_(s.Master);
@@ -381,7 +383,7 @@ public sealed class Trainer<TBatch> : IDisposable
             foreach (var (k, g) in _o.Generators)
             {
                 var key = "generator." + k;
-                if (!r.Tensors.ContainsKey(key)) throw new InvalidDataException($"{dir}: rng state has no generator '{k}'");
+                if (!r.Tensors.ContainsKey(key)) throw new InvalidFileException($"{dir}: rng state has no generator '{k}'");
                 using var t = r.Load(key);
                 g.set_state(t);
             }

@@ -87,7 +87,7 @@ public static class TrainerCheckpoint
         var name = File.ReadAllText(ptr).Trim();
         var dir = Path.Combine(outputDir, name);
         if (!File.Exists(Path.Combine(dir, StateFile)))
-            throw new InvalidDataException($"{ptr} names '{name}', which is missing or has no {StateFile}");
+            throw new InvalidFileException($"{ptr} names '{name}', which is missing or has no {StateFile}");
         return dir;
     }
 
@@ -105,7 +105,7 @@ public static class TrainerCheckpoint
     public static TrainerState ReadState(string checkpointDir)
     {
         var path = Path.Combine(checkpointDir, StateFile);
-        return JsonSerializer.Deserialize<TrainerState>(File.ReadAllText(path), Json) ?? throw new InvalidDataException($"{path}: empty");
+        return JsonSerializer.Deserialize<TrainerState>(File.ReadAllText(path), Json) ?? throw new InvalidFileException($"{path}: empty");
     }
 
     /// <summary>Copies <paramref name="baseModelDir"/>/config.json with torch_dtype set to the saved dtype.</summary>
@@ -114,7 +114,7 @@ public static class TrainerCheckpoint
         if (baseModelDir == null) return;
         var src = Path.Combine(baseModelDir, "config.json");
         if (!File.Exists(src)) return;
-        var node = JsonNode.Parse(File.ReadAllText(src)) as JsonObject ?? throw new InvalidDataException($"{src}: not a JSON object");
+        var node = JsonNode.Parse(File.ReadAllText(src)) as JsonObject ?? throw new InvalidFileException($"{src}: not a JSON object");
         node["torch_dtype"] = dtype switch
         {
             ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", ScalarType.Float32 => "float32",
@@ -161,7 +161,7 @@ public static class TrainerCheckpoint
         var missing = expected.Where(k => !f.Tensors.ContainsKey(k)).ToList();
         var extra = f.Tensors.Keys.Where(k => !expected.Contains(k)).ToList();
         if (missing.Count > 0 || extra.Count > 0)
-            throw new InvalidDataException($"{path}: optimizer state does not match the trainable parameters (missing: {string.Join(", ", missing.Take(10))}; unexpected: {string.Join(", ", extra.Take(10))})");
+            throw new InvalidFileException($"{path}: optimizer state does not match the trainable parameters (missing: {string.Join(", ", missing.Take(10))}; unexpected: {string.Join(", ", extra.Take(10))})");
         using var _ = torch.no_grad();
         foreach (var (name, st) in states)
         {
@@ -174,7 +174,7 @@ public static class TrainerCheckpoint
     internal static void CopyExact(Tensor dst, Tensor src, string file, string name)
     {
         if (!dst.shape.SequenceEqual(src.shape))
-            throw new InvalidDataException($"{file}: '{name}' has shape [{string.Join(",", src.shape)}], expected [{string.Join(",", dst.shape)}]");
+            throw new InvalidFileException($"{file}: '{name}' has shape [{string.Join(",", src.shape)}], expected [{string.Join(",", dst.shape)}]");
         dst.copy_(src);
     }
 

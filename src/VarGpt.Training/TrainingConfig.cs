@@ -1,22 +1,59 @@
 using System.Globalization;
+using System.Reflection;
+using System.Runtime.Serialization;
 using VarGpt.Model;
+using YamlDotNet.Core;
+using YamlDotNet.Core.Events;
 using YamlDotNet.RepresentationModel;
+using YamlDotNet.Serialization;
+using YamlDotNet.Serialization.NamingConventions;
 
 namespace VarGpt.Training;
 
+/// <summary>`stage`: supervised fine-tuning or image DPO.</summary>
+public enum TrainingStage { Sft, Dpo }
+
+/// <summary>`finetuning_type`.</summary>
+public enum FinetuningType { Full, Lora }
+
+/// <summary>`pref_loss`: the preference losses of trl 0.9.6 dpo_loss this port implements (the list of allowed values, once).</summary>
+public enum PrefLoss { Sigmoid, Hinge, Ipo }
+
+/// <summary>`vargpt_gen_text_loss` (this port's key): the text targets of a batch with generation targets.</summary>
+public enum GenTextLoss
+{
+    /// <summary>get_gen_loss_1_1: the input ids themselves, so prompts, role and padding tokens are supervised too.</summary>
+    Official,
+    /// <summary>The dataset labels (answers only), as the text-only branch.</summary>
+    Labels,
+}
+
+/// <summary>`vargpt_train_positions` (this port's key): the position ids of the training forward.</summary>
+public enum TrainPositions
+{
+    /// <summary>None passed, so every token gets its 1-D index: the official forward never calls get_rope_index in training.</summary>
+    Official,
+    /// <summary>The positions inference uses: get_rope_index over the prompt (an image's tokens take (t, row, column), the
+    /// text after it resumes at max + 1) and the raw cache index for the image-generation rows (autoregressive_infer_cfg).</summary>
+    Mrope,
+}
+
 /// <summary>
 /// The training yaml of the official fork (LLaMA-Factory keys; examples/train_vargpt_qwen2vl_1_1/*.yaml), restricted to
-/// keys that mean something to this port. Defaults are the official ones (HF TrainingArguments / LLaMA-Factory hparams)
-/// except where noted. Unknown keys are rejected by name (all listed at once); keys that only configure the official
-/// GPU stack are accepted, ignored and reported in <see cref="Notes"/>.
+/// keys that mean something to this port, read by YamlDotNet's deserializer onto this record: a key is the snake_case
+/// name of a property, and each default is stated once, here (HF TrainingArguments / LLaMA-Factory hparams, except
+/// where noted). Unknown keys are rejected by name (all listed at once; the known ones are this record's properties);
+/// keys that only configure the official GPU stack are accepted, ignored and reported in <see cref="Notes"/>.
 /// </summary>
 public sealed record TrainingConfig
 {
     // model / method
     public string ModelNameOrPath { get; init; } = "";
-    public string Stage { get; init; } = "sft";                 // sft | dpo
-    public string FinetuningType { get; init; } = "lora";       // full | lora (LLaMA-Factory default: lora)
-    public int VargptTrainStage { get; init; }                  // 0-5, the get_forbidden_modules map
+    public TrainingStage Stage { get; init; } = TrainingStage.Sft;
+    /// <summary>LLaMA-Factory default: lora.</summary>
+    public FinetuningType FinetuningType { get; init; } = FinetuningType.Lora;
+    /// <summary>0-5, the get_forbidden_modules map.</summary>
+    public int VargptTrainStage { get; init; }
     /// <summary>Official default is "qwen2vl-v1.0"; this port only implements v1.1, so v1.1 is the default here.</summary>
     public string VargptVersion { get; init; } = "qwen2vl-v1.1";
     public string Template { get; init; } = "vargpt_qwen2_vl";
@@ -34,27 +71,21 @@ public sealed record TrainingConfig
     /// <summary>vargpt_gen_augment (VarGpt.NET key): the official train_aug on generation targets (1.125x resize +
     /// random crop). false = resize straight to image_gen_resolution (for data already at that size, e.g. ShapesWorld,
     /// where a crop would shift and rescale the objects the prompt places).</summary>
-    public bool ImageGenAugment { get; init; } = true;
-    /// <summary>vargpt_gen_text_loss (VarGpt.NET key): the text targets of a batch with generation targets. "official"
-    /// (default) = get_gen_loss_1_1: the input ids themselves, so prompts, role and padding tokens are supervised too;
-    /// "labels" = the dataset labels (answers only), as the text-only branch. Not an official option: a small model
-    /// trained with "official" learns to continue user turns after the assistant's first token (docs/shapesworld.md).</summary>
-    public string GenTextLoss { get; init; } = "official";
-    /// <summary>vargpt_train_positions (VarGpt.NET key): position ids of the training forward. "official" (default) =
-    /// none passed, so every token gets its 1-D index (the official forward never calls get_rope_index in training);
-    /// "mrope" = the positions inference uses: get_rope_index over the prompt (an image's tokens take (t, row, column)
-    /// and the text after it resumes at max + 1) and the raw index for the image-generation rows (the cache index
-    /// autoregressive_infer_cfg gives them). Not an official option: a model trained from scratch with 1-D positions
-    /// meets M-RoPE positions for the first time at inference (docs/shapesworld.md).</summary>
-    public string TrainPositions { get; init; } = "official";
+    [YamlMember(Alias = "vargpt_gen_augment")] public bool ImageGenAugment { get; init; } = true;
+    /// <summary>vargpt_gen_text_loss (VarGpt.NET key; see <see cref="Training.GenTextLoss"/>). Not an official option: a small
+    /// model trained with "official" learns to continue user turns after the assistant's first token (docs/shapesworld-notes.md).</summary>
+    [YamlMember(Alias = "vargpt_gen_text_loss")] public GenTextLoss GenTextLoss { get; init; } = GenTextLoss.Official;
+    /// <summary>vargpt_train_positions (VarGpt.NET key; see <see cref="Training.TrainPositions"/>). Not an official option: a model
+    /// trained from scratch with 1-D positions meets M-RoPE positions for the first time at inference (docs/shapesworld-notes.md).</summary>
+    [YamlMember(Alias = "vargpt_train_positions")] public TrainPositions TrainPositions { get; init; } = TrainPositions.Official;
 
-    // optimisation (HF TrainingArguments defaults)
+    // optimisation (HF TrainingArguments defaults; TrainerOptions takes its defaults from here)
     public int PerDeviceTrainBatchSize { get; init; } = 8;
     public int GradientAccumulationSteps { get; init; } = 1;
     public double LearningRate { get; init; } = 5e-5;
     public double NumTrainEpochs { get; init; } = 3.0;
     public int MaxSteps { get; init; } = -1;
-    public string LrSchedulerType { get; init; } = "linear";   // cosine | linear | constant | constant_with_warmup
+    public LrScheduler LrSchedulerType { get; init; } = LrScheduler.Linear;
     public double WarmupRatio { get; init; }
     public int WarmupSteps { get; init; }
     public double WeightDecay { get; init; }
@@ -75,24 +106,29 @@ public sealed record TrainingConfig
 
     // LoRA
     public int LoraRank { get; init; } = 8;
-    public double LoraAlpha { get; init; } = 16;  // default lora_rank * 2 (finetuning_args.__post_init__)
+    /// <summary>Default lora_rank * 2 (finetuning_args.__post_init__).</summary>
+    public double LoraAlpha { get => _loraAlpha ?? LoraRank * 2; init => _loraAlpha = value; }
+    double? _loraAlpha;
     public double LoraDropout { get; init; }
     public IReadOnlyList<string> LoraTarget { get; init; } = ["all"];
 
     // DPO (finetuning_args RLHFArguments)
     public double PrefBeta { get; init; } = 0.1;
     public double PrefFtx { get; init; }
-    public string PrefLoss { get; init; } = "sigmoid";
+    public PrefLoss PrefLoss { get; init; } = PrefLoss.Sigmoid;
     public double DpoLabelSmoothing { get; init; }
 
     // explicit freezing on top of vargpt_train_stage (this port's keys)
-    /// <summary>vargpt_freeze: component groups to freeze (vision_tower, language_model, infinity, projectors, vae).</summary>
-    public IReadOnlyList<string> FreezeComponents { get; init; } = [];
+    /// <summary>vargpt_freeze: component groups to freeze (<see cref="ModelComponents"/> keys).</summary>
+    [YamlMember(Alias = "vargpt_freeze")] public IReadOnlyList<string> FreezeComponents { get; init; } = [];
     /// <summary>vargpt_freeze_modules: extra parameter-name substrings to freeze (same rule as get_forbidden_modules).</summary>
-    public IReadOnlyList<string> FreezeModules { get; init; } = [];
+    [YamlMember(Alias = "vargpt_freeze_modules")] public IReadOnlyList<string> FreezeModules { get; init; } = [];
 
     /// <summary>One line per accepted-but-ignored key.</summary>
-    public IReadOnlyList<string> Notes { get; init; } = [];
+    [YamlIgnore] public IReadOnlyList<string> Notes { get; init; } = [];
+
+    /// <summary>Defaults of every key (what an empty yaml gives).</summary>
+    public static TrainingConfig Defaults { get; } = new();
 
     /// <summary>Keys that only configure the official GPU/DeepSpeed/HF stack: accepted and ignored, with a note.</summary>
     public static readonly IReadOnlyDictionary<string, string> IgnoredKeys = new Dictionary<string, string>
@@ -143,25 +179,30 @@ public sealed record TrainingConfig
         ["packing"] = "sequence packing is not implemented", ["streaming"] = "streaming datasets are not implemented",
     };
 
-    static readonly HashSet<string> KnownKeys =
-    [
-        "model_name_or_path", "stage", "finetuning_type", "vargpt_train_stage", "vargpt_version", "template",
-        "dataset", "dataset_dir", "image_dir", "cutoff_len", "max_samples", "image_resolution", "image_gen_resolution",
-        "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "num_train_epochs", "max_steps",
-        "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm", "adam_beta1", "adam_beta2",
-        "adam_epsilon", "bf16", "seed", "output_dir", "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint",
-        "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "pref_beta", "pref_ftx", "pref_loss", "dpo_label_smoothing",
-        "vargpt_freeze", "vargpt_freeze_modules", "vargpt_gen_augment", "vargpt_gen_text_loss", "vargpt_train_positions",
-    ];
+    /// <summary>Values of pref_loss that LLaMA-Factory knows but this port does not implement, with the reason.</summary>
+    static readonly IReadOnlyDictionary<string, string> UnimplementedPrefLosses = new Dictionary<string, string>
+    {
+        ["orpo"] = "needs no reference model and is not part of VARGPT's image DPO",
+        ["simpo"] = "needs no reference model and is not part of VARGPT's image DPO",
+        ["kto_pair"] = "needs no reference model and is not part of VARGPT's image DPO",
+    };
 
-    public static readonly IReadOnlyList<string> GenTextLosses = ["official", "labels"];
-    public static readonly IReadOnlyList<string> TrainPositionModes = ["official", "mrope"];
-    public static readonly IReadOnlyList<string> SchedulerTypes = ["cosine", "linear", "constant", "constant_with_warmup"];
-    public static readonly IReadOnlyList<string> PrefLosses = ["sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo"];
+    /// <summary>Every key this record reads: its properties' yaml names.</summary>
+    public static IReadOnlyDictionary<string, PropertyInfo> KnownKeys { get; } = typeof(TrainingConfig)
+        .GetProperties(BindingFlags.Public | BindingFlags.Instance)
+        .Where(p => p.CanWrite && p.GetCustomAttribute<YamlIgnoreAttribute>() is null)
+        .ToDictionary(p => p.GetCustomAttribute<YamlMemberAttribute>()?.Alias ?? UnderscoredNamingConvention.Instance.Apply(p.Name), p => p, StringComparer.Ordinal);
+
+    static readonly IDeserializer Yaml = new DeserializerBuilder()
+        .WithNamingConvention(UnderscoredNamingConvention.Instance)
+        .WithEnumNamingConvention(UnderscoredNamingConvention.Instance)
+        .WithTypeConverter(new StringListConverter())
+        .IgnoreUnmatchedProperties()   // the ignored keys; unknown ones were rejected before
+        .Build();
 
     public static TrainingConfig Load(string path)
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"training config not found: {path}", path);
+        if (!File.Exists(path)) throw new InputNotFoundException($"training config not found: {path}", path);
         return Parse(File.ReadAllText(path), path);
     }
 
@@ -170,10 +211,11 @@ public sealed record TrainingConfig
     {
         var stream = new YamlStream();
         try { stream.Load(new StringReader(yaml)); }
-        catch (YamlDotNet.Core.YamlException e) { throw new InvalidDataException($"{source}: invalid yaml at line {e.Start.Line}: {e.Message}"); }
-        if (stream.Documents.Count == 0) throw new InvalidDataException($"{source}: empty config");
-        if (stream.Documents[0].RootNode is not YamlMappingNode root) throw new InvalidDataException($"{source}: the config must be a mapping of key: value");
+        catch (YamlException e) { throw new InvalidFileException($"{source}: invalid yaml at line {e.Start.Line}: {e.Message}"); }
+        if (stream.Documents.Count == 0) throw new InvalidFileException($"{source}: empty config");
+        if (stream.Documents[0].RootNode is not YamlMappingNode root) throw new InvalidFileException($"{source}: the config must be a mapping of key: value");
 
+        // the keys first: every unknown one listed at once, the ignored ones noted
         var values = new Dictionary<string, (string Value, int Line)>(StringComparer.Ordinal);
         var unknown = new List<string>();
         var unsupported = new List<string>();
@@ -182,15 +224,10 @@ public sealed record TrainingConfig
         {
             string key = ((YamlScalarNode)k).Value ?? "";
             int line = (int)k.Start.Line;
-            string value = v switch
-            {
-                YamlScalarNode s => s.Value ?? "",
-                YamlSequenceNode seq => string.Join(",", seq.Children.Select(c => (c as YamlScalarNode)?.Value ?? throw new InvalidDataException($"{source}:{line}: '{key}' must be a list of scalars"))),
-                _ => throw new InvalidDataException($"{source}:{line}: '{key}' must be a scalar or a list"),
-            };
-            if (values.ContainsKey(key)) throw new InvalidDataException($"{source}:{line}: key '{key}' appears twice");
-            if (KnownKeys.Contains(key)) values[key] = (value, line);
-            else if (IgnoredKeys.TryGetValue(key, out var why)) { notes.Add($"{key}: ignored ({why})"); values[key] = (value, line); }
+            if (values.ContainsKey(key)) throw new InvalidFileException($"{source}:{line}: key '{key}' appears twice");
+            values[key] = (v is YamlScalarNode s ? s.Value ?? "" : "", line);
+            if (KnownKeys.ContainsKey(key)) continue;
+            if (IgnoredKeys.TryGetValue(key, out var why)) notes.Add($"{key}: ignored ({why})");
             else if (UnsupportedKeys.TryGetValue(key, out var reason)) unsupported.Add($"'{key}' (line {line}): {reason}");
             else unknown.Add($"'{key}' (line {line})");
         }
@@ -199,72 +236,48 @@ public sealed record TrainingConfig
             var parts = new List<string>();
             if (unknown.Count > 0) parts.Add($"unknown key(s): {string.Join(", ", unknown)}");
             if (unsupported.Count > 0) parts.Add($"unsupported key(s): {string.Join("; ", unsupported)}");
-            throw new InvalidDataException($"{source}: {string.Join("; ", parts)}");
+            throw new InvalidFileException($"{source}: {string.Join("; ", parts)}");
         }
-
-        var r = new Reader(values, source);
-        // Ignored keys whose value would change the math must have the harmless value.
-        if (r.Bool("fp16", false)) throw new InvalidDataException($"{source}: fp16: true is not supported; use bf16: true");
-        if (values.ContainsKey("val_size") && r.Double("val_size", 0) != 0) throw new InvalidDataException($"{source}: val_size must be 0 (no evaluation split)");
-        if (values.TryGetValue("mix_strategy", out var mix) && mix.Value != "concat") throw new InvalidDataException($"{source}: mix_strategy '{mix.Value}' is not implemented (only concat)");
-        if (values.TryGetValue("optim", out var optim) && optim.Value is not ("adamw_torch" or "adamw_hf"))
-            throw new InvalidDataException($"{source}: optim '{optim.Value}' is not implemented (AdamW only)");
-        if (values.TryGetValue("gradient_checkpointing", out var gc) && gc.Value.Equals("true", StringComparison.OrdinalIgnoreCase))
+        // ignored keys whose value would change the math must have the harmless value
+        string? Ignored(string key) => values.TryGetValue(key, out var v) ? v.Value.Trim() : null;
+        if (Ignored("fp16") is "true" or "True") throw new InvalidFileException($"{source}: fp16: true is not supported; use bf16: true");
+        if (Ignored("val_size") is { } vs && !(double.TryParse(vs, CultureInfo.InvariantCulture, out double val) && val == 0)) throw new InvalidFileException($"{source}: val_size must be 0 (no evaluation split)");
+        if (Ignored("mix_strategy") is { } mix && mix != "concat") throw new InvalidFileException($"{source}: mix_strategy '{mix}' is not implemented (only concat)");
+        if (Ignored("optim") is { } optim && optim is not ("adamw_torch" or "adamw_hf")) throw new InvalidFileException($"{source}: optim '{optim}' is not implemented (AdamW only)");
+        if (Ignored("gradient_checkpointing") is { } gc && gc.Equals("true", StringComparison.OrdinalIgnoreCase))
             notes.Add("gradient_checkpointing: true requested but not implemented; activations are kept (more memory)");
+        if (Ignored("pref_loss") is { } pl && UnimplementedPrefLosses.TryGetValue(pl, out var plWhy))
+            throw new InvalidFileException($"{source}:{values["pref_loss"].Line}: pref_loss '{pl}' {plWhy}; implemented: {Names<PrefLoss>()}");
 
-        int loraRank = r.Int("lora_rank", 8);
-        var cfg = new TrainingConfig
+        TrainingConfig cfg;
+        try { cfg = Yaml.Deserialize<TrainingConfig>(yaml) ?? new TrainingConfig(); }
+        catch (YamlException e)
         {
-            ModelNameOrPath = r.Str("model_name_or_path", ""),
-            Stage = r.OneOf("stage", "sft", ["sft", "dpo"]),
-            FinetuningType = r.OneOf("finetuning_type", "lora", ["full", "lora"]),
-            VargptTrainStage = r.Int("vargpt_train_stage", 0),
-            VargptVersion = r.OneOf("vargpt_version", "qwen2vl-v1.1", ["qwen2vl-v1.1"]),
-            Template = r.OneOf("template", "vargpt_qwen2_vl", ["vargpt_qwen2_vl"]),
-            Dataset = r.List("dataset"),
-            DatasetDir = r.Str("dataset_dir", "data"),
-            ImageDir = r.StrOrNull("image_dir") is { Length: > 0 } idir ? idir : null,
-            CutoffLen = r.Int("cutoff_len", 2048),
-            MaxSamples = r.IntOrNull("max_samples"),
-            ImageResolution = r.Int("image_resolution", 512 * 512),
-            ImageGenResolution = r.Int("image_gen_resolution", 512),
-            ImageGenAugment = r.Bool("vargpt_gen_augment", true),
-            GenTextLoss = r.OneOf("vargpt_gen_text_loss", "official", GenTextLosses),
-            TrainPositions = r.OneOf("vargpt_train_positions", "official", TrainPositionModes),
-            PerDeviceTrainBatchSize = r.Int("per_device_train_batch_size", 8),
-            GradientAccumulationSteps = r.Int("gradient_accumulation_steps", 1),
-            LearningRate = r.Double("learning_rate", 5e-5),
-            NumTrainEpochs = r.Double("num_train_epochs", 3.0),
-            MaxSteps = r.Int("max_steps", -1),
-            LrSchedulerType = r.OneOf("lr_scheduler_type", "linear", SchedulerTypes),
-            WarmupRatio = r.Double("warmup_ratio", 0),
-            WarmupSteps = r.Int("warmup_steps", 0),
-            WeightDecay = r.Double("weight_decay", 0),
-            MaxGradNorm = r.Double("max_grad_norm", 1.0),
-            AdamBeta1 = r.Double("adam_beta1", 0.9),
-            AdamBeta2 = r.Double("adam_beta2", 0.999),
-            AdamEpsilon = r.Double("adam_epsilon", 1e-8),
-            Bf16 = r.Bool("bf16", false),
-            Seed = r.Int("seed", 42),
-            OutputDir = r.Str("output_dir", ""),
-            LoggingSteps = r.Int("logging_steps", 500),
-            SaveSteps = r.Int("save_steps", 500),
-            SaveTotalLimit = r.IntOrNull("save_total_limit"),
-            ResumeFromCheckpoint = r.StrOrNull("resume_from_checkpoint"),
-            LoraRank = loraRank,
-            LoraAlpha = r.Double("lora_alpha", loraRank * 2),
-            LoraDropout = r.Double("lora_dropout", 0),
-            LoraTarget = r.List("lora_target", ["all"]),
-            PrefBeta = r.Double("pref_beta", 0.1),
-            PrefFtx = r.Double("pref_ftx", 0),
-            PrefLoss = r.OneOf("pref_loss", "sigmoid", PrefLosses),
-            DpoLabelSmoothing = r.Double("dpo_label_smoothing", 0),
-            FreezeComponents = r.List("vargpt_freeze", []),
-            FreezeModules = r.List("vargpt_freeze_modules", []),
-            Notes = notes,
-        };
+            // the key on the failing line, and what its property takes
+            var at = values.FirstOrDefault(kv => kv.Value.Line == e.Start.Line);
+            if (at.Key is null || !KnownKeys.TryGetValue(at.Key, out var prop)) throw new InvalidFileException($"{source}:{e.Start.Line}: {e.Message}", e);
+            throw new InvalidFileException($"{source}:{at.Value.Line}: '{at.Key}' must be {Kind(prop.PropertyType)}, found '{at.Value.Value}'", e);
+        }
+        cfg = cfg with { Notes = notes, ImageDir = string.IsNullOrEmpty(cfg.ImageDir) ? null : cfg.ImageDir };
         cfg.Validate(source);
         return cfg;
+    }
+
+    /// <summary>The yaml spelling of an enum value (TrainingStage.Sft → "sft", LrScheduler.ConstantWithWarmup → "constant_with_warmup").</summary>
+    public static string YamlName(Enum value) => UnderscoredNamingConvention.Instance.Apply(value.ToString());
+
+    /// <summary>Every value of an enum key, as the yaml spells them.</summary>
+    public static string Names<T>() where T : struct, Enum => string.Join(", ", Enum.GetValues<T>().Select(v => YamlName(v)));
+
+    static string Kind(Type t)
+    {
+        t = Nullable.GetUnderlyingType(t) ?? t;
+        if (t == typeof(int)) return "an integer";
+        if (t == typeof(double)) return "a number";
+        if (t == typeof(bool)) return "true or false";
+        if (t.IsEnum) return "one of " + string.Join(", ", Enum.GetNames(t).Select(UnderscoredNamingConvention.Instance.Apply));
+        if (t == typeof(IReadOnlyList<string>)) return "a list (a, b or [a, b])";
+        return "a string";
     }
 
     /// <summary>Range and consistency checks (finetuning_args.__post_init__ and the trainer's needs); throws naming the key.</summary>
@@ -275,12 +288,14 @@ public sealed record TrainingConfig
         Need(ModelNameOrPath.Length > 0, "model_name_or_path is required");
         Need(OutputDir.Length > 0, "output_dir is required");
         Need(Dataset.Count > 0, "dataset is required (comma-separated dataset_info.json names)");
+        Need(VargptVersion == "qwen2vl-v1.1", $"'vargpt_version' must be one of qwen2vl-v1.1, found '{VargptVersion}'");
+        Need(Template == "vargpt_qwen2_vl", $"'template' must be one of vargpt_qwen2_vl, found '{Template}'");
         Need(VargptTrainStage is >= 0 and <= 5, $"vargpt_train_stage must be 0-5, got {VargptTrainStage}");
         Need(CutoffLen > 0, "cutoff_len must be > 0");
         Need(MaxSamples is null or > 0, "max_samples must be > 0");
         Need(PerDeviceTrainBatchSize > 0, "per_device_train_batch_size must be > 0");
         Need(GradientAccumulationSteps > 0, "gradient_accumulation_steps must be > 0");
-        Need(LearningRate >= 0, "learning_rate must be >= 0");
+        Need(LearningRate >= 0 && double.IsFinite(LearningRate), "learning_rate must be >= 0");
         Need(MaxSteps > 0 || NumTrainEpochs > 0, "num_train_epochs must be > 0 when max_steps is not set");
         Need(WarmupRatio is >= 0 and <= 1, "warmup_ratio must be in [0, 1]");
         Need(WarmupSteps >= 0, "warmup_steps must be >= 0");
@@ -291,48 +306,35 @@ public sealed record TrainingConfig
         Need(SaveSteps > 0, "save_steps must be > 0");
         Need(SaveTotalLimit is null or > 0, "save_total_limit must be > 0");
         Need(ImageResolution > 0, "image_resolution must be > 0");
-        // VARGPT-v1.1 trained at 256 and 512; any side a registered template-1.0 schedule produces is accepted (checked by the collator)
+        // VARGPT-v1.1 trained at 256 and 512; any side a template-1.0 schedule of the model produces is accepted (checked by the collator)
         Need(ImageGenResolution > 0, $"image_gen_resolution must be > 0, got {ImageGenResolution}");
         Need(LoraRank > 0, "lora_rank must be > 0");
         Need(LoraDropout is >= 0 and < 1, "lora_dropout must be in [0, 1)");
         Need(PrefBeta > 0, "pref_beta must be > 0");
         Need(DpoLabelSmoothing is >= 0 and <= 0.5, "dpo_label_smoothing must be in [0, 0.5]");
-        if (Stage == "dpo" && PrefLoss != "sigmoid" && DpoLabelSmoothing > 1e-6)
+        if (Stage == TrainingStage.Dpo && PrefLoss != PrefLoss.Sigmoid && DpoLabelSmoothing > 1e-6)
             errors.Add("dpo_label_smoothing is only valid for pref_loss: sigmoid");
         foreach (var c in FreezeComponents)
             if (!ModelComponents.All.Any(k => k.Key == c)) errors.Add($"vargpt_freeze: unknown component '{c}' (known: {string.Join(", ", ModelComponents.All.Select(k => k.Key))})");
-        if (errors.Count > 0) throw new InvalidDataException($"{source}: " + string.Join("; ", errors));
+        if (errors.Count > 0) throw new InvalidFileException($"{source}: " + string.Join("; ", errors));
     }
 
-    sealed class Reader(Dictionary<string, (string Value, int Line)> values, string source)
+    /// <summary>A list key: a yaml sequence ([a, b]) or the LLaMA-Factory comma form (a, b). Hand-written because YamlDotNet reads one shape per type.</summary>
+    sealed class StringListConverter : IYamlTypeConverter
     {
-        Exception Bad(string key, string what) => new InvalidDataException($"{source}:{values[key].Line}: '{key}' must be {what}, found '{values[key].Value}'");
-        public string Str(string key, string dflt) => values.TryGetValue(key, out var v) ? v.Value.Trim() : dflt;
-        public string? StrOrNull(string key) => values.TryGetValue(key, out var v) ? v.Value.Trim() : null;
-        public int Int(string key, int dflt) => IntOrNull(key) ?? dflt;
-        public int? IntOrNull(string key)
+        public bool Accepts(Type type) => type == typeof(IReadOnlyList<string>);
+
+        public object? ReadYaml(IParser parser, Type type, ObjectDeserializer rootDeserializer)
         {
-            if (!values.TryGetValue(key, out var v) || v.Value.Trim().Length == 0 || v.Value.Trim() is "null" or "~") return null;
-            return int.TryParse(v.Value.Trim(), NumberStyles.Integer, CultureInfo.InvariantCulture, out int i) ? i : throw Bad(key, "an integer");
+            if (parser.TryConsume<Scalar>(out var scalar))
+                return scalar.Value.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+            parser.Consume<SequenceStart>();
+            var list = new List<string>();
+            while (!parser.TryConsume<SequenceEnd>(out _)) list.Add(parser.Consume<Scalar>().Value);
+            return list;
         }
-        public double Double(string key, double dflt)
-        {
-            if (!values.TryGetValue(key, out var v)) return dflt;
-            return double.TryParse(v.Value.Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out double d) && double.IsFinite(d) ? d : throw Bad(key, "a number");
-        }
-        public bool Bool(string key, bool dflt)
-        {
-            if (!values.TryGetValue(key, out var v)) return dflt;
-            return v.Value.Trim().ToLowerInvariant() switch { "true" => true, "false" => false, _ => throw Bad(key, "true or false") };
-        }
-        public string OneOf(string key, string dflt, IReadOnlyList<string> allowed)
-        {
-            var s = Str(key, dflt);
-            return allowed.Contains(s) ? s : throw Bad(key, $"one of {string.Join(", ", allowed)}");
-        }
-        public IReadOnlyList<string> List(string key, IReadOnlyList<string>? dflt = null) =>
-            values.TryGetValue(key, out var v)
-                ? v.Value.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
-                : dflt ?? [];
+
+        public void WriteYaml(IEmitter emitter, object? value, Type type, ObjectSerializer serializer) =>
+            throw new NotSupportedException("training configs are read, not written");
     }
 }

@@ -110,8 +110,8 @@ public sealed class VargptCollator
         _tok = tokenizer;
         _cfg = config;
         Options = options ?? new VargptCollatorOptions();
-        if (Options.CutoffLen <= 0) throw new ArgumentException("cutoff_len must be > 0");
-        if (Options.PadToMultipleOf <= 0) throw new ArgumentException("pad_to_multiple_of must be > 0");
+        if (Options.CutoffLen <= 0) throw new InvalidOptionException("cutoff_len must be > 0", "cutoff_len");
+        if (Options.PadToMultipleOf <= 0) throw new InvalidOptionException("pad_to_multiple_of must be > 0", "pad_to_multiple_of");
         _processor = new ImageProcessor(Options.Processor);
         GenSchedule = ScheduleForResolution(Options.ImageGenResolution, config);
         ImageGenTokenCount = GenSchedule.PaddedLength(Math.Max(1, config.Infinity.PadToMultiplier));
@@ -122,43 +122,43 @@ public sealed class VargptCollator
         _genPad = config.ImageGen.PadId;
         foreach (var (tokText, id) in new[] { (SpecialTokens.ImageGenStart, _genStart), (SpecialTokens.ImageGenPad, _genPad), (SpecialTokens.ImagePad, _imagePad), (SpecialTokens.VisionStart, _visionStart) })
             if (tokenizer.TryTokenToId(tokText) != id)
-                throw new InvalidDataException($"the tokenizer maps {tokText} to {tokenizer.TryTokenToId(tokText)?.ToString() ?? "nothing"} but the model config expects id {id}; tokenizer and checkpoint do not belong together");
+                throw new InvalidFileException($"the tokenizer maps {tokText} to {tokenizer.TryTokenToId(tokText)?.ToString() ?? "nothing"} but the model config expects id {id}; tokenizer and checkpoint do not belong together");
     }
 
     /// <summary>The template-1.0 schedule of the model's table with S×S pixels (the model's pn preferred); a clear error when none exists.</summary>
     public static ScaleSchedule ScheduleForResolution(int side, VargptConfig config)
     {
         try { return VargptTraining.ScheduleForTargets(side, side, config); }
-        catch (ArgumentException e) { throw new ArgumentException($"image_gen_resolution {side}: {e.Message}", e); }
+        catch (InvalidOptionException e) { throw new InvalidOptionException($"image_gen_resolution {side}: {e.Message}", "image_gen_resolution"); }
     }
 
     // ------------------------------------------------------------------ encoding (text side)
 
     /// <summary>
-    /// Encodes every record (stage "sft": one row each; "dpo": chosen + rejected rows). Records whose encoded length
+    /// Encodes every record (Sft: one row each; Dpo: chosen + rejected rows). Records whose encoded length
     /// exceeds cutoff_len are skipped and listed in the result. Throws when nothing is left.
     /// </summary>
-    public EncodedDataset EncodeAll(IReadOnlyList<TrainingRecord> records, string stage)
+    public EncodedDataset EncodeAll(IReadOnlyList<TrainingRecord> records, TrainingStage stage)
     {
-        if (records.Count == 0) throw new ArgumentException("the dataset is empty: no records to train on (check 'dataset', 'max_samples' and the dataset files)");
+        if (records.Count == 0) throw new InvalidFileException("the dataset is empty: no records to train on (check 'dataset', 'max_samples' and the dataset files)");
         var items = new List<EncodedItem>();
         var skipped = new List<(TrainingRecord, int)>();
         foreach (var r in records)
         {
-            var item = stage == "dpo" ? EncodePair(r) : new EncodedItem(EncodeSft(r));
+            var item = stage == TrainingStage.Dpo ? EncodePair(r) : new EncodedItem(EncodeSft(r));
             if (item.Length > Options.CutoffLen) skipped.Add((r, item.Length));
             else items.Add(item);
         }
         var ds = new EncodedDataset(items, skipped, Options.CutoffLen);
         if (items.Count == 0)
-            throw new ArgumentException($"no sample fits cutoff_len {Options.CutoffLen}: {ds.SkippedSummary()}. A generation target alone takes {ImageGenTokenCount + 2} tokens; raise cutoff_len");
+            throw new InvalidFileException($"no sample fits cutoff_len {Options.CutoffLen}: {ds.SkippedSummary()}. A generation target alone takes {ImageGenTokenCount + 2} tokens; raise cutoff_len");
         return ds;
     }
 
     /// <summary>One SFT row (supervised.py _encode_supervised_example without truncation).</summary>
     public EncodedSample EncodeSft(TrainingRecord r)
     {
-        if (r.Kind == RecordKind.Preference) throw new ArgumentException($"{r.Where}: a preference record cannot be used for SFT");
+        if (r.Kind == RecordKind.Preference) throw new InvalidFileException($"{r.Where}: a preference record cannot be used for SFT");
         var grids = UnderstandingGrids(r, r.Images);
         var messages = Expand(r, r.Prompt.Concat(r.Response).ToList(), grids);
         var pairs = LlamaFactoryTemplate.EncodeMultiTurn(_tok, messages, r.System);
@@ -176,7 +176,7 @@ public sealed class VargptCollator
     public EncodedItem EncodePair(TrainingRecord r)
     {
         if (r.Kind != RecordKind.Preference || r.Response.Count != 2 || r.Images.Count != 2)
-            throw new ArgumentException($"{r.Where}: DPO needs a preference record (chosen and rejected answers, images [chosen_target, rejected_target])");
+            throw new InvalidFileException($"{r.Where}: DPO needs a preference record (chosen and rejected answers, images [chosen_target, rejected_target])");
         EncodedSample Branch(ChatTurn answer, ImageSlot target)
         {
             var messages = Expand(r, r.Prompt.Append(answer).ToList(), []);
@@ -194,7 +194,7 @@ public sealed class VargptCollator
     {
         var messages = turns.Select(t => new LlamaFactoryMessage(t.Role, t.Content)).ToList();
         try { return PromptExpansion.ExpandTrainingPlaceholders(messages, grids, _processor.Settings.MergeSize, ImageGenTokenCount).ToList(); }
-        catch (ArgumentException e) { throw new ArgumentException($"{r.Where}: {e.Message}", e); }
+        catch (ArgumentException e) { throw new InvalidFileException($"{r.Where}: {e.Message}", e); }   // the record's placeholders do not fit its images
     }
 
     /// <summary>Grids of the understanding images: NEAREST preshrink, then the processor's smart_resize.</summary>
@@ -207,7 +207,7 @@ public sealed class VargptCollator
             var img = ImageProcessor.PreprocessImageForTraining(LoadImage(r, slot), Options.ImageResolution);
             int h, w;
             try { (h, w, _) = ImageProcessor.SmartResize(img.Height, img.Width, s.Factor, s.MinPixels, s.MaxPixels); }
-            catch (ArgumentException e) { throw new ArgumentException($"{r.Where}: image {slot.Path}: {e.Message}", e); }
+            catch (ArgumentException e) { throw new InvalidFileException($"{r.Where}: image {slot.Path}: {e.Message}", e); }   // too small or too elongated
             grids.Add((1, h / s.PatchSize, w / s.PatchSize));
         }
         return grids;
@@ -222,10 +222,10 @@ public sealed class VargptCollator
         long imagePads = ids.LongCount(t => t == _imagePad), genPads = ids.LongCount(t => t == _genPad);
         int genStarts = ids.Count(t => t == _genStart), visionStarts = ids.Count(t => t == _visionStart);
         if (imagePads != expectedImagePads || visionStarts != grids.Count)
-            throw new ArgumentException($"{r.Where}: image-token mismatch: the encoded text holds {imagePads} <|image_pad|> token(s) in {visionStarts} vision block(s) " +
+            throw new InvalidFileException($"{r.Where}: image-token mismatch: the encoded text holds {imagePads} <|image_pad|> token(s) in {visionStarts} vision block(s) " +
                 $"but its {grids.Count} input image(s) give {expectedImagePads} feature row(s); does the text contain image special tokens literally?");
         if (genPads != (long)targets * ImageGenTokenCount || genStarts != targets)
-            throw new ArgumentException($"{r.Where}: image-token mismatch: the encoded text holds {genPads} <|image_gen_pad|> token(s) in {genStarts} generation block(s) " +
+            throw new InvalidFileException($"{r.Where}: image-token mismatch: the encoded text holds {genPads} <|image_gen_pad|> token(s) in {genStarts} generation block(s) " +
                 $"but {targets} target image(s) need {targets} x {ImageGenTokenCount}; does the text contain image special tokens literally?");
         // images in token order (find_token_sequence): understanding at vision_start, targets at image_gen_start
         var inOrder = new List<ImageSlot>();
@@ -241,9 +241,9 @@ public sealed class VargptCollator
     static RgbImage LoadImage(TrainingRecord r, ImageSlot slot)
     {
         try { return RgbImage.Load(slot.Path); }
-        catch (Exception e) when (e is ImageLoadException or FileNotFoundException)
+        catch (Exception e) when (e is ImageLoadException or InputNotFoundException)
         {
-            throw new InvalidDataException($"{r.Where}: {e.Message}", e);
+            throw new InvalidFileException($"{r.Where}: {e.Message}", e);
         }
     }
 

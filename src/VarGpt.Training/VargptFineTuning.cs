@@ -11,7 +11,7 @@ using VarGpt.Configuration;
 namespace VarGpt.Training;
 
 /// <summary>A training configuration that cannot run (bad paths, data, stage/freeze combination); the message says why.</summary>
-public sealed class TrainingSetupException(string message) : Exception(message);
+public sealed class TrainingSetupException(string message) : VargptInputException(message);
 
 /// <summary>How <see cref="VargptFineTuning.Run"/> runs a configuration (what the yaml does not say).</summary>
 public sealed record FineTuningOptions
@@ -43,7 +43,7 @@ public static class VargptFineTuning
     {
         var o = options.Output;
         string Resolve(string p) => Path.IsPathRooted(p) || options.BaseDir is null || Directory.Exists(p) || File.Exists(p) ? p : Path.Combine(options.BaseDir, p);
-        string stage = cfg.Stage;
+        var stage = cfg.Stage;
         var modelDir = Resolve(cfg.ModelNameOrPath);
         if (!Directory.Exists(modelDir)) throw new TrainingSetupException($"model_name_or_path '{cfg.ModelNameOrPath}' is not a folder (download the checkpoint and point at it)");
         var dtype = cfg.Bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
@@ -51,34 +51,23 @@ public static class VargptFineTuning
         // configs and tokenizer first: the data is encoded (and its errors reported) before the long weight load
         var folder = ModelFolder.Read(modelDir);
         var (modelCfg, tokenizer, processor) = (folder.Config, folder.Tokenizer, folder.Preprocessor);
-        IReadOnlyList<TrainingRecord> records;
-        try
+        var records = DatasetLoader.Load(cfg.Dataset, new DatasetLoadOptions
         {
-            records = DatasetLoader.Load(cfg.Dataset, new DatasetLoadOptions
-            {
-                DatasetDir = Resolve(cfg.DatasetDir), ImageDir = cfg.ImageDir is { } idir ? Resolve(idir) : null, Stage = stage, MaxSamples = cfg.MaxSamples, Seed = cfg.Seed,
-            });
-        }
-        catch (Exception e) when (e is DatasetValidationException or MissingImagesException or NotSupportedException or ArgumentException) { throw new TrainingSetupException(e.Message); }
-        VargptCollator collator;
-        EncodedDataset ds;
-        try
+            DatasetDir = Resolve(cfg.DatasetDir), ImageDir = cfg.ImageDir is { } idir ? Resolve(idir) : null, Ranking = stage == TrainingStage.Dpo, MaxSamples = cfg.MaxSamples, Seed = cfg.Seed,
+        });
+        var collator = new VargptCollator(tokenizer, modelCfg, new VargptCollatorOptions
         {
-            collator = new VargptCollator(tokenizer, modelCfg, new VargptCollatorOptions
-            {
-                CutoffLen = cfg.CutoffLen, ImageResolution = cfg.ImageResolution, ImageGenResolution = cfg.ImageGenResolution, Seed = cfg.Seed, Processor = processor,
-                TargetAugment = cfg.ImageGenAugment,
-            });
-            ds = collator.EncodeAll(records, stage);
-        }
-        catch (ArgumentException e) { throw new TrainingSetupException(e.Message); }
-        o.WriteLine($"data: {ds.Items.Count} {(stage == "dpo" ? "pair(s)" : "sample(s)")} from {string.Join(", ", cfg.Dataset)}; targets {collator.GenSchedule.Pixels.H}x{collator.GenSchedule.Pixels.W} ({collator.GenSchedule.Pn}, {collator.ImageGenTokenCount} <|image_gen_pad|> tokens each)");
+            CutoffLen = cfg.CutoffLen, ImageResolution = cfg.ImageResolution, ImageGenResolution = cfg.ImageGenResolution, Seed = cfg.Seed, Processor = processor,
+            TargetAugment = cfg.ImageGenAugment,
+        });
+        var ds = collator.EncodeAll(records, stage);
+        o.WriteLine($"data: {ds.Items.Count} {(stage == TrainingStage.Dpo ? "pair(s)" : "sample(s)")} from {string.Join(", ", cfg.Dataset)}; targets {collator.GenSchedule.Pixels.H}x{collator.GenSchedule.Pixels.W} ({collator.GenSchedule.Pn}, {collator.ImageGenTokenCount} <|image_gen_pad|> tokens each)");
         if (ds.Skipped.Count > 0) o.WriteLine($"warning: {ds.SkippedSummary()}");
 
         using var loaded = LoadModel(folder, options.Device, dtype, o);
         var model = loaded.Module;
         LoraOptions? lora = null;
-        if (cfg.FinetuningType == "lora")
+        if (cfg.FinetuningType == FinetuningType.Lora)
         {
             var targets = cfg.LoraTarget is ["all"] ? LanguageModelLinears : cfg.LoraTarget;
             lora = LoraOptions.FromConfig(cfg) with { Targets = targets };
@@ -97,15 +86,15 @@ public static class VargptFineTuning
                 $"(vargpt_train_stage {cfg.VargptTrainStage}, finetuning_type {cfg.FinetuningType}), so a batch of them has no trainable parameter (the official trainer fails on such a batch too); " +
                 "remove them or use a stage that trains the language model (2, 4 or 5)");
 
-        var fwd = new VargptTrainingOptions { Seed = cfg.Seed, MropePositions = cfg.TrainPositions == "mrope" };
+        var fwd = new VargptTrainingOptions { Seed = cfg.Seed, MropePositions = cfg.TrainPositions == TrainPositions.Mrope };
         ITrainingObjective<VargptBatch> objective;
         VargptModel? reference = null;
         try
         {
-            if (stage == "dpo")
+            if (stage == TrainingStage.Dpo)
             {
                 var dpo = DpoOptions.FromConfig(cfg);
-                try { dpo.Validate(); } catch (Exception e) when (e is NotSupportedException or ArgumentException) { throw new TrainingSetupException(e.Message); }
+                dpo.Validate();
                 reference = LoadModel(folder, options.Device, dtype, o);
                 var d = new VargptDpoObjective(model, reference.Module, dpo, fwd);
                 if (options.PrecomputeReference)
@@ -117,7 +106,7 @@ public static class VargptFineTuning
                 }
                 objective = d;
             }
-            else objective = new VargptSftObjective(model, fwd, cfg.GenTextLoss == "labels");
+            else objective = new VargptSftObjective(model, fwd, cfg.GenTextLoss == GenTextLoss.Labels);
 
             var trainerOptions = TrainerOptions.FromConfig(cfg) with
             {

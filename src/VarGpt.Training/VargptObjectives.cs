@@ -34,21 +34,18 @@ public sealed record DpoOptions
 {
     public double Beta { get; init; } = 0.1;
     /// <summary>sigmoid (default), hinge or ipo (trl 0.9.6 dpo_loss); the reference-free losses are not implemented.</summary>
-    public string LossType { get; init; } = "sigmoid";
+    public PrefLoss LossType { get; init; } = TrainingConfig.Defaults.PrefLoss;
     public double LabelSmoothing { get; init; }
     /// <summary>pref_ftx: weight of the SFT term −log p(chosen)/L added to each pair's loss.</summary>
     public double Ftx { get; init; }
-
-    public static readonly IReadOnlyList<string> Supported = ["sigmoid", "hinge", "ipo"];
 
     public static DpoOptions FromConfig(TrainingConfig c) => new() { Beta = c.PrefBeta, LossType = c.PrefLoss, LabelSmoothing = c.DpoLabelSmoothing, Ftx = c.PrefFtx };
 
     public void Validate()
     {
-        if (!Supported.Contains(LossType))
-            throw new NotSupportedException($"pref_loss '{LossType}' is not implemented (supported: {string.Join(", ", Supported)}); orpo/simpo/kto_pair need no reference model and are not part of VARGPT's image DPO");
-        if (Beta <= 0) throw new ArgumentException("pref_beta must be > 0");
-        if (LabelSmoothing != 0 && LossType != "sigmoid") throw new ArgumentException("dpo_label_smoothing is only valid for pref_loss: sigmoid");
+        if (!Enum.IsDefined(LossType)) throw new InvalidOptionException($"pref_loss {LossType} is not implemented", nameof(LossType));
+        if (Beta <= 0) throw new InvalidOptionException("pref_beta must be > 0", nameof(Beta));
+        if (LabelSmoothing != 0 && LossType != PrefLoss.Sigmoid) throw new InvalidOptionException("dpo_label_smoothing is only valid for pref_loss: sigmoid", nameof(LabelSmoothing));
     }
 }
 
@@ -64,9 +61,9 @@ public static class DpoLoss
         var logits = (policyChosen - policyRejected) - (referenceChosen - referenceRejected);
         Tensor losses = o.LossType switch
         {
-            "sigmoid" => -nn.functional.logsigmoid(o.Beta * logits) * (1 - o.LabelSmoothing) - nn.functional.logsigmoid(-o.Beta * logits) * o.LabelSmoothing,
-            "hinge" => nn.functional.relu(1 - o.Beta * logits),
-            "ipo" => (logits - 1 / (2 * o.Beta)).pow(2),
+            PrefLoss.Sigmoid => -nn.functional.logsigmoid(o.Beta * logits) * (1 - o.LabelSmoothing) - nn.functional.logsigmoid(-o.Beta * logits) * o.LabelSmoothing,
+            PrefLoss.Hinge => nn.functional.relu(1 - o.Beta * logits),
+            PrefLoss.Ipo => (logits - 1 / (2 * o.Beta)).pow(2),
             _ => throw new NotSupportedException($"pref_loss '{o.LossType}' is not implemented"),
         };
         var cr = (o.Beta * (policyChosen - referenceChosen)).detach();
@@ -130,7 +127,7 @@ public sealed class VargptDpoObjective : ITrainingObjective<VargptBatch>
         var output = VargptTraining.Forward(m, batch.Inputs, _fwd with { Seed = seed });
         var logps = VargptTrainingLoss.ImageLogProbs(output.GenLogits!, output.ImageGenLabels!);
         long L = output.GenLogits!.shape[1]; // valid_length = number of VAR tokens
-        if (_o.LossType == "ipo") logps = logps / L;
+        if (_o.LossType == PrefLoss.Ipo) logps = logps / L;
         return (logps, L);
     }
 

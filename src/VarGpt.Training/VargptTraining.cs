@@ -246,7 +246,7 @@ public static class VargptTraining
         var table = config.Schedules;
         var all = table.PnsOf(template).Select(pn => table.Get(template, pn)).ToList();
         var match = all.Where(s => s.Pixels == (height, width)).OrderBy(s => s.Pn == config.Pn ? 0 : 1).FirstOrDefault();
-        return match ?? throw new ArgumentException(
+        return match ?? throw new InvalidOptionException(
             $"target images are {height}x{width} pixels but no scale schedule of template {template.ToString(System.Globalization.CultureInfo.InvariantCulture)} has that size " +
             $"(available: {string.Join(", ", all.Select(s => $"{s.Pn} = {s.Pixels.H}x{s.Pixels.W}"))}); crop the targets to one of them");
     }

@@ -1,4 +1,3 @@
-using VarGpt.Model;
 namespace VarGpt.Tests;
 
 /// <summary>

@@ -28,9 +28,9 @@ public static class BenchChatCommand
         var workDir = new Option<string?>("--work-dir") { Description = "Where to write the random checkpoint (default: a new folder under the temp directory)." };
         var keep = new Option<bool>("--keep") { Description = "Keep the random checkpoint folder afterwards." };
         var understandingOnly = new Option<bool>("--understanding-only") { Description = "Load without the image-generation half (VAE, Infinity, projectors), as the official lmms-eval wrapper does." };
-        var promptTokens = new Option<int>("--prompt-tokens") { Description = "Prompt length in tokens (text).", DefaultValueFactory = _ => 128 };
-        var newTokens = new Option<int>("--new-tokens") { Description = "Tokens generated per run (EOS ignored).", DefaultValueFactory = _ => 64 };
-        var repeats = new Option<int>("--repeats") { Description = "Timed runs after a warm-up (the median is reported).", DefaultValueFactory = _ => 3 };
+        var promptTokens = new Option<int>("--prompt-tokens") { Description = "Prompt length in tokens (text).", DefaultValueFactory = _ => new ChatBenchOptions().PromptTokens };
+        var newTokens = new Option<int>("--new-tokens") { Description = "Tokens generated per run (EOS ignored).", DefaultValueFactory = _ => new ChatBenchOptions().NewTokens };
+        var repeats = new Option<int>("--repeats") { Description = "Timed runs after a warm-up (the median is reported).", DefaultValueFactory = _ => new ChatBenchOptions().Repeats };
         var threads = BenchCommand.ThreadsOption();
         var json = BenchCommand.JsonOption();
         var cmd = new Command("chat", "Chat speed: prefill and decode tokens/s, time to first token, peak RSS, decode vs the memory-bandwidth bound.")
@@ -56,24 +56,19 @@ public static class BenchChatCommand
             var log = parse.InvocationConfiguration.Error;
             BenchCommand.ApplyThreads(parse.GetValue(threads));
             string? presetName = parse.GetValue(preset), model = parse.GetValue(modelDir);
-            if (presetName is not null && model is not null) throw new UserErrorException("give either --preset tiny|small|full or --model DIR, not both");
+            if (presetName is not null && model is not null) throw new VargptInputException("give either --preset tiny|small|full or --model DIR, not both");
             if (presetName is null) model = ModelOptions.ResolveModelDir(model); // neither: the shipped model
             VargptModelOptions pipelineOptions;
-            ModelPreset? p = null;
-            try
+            var p = presetName is null ? null : ModelPresets.Get(presetName);
+            pipelineOptions = new VargptModelOptions
             {
-                if (presetName is not null) p = ModelPresets.Get(presetName);
-                pipelineOptions = new VargptModelOptions
-                {
-                    Device = TorchRuntime.ParseDevice(parse.GetValue(device)!),
-                    DType = TorchRuntime.ParseDType(parse.GetValue(dtype)!),
-                    Parts = parse.GetValue(understandingOnly) ? ModelParts.Understanding : ModelParts.All,
-                };
-            }
-            catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+                Device = TorchRuntime.ParseDevice(parse.GetValue(device)!),
+                DType = TorchRuntime.ParseDType(parse.GetValue(dtype)!),
+                Parts = parse.GetValue(understandingOnly) ? ModelParts.Understanding : ModelParts.All,
+            };
             var options = new ChatBenchOptions { PromptTokens = parse.GetValue(promptTokens), NewTokens = parse.GetValue(newTokens), Repeats = parse.GetValue(repeats) };
             if (options.PromptTokens < 1 || options.NewTokens < 2 || options.Repeats < 1)
-                throw new UserErrorException("--prompt-tokens must be >= 1, --new-tokens >= 2 and --repeats >= 1");
+                throw new VargptInputException("--prompt-tokens must be >= 1, --new-tokens >= 2 and --repeats >= 1");
 
             string dir = model is null ? "" : Path.GetFullPath(model);
             bool delete = false;
@@ -85,7 +80,7 @@ public static class BenchChatCommand
                 log.WriteLine($"writing a random '{p.Name}' checkpoint to {dir}");
                 var sw = Stopwatch.StartNew();
                 try { RandomCheckpoint.Create(p, dir, new RandomCheckpointOptions { TokenizerDir = parse.GetValue(tokenizer), DefaultTokenizer = BpeTrainer.WriteShapesWorldTokenizer }, log); }
-                catch (ArgumentException e) { TryDelete(dir, delete); throw new UserErrorException(e.Message); }
+                catch { TryDelete(dir, delete); throw; }
                 record.Set("preset", p.Name).Add("checkpoint_write", sw.Elapsed.TotalSeconds, "s");
             }
             else record.Set("model", dir);

@@ -37,7 +37,7 @@ public static class BenchCommand
     {
         if (threads is { } t)
         {
-            if (t < 1) throw new UserErrorException($"--threads must be at least 1, got {t}");
+            if (t < 1) throw new VargptInputException($"--threads must be at least 1, got {t}");
             TorchSharp.torch.set_num_threads(t);
         }
     }
@@ -53,9 +53,9 @@ public static class BenchCommand
         var json = JsonOption();
         var threads = ThreadsOption();
         var device = DeviceOption();
-        var sizeMb = new Option<int>("--bandwidth-mb") { Description = "Size in MiB of the fp32 tensor summed for the read bandwidth.", DefaultValueFactory = _ => 256 };
-        var n = new Option<int>("--matmul-n") { Description = "n of the [n,n] x [n,n]^T matmuls (2n^3 FLOP each).", DefaultValueFactory = _ => 1024 };
-        var repeats = new Option<int>("--repeats") { Description = "Timed runs per figure (best is reported, after one warm-up).", DefaultValueFactory = _ => 5 };
+        var sizeMb = new Option<int>("--bandwidth-mb") { Description = "Size in MiB of the fp32 tensor summed for the read bandwidth.", DefaultValueFactory = _ => (int)(new MachineBenchOptions().BandwidthBytes >> 20) };
+        var n = new Option<int>("--matmul-n") { Description = "n of the [n,n] x [n,n]^T matmuls (2n^3 FLOP each).", DefaultValueFactory = _ => new MachineBenchOptions().MatmulN };
+        var repeats = new Option<int>("--repeats") { Description = "Timed runs per figure (best is reported, after one warm-up).", DefaultValueFactory = _ => new MachineBenchOptions().Repeats };
         var cmd = new Command("machine", "Measure memory read bandwidth (GB/s), fp32/bf16 matmul throughput (GFLOP/s via linear) and peak RSS.")
         { json, threads, device, sizeMb, n, repeats };
         cmd.WithDetails(
@@ -70,12 +70,10 @@ public static class BenchCommand
         {
             ApplyThreads(parse.GetValue(threads));
             int mb = parse.GetValue(sizeMb), nn = parse.GetValue(n), rep = parse.GetValue(repeats);
-            if (mb < 1) throw new UserErrorException($"--bandwidth-mb must be at least 1, got {mb}");
-            if (nn < 1) throw new UserErrorException($"--matmul-n must be at least 1, got {nn}");
-            if (rep < 1) throw new UserErrorException($"--repeats must be at least 1, got {rep}");
-            TorchSharp.torch.Device dev;
-            try { dev = TorchRuntime.ParseDevice(parse.GetValue(device)!); }
-            catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+            if (mb < 1) throw new VargptInputException($"--bandwidth-mb must be at least 1, got {mb}");
+            if (nn < 1) throw new VargptInputException($"--matmul-n must be at least 1, got {nn}");
+            if (rep < 1) throw new VargptInputException($"--repeats must be at least 1, got {rep}");
+            var dev = TorchRuntime.ParseDevice(parse.GetValue(device)!);
             var r = MachineBenchmarks.Run(new MachineBenchOptions { BandwidthBytes = (long)mb << 20, MatmulN = nn, Repeats = rep, Device = dev });
             Print(r, parse.GetValue(json), parse.InvocationConfiguration.Output);
             return ExitCodes.Ok;

@@ -22,9 +22,9 @@ public static class BenchGenerateCommand
         var work = new Option<string?>("--work-dir") { Description = "Where the preset checkpoint is written (default: /tmp/vargpt-<preset>-gen); deleted afterwards unless --keep." };
         var keep = new Option<bool>("--keep") { Description = "Keep the preset checkpoint folder." };
         var dtype = new Option<string?>("--dtype") { Description = "Compute dtype (default: the preset's stored dtype; bf16 for small/full, float32 for tiny)." };
-        var images = new Option<int>("--images") { Description = "Timed images.", DefaultValueFactory = _ => 1 };
-        var warmup = new Option<int>("--warmup") { Description = "Untimed images first.", DefaultValueFactory = _ => 0 };
-        var cfg = new Option<double>("--cfg") { Description = "Guidance (1 = one branch).", DefaultValueFactory = _ => 3.0 };
+        var images = new Option<int>("--images") { Description = "Timed images.", DefaultValueFactory = _ => new GenerationBenchOptions().Images };
+        var warmup = new Option<int>("--warmup") { Description = "Untimed images first.", DefaultValueFactory = _ => new GenerationBenchOptions().Warmup };
+        var cfg = new Option<double>("--cfg") { Description = "Guidance (1 = one branch).", DefaultValueFactory = _ => new ImageOptions().Cfg };
         var pixels = new Option<string?>("--pixels") { Description = "Pixel budget (default: the checkpoint's: tiny5 / 0.06M / 0.25M)." };
         var json = BenchCommand.JsonOption();
         var threads = BenchCommand.ThreadsOption();
@@ -50,17 +50,16 @@ public static class BenchGenerateCommand
             var o = parse.InvocationConfiguration.Output;
             var log = parse.InvocationConfiguration.Error;
             string? presetName = parse.GetValue(preset), dir = parse.GetValue(modelDir);
-            if (presetName is not null && dir is not null) throw new UserErrorException("give either --preset tiny|small|full or --model DIR, not both");
+            if (presetName is not null && dir is not null) throw new VargptInputException("give either --preset tiny|small|full or --model DIR, not both");
             if (presetName is null) dir = ModelOptions.ResolveModelDir(dir); // neither: the shipped model
             int n = parse.GetValue(images), w = parse.GetValue(warmup);
-            if (n < 1) throw new UserErrorException($"--images must be at least 1, got {n}");
-            if (w < 0) throw new UserErrorException($"--warmup must be ≥ 0, got {w}");
+            if (n < 1) throw new VargptInputException($"--images must be at least 1, got {n}");
+            if (w < 0) throw new VargptInputException($"--warmup must be ≥ 0, got {w}");
             ModelPreset? p = null;
             bool created = false;
             if (presetName is not null)
             {
-                try { p = ModelPresets.Get(presetName); }
-                catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+                p = ModelPresets.Get(presetName);
                 dir = Path.GetFullPath(parse.GetValue(work) ?? Path.Combine(Path.GetTempPath(), $"vargpt-{p.Name}-gen"));
                 log.WriteLine($"writing a random '{p.Name}' checkpoint to {dir}...");
                 RandomCheckpoint.Create(p, dir, new RandomCheckpointOptions { TokenizerDir = parse.GetValue(tokenizer), DefaultTokenizer = BpeTrainer.WriteShapesWorldTokenizer, Force = true }, log);
@@ -68,7 +67,7 @@ public static class BenchGenerateCommand
             }
             try
             {
-                var dt = parse.GetValue(dtype) is { } s ? ParseDType(s) : p?.DefaultDType ?? TorchSharp.torch.ScalarType.BFloat16;
+                var dt = parse.GetValue(dtype) is { } s ? TorchRuntime.ParseDType(s) : p?.DefaultDType ?? TorchSharp.torch.ScalarType.BFloat16;
                 log.WriteLine($"loading {dir} ({TorchRuntime.DTypeName(dt)})...");
                 using var model = VargptModel.Load(Path.GetFullPath(dir!), new VargptModelOptions { DType = dt, Parts = ModelParts.LanguageModel | ModelParts.Generation });
                 var options = new GenerationBenchOptions
@@ -76,9 +75,7 @@ public static class BenchGenerateCommand
                     Images = n, Warmup = w,
                     Image = new ImageOptions { ForceImageStart = true, Seed = 0, Cfg = parse.GetValue(cfg), Pn = parse.GetValue(pixels) },
                 };
-                BenchRecord r;
-                try { r = VargptImagesBenchmark.Run(model, options, log); }
-                catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+                var r = VargptImagesBenchmark.Run(model, options, log);
                 if (p is not null) r.Set("preset", p.Name);
                 BenchCommand.Print(r, parse.GetValue(json), o);
                 return ExitCodes.Ok;
@@ -93,11 +90,5 @@ public static class BenchGenerateCommand
             }
         });
         return cmd;
-    }
-
-    static TorchSharp.torch.ScalarType ParseDType(string s)
-    {
-        try { return TorchRuntime.ParseDType(s); }
-        catch (ArgumentException e) { throw new UserErrorException(e.Message); }
     }
 }

@@ -80,7 +80,7 @@ public static class ChatCommand
             var input = stdin ?? Console.In;
             var text = parse.GetValue(prompt);
             if (text == "-") text = input.ReadToEnd().TrimEnd('\r', '\n');
-            if (text is not null && string.IsNullOrWhiteSpace(text)) throw new UserErrorException("the prompt is empty");
+            if (text is not null && string.IsNullOrWhiteSpace(text)) throw new VargptInputException("the prompt is empty");
             var options = sampling.Read(parse) with
             {
                 StopSequences = parse.GetValue(stops) ?? [],
@@ -109,13 +109,9 @@ public static class ChatCommand
 
         static VargptChatOptions Validated(VargptModel chat, VargptChatOptions options)
         {
-            try
-            {
-                var g = options.Resolve(chat.GenerationConfig);
-                // sampling without --seed: pick one and say it, so the answer can be reproduced
-                return g.DoSample && options.Seed is null ? options with { Seed = Seeds.Random() } : options;
-            }
-            catch (ArgumentException x) { throw new UserErrorException(x.Message); }
+            var g = options.Resolve(chat.GenerationConfig);
+            // sampling without --seed: pick one and say it, so the answer can be reproduced
+            return g.DoSample && options.Seed is null ? options with { Seed = Seeds.Random() } : options;
         }
 
         /// <summary>One stderr line with the decoding settings in effect and where each came from.</summary>
@@ -165,7 +161,7 @@ public static class ChatCommand
                 e.WriteLine("(stopped)");
                 return true;
             }
-            catch (Exception x) when (x is InvalidPromptException or ImageLoadException)
+            catch (VargptInputException x)
             {
                 e.WriteLine($"error: {x.Message}");
                 return false;
@@ -230,7 +226,7 @@ public static class ChatCommand
                                 pending.Add(new NamedImage(path, img));
                                 e.WriteLine($"(attached {path}, {img.Width}x{img.Height}, to the next message)");
                             }
-                            catch (Exception x) when (x is ImageLoadException or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException)
+                            catch (VargptInputException x)
                             {
                                 e.WriteLine($"error: {x.Message}");
                             }

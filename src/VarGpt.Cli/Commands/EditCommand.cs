@@ -1,4 +1,5 @@
 using System.CommandLine;
+using VarGpt.Model;
 using VarGpt.Vision;
 
 using VarGpt.Cli.Runner;
@@ -20,7 +21,7 @@ public static class EditCommand
         var maxPixels = new Option<long>("--max-pixels")
         {
             Description = "Shrink the source image (NEAREST) to at most this many pixels first, as LLaMA-Factory does on the official edit path; 0 = no pre-shrink.",
-            DefaultValueFactory = _ => 512 * 512,
+            DefaultValueFactory = _ => ImageOptions.DefaultEditMaxPixels,
         };
         var cmd = new Command("edit", "Edit an image following an instruction (VARGPT-v1.1-edit checkpoint; official LLaMA-Factory edit format).") { instruction };
         cmd.Options.Add(input);
@@ -31,7 +32,8 @@ public static class EditCommand
             """
             The prompt is the official edit format (data/eval_inference_demo_edit.json): user content "<image> INSTRUCTION",
             e.g. "Transform this image <image> to match the style of Bauhaus-Style Poster". The context before the image
-            (prompt + source image tokens) must fit the checkpoint's cfg_uncond rows (512): lower --max-pixels if it does not.
+            (prompt + source image tokens) must fit the checkpoint's cfg_uncond rows (vargpt_gen_config.text_maxlen):
+            lower --max-pixels if it does not.
             """);
         cmd.WithExamples(
             "vargpt edit --model ~/models/VARGPT-v1.1-edit --image cat.jpg \"Transform this image <image> to match the style of Bauhaus-Style Poster\" -o poster.png",
@@ -41,11 +43,11 @@ public static class EditCommand
             var o = parse.InvocationConfiguration.Output;
             var log = parse.InvocationConfiguration.Error;
             var px = parse.GetValue(maxPixels);
-            if (px < 0) throw new UserErrorException("--max-pixels must be ≥ 0 (0 = no pre-shrink)");
+            if (px < 0) throw new VargptInputException("--max-pixels must be ≥ 0 (0 = no pre-shrink)");
             var options = image.Read(parse) with { EditMaxPixels = px == 0 ? null : px };
             RgbImage source;
             try { source = RgbImage.Load(Path.GetFullPath(parse.GetRequiredValue(input))); }
-            catch (ImageLoadException e) { throw new UserErrorException($"cannot read the edit image {e.Message}"); }
+            catch (ImageLoadException e) { throw new VargptInputException($"cannot read the edit image {e.Message}"); }
             using var images = model.Load(parse, log);
             return ImageCommandOptions.RunAndSave(images, options, image.OutputPath(parse), o, log,
                 (opts, progress) => images.EditImage(source, parse.GetRequiredValue(instruction), opts, progress));

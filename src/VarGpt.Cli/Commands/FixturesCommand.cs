@@ -36,9 +36,9 @@ public static class FixturesCommand
     static int Check(string[] dirs, bool verbose, TextWriter o)
     {
         foreach (var d in dirs)
-            if (!Directory.Exists(d)) throw new UserErrorException($"fixture folder not found: {Path.GetFullPath(d)}");
+            if (!Directory.Exists(d)) throw new VargptInputException($"fixture folder not found: {Path.GetFullPath(d)}");
         var found = Fixture.Discover(dirs).Distinct(StringComparer.Ordinal).ToList();
-        if (found.Count == 0) throw new UserErrorException($"no fixture.json found under {string.Join(", ", dirs.Select(Path.GetFullPath))}");
+        if (found.Count == 0) throw new VargptInputException($"no fixture.json found under {string.Join(", ", dirs.Select(Path.GetFullPath))}");
 
         int pass = 0, fail = 0, skip = 0;
         foreach (var dir in found)

@@ -42,29 +42,33 @@ public static class GenerateCommand
 /// <summary>The sampling/output options shared by generate and edit, and their run-and-save loop.</summary>
 public sealed class ImageCommandOptions
 {
-    public const string Details =
-        """
-        The defaults are the official inference settings: cfg 3, tau 0.5, top-k 900, top-p 0.97, square 512x512
-        (pixel budget 0.25M from the checkpoint), greedy text decoding. The model must start the image itself
-        (<|image_gen_start|>); if it answers with text only, the command fails with its text — --force-image-start
+    static readonly ImageOptions D = new();
+
+    public static readonly string Details =
+        $"""
+        The defaults are the official inference settings: cfg {F(D.Cfg)}, tau {F(D.Tau)}, top-k {D.TopK}, top-p {F(D.TopP)}, square, at the
+        checkpoint's pixel budget (vargpt_gen_args.pn), greedy text decoding. Without --model: {ModelOptions.DefaultModelFacts()}.
+        The model must start the image itself (<|image_gen_start|>); if it answers with text only, the command fails with its text — --force-image-start
         begins the answer with <|image_gen_start|> instead (not an official option). Without --seed a random seed is
         chosen and printed: rerun with --seed N to reproduce an image (same model, prompt, options, device, dtype).
         With --count N the images use seeds N, N+1, ... and are written as OUT-1.png ... OUT-N.png.
         Aspect ratios (W:H): 1:1 4:5 3:4 2:3 4:7 1:2 2:5 1:3 5:4 4:3 3:2 7:4 2:1 5:2 3:1.
-        Pixel budgets: 0.06M (256x256 square), 0.25M (512x512), 0.60M, 1M, ... (see the error for the full list).
+        Pixel budgets: 0.06M (256x256 square), 0.25M (512x512), 0.60M, 1M, and the checkpoint's own (see the error for the full list).
         """;
+
+    static string F(double x) => x.ToString("G6", CultureInfo.InvariantCulture);
 
     public Option<string> Output { get; } = new("--output", "-o") { Description = "PNG file to write (the official script writes output.png).", DefaultValueFactory = _ => "output.png" };
     public Option<long?> Seed { get; } = new("--seed") { Description = "Seed of the bit sampler (default: random, printed)." };
-    public Option<double> Cfg { get; } = new("--cfg") { Description = "Classifier-free guidance scale (≥ 1; 1 = off).", DefaultValueFactory = _ => 3.0 };
-    public Option<double> Tau { get; } = new("--tau") { Description = "Temperature divisor of the bit logits (> 0).", DefaultValueFactory = _ => 0.5 };
-    public Option<int> TopK { get; } = new("--top-k") { Description = "Top-k of the bit sampler (0 = off).", DefaultValueFactory = _ => 900 };
-    public Option<double> TopP { get; } = new("--top-p") { Description = "Top-p of the bit sampler, in [0, 1] (0 = off).", DefaultValueFactory = _ => 0.97 };
+    public Option<double> Cfg { get; } = new("--cfg") { Description = "Classifier-free guidance scale (≥ 1; 1 = off).", DefaultValueFactory = _ => D.Cfg };
+    public Option<double> Tau { get; } = new("--tau") { Description = "Temperature divisor of the bit logits (> 0).", DefaultValueFactory = _ => D.Tau };
+    public Option<int> TopK { get; } = new("--top-k") { Description = "Top-k of the bit sampler (0 = off).", DefaultValueFactory = _ => D.TopK };
+    public Option<double> TopP { get; } = new("--top-p") { Description = "Top-p of the bit sampler, in [0, 1] (0 = off).", DefaultValueFactory = _ => D.TopP };
     public Option<string> Aspect { get; } = new("--aspect") { Description = "Aspect ratio W:H (or h/w as a number); must be one of the templates.", DefaultValueFactory = _ => "1:1" };
-    public Option<string?> Pixels { get; } = new("--pixels") { Description = "Pixel budget, e.g. 0.06M, 0.25M, 1M (default: the checkpoint's, 0.25M)." };
-    public Option<int> Count { get; } = new("--count", "-n") { Description = "Images to draw (seeds N, N+1, ...).", DefaultValueFactory = _ => 1 };
+    public Option<string?> Pixels { get; } = new("--pixels") { Description = $"Pixel budget, e.g. 0.06M, 0.25M, 1M (default: the checkpoint's vargpt_gen_args.pn; {ModelOptions.DefaultModelFacts()})." };
+    public Option<int> Count { get; } = new("--count", "-n") { Description = "Images to draw (seeds N, N+1, ...).", DefaultValueFactory = _ => D.Count };
     public Option<bool> ForceImageStart { get; } = new("--force-image-start") { Description = "Begin the answer with <|image_gen_start|> (not an official option)." };
-    public Option<int> MaxNewTokens { get; } = new("--max-new-tokens") { Description = "Text tokens allowed before the image must start.", DefaultValueFactory = _ => 4096 };
+    public Option<int> MaxNewTokens { get; } = new("--max-new-tokens") { Description = "Text tokens allowed before the image must start.", DefaultValueFactory = _ => D.MaxNewTokens };
 
     public void AddTo(Command cmd)
     {
@@ -93,10 +97,10 @@ public sealed class ImageCommandOptions
         if (parts.Length == 2 && double.TryParse(parts[0], NumberStyles.Float, CultureInfo.InvariantCulture, out var w)
             && double.TryParse(parts[1], NumberStyles.Float, CultureInfo.InvariantCulture, out var h) && w > 0 && h > 0) hw = h / w;
         else if (parts.Length == 1 && double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var r) && r > 0) hw = r;
-        else throw new UserErrorException($"cannot read aspect ratio '{s}': use W:H such as 1:1, 4:3, 3:4 (or h/w as a number)");
+        else throw new VargptInputException($"cannot read aspect ratio '{s}': use W:H such as 1:1, 4:3, 3:4 (or h/w as a number)");
         double t = ScaleSchedules.NearestTemplate(hw);
         if (Math.Abs(Math.Log(t / hw)) > 0.01)
-            throw new UserErrorException($"unknown aspect ratio '{s}' (h/w = {hw.ToString("0.###", CultureInfo.InvariantCulture)}); valid W:H: " +
+            throw new VargptInputException($"unknown aspect ratio '{s}' (h/w = {hw.ToString("0.###", CultureInfo.InvariantCulture)}); valid W:H: " +
                 string.Join(", ", ScaleSchedules.Templates.Select(WidthToHeight)));
         return t;
     }
@@ -117,17 +121,11 @@ public sealed class ImageCommandOptions
         Func<ImageOptions, Action<ImageProgress>, ImageResult> run)
     {
         var dir = Path.GetDirectoryName(output)!;
-        if (!Directory.Exists(dir)) throw new UserErrorException($"output folder does not exist: {dir}");
+        if (!Directory.Exists(dir)) throw new VargptInputException($"output folder does not exist: {dir}");
         o.WriteLine($"seed {options.Seed}");
         var sw = Stopwatch.StartNew();
-        ImageResult result;
-        try
-        {
-            result = run(options, p => log.WriteLine(
-                $"  image {p.Image + 1}/{p.Images} scale {p.ScaleIndex + 1}/{p.Scales} ({p.Scale.H}x{p.Scale.W}) {p.Elapsed.TotalSeconds:F1} s"));
-        }
-        catch (NoImageGeneratedException e) { throw new UserErrorException(e.Message); }
-        catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+        var result = run(options, p => log.WriteLine(
+            $"  image {p.Image + 1}/{p.Images} scale {p.ScaleIndex + 1}/{p.Scales} ({p.Scale.H}x{p.Scale.W}) {p.Elapsed.TotalSeconds:F1} s"));
         if (result.Text.Length > 0) o.WriteLine($"model: {result.Text}");
         for (int i = 0; i < result.Images.Count; i++)
         {

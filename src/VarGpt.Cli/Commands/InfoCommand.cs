@@ -44,11 +44,11 @@ public static class InfoCommand
     static int Run(string dir, bool strict, TextWriter o)
     {
         var full = Path.GetFullPath(dir);
-        if (!Directory.Exists(full)) throw new UserErrorException($"checkpoint folder not found: {full}");
+        if (!Directory.Exists(full)) throw new VargptInputException($"checkpoint folder not found: {full}");
         bool hasConfig = File.Exists(Path.Combine(full, "config.json"));
         bool hasWeights = File.Exists(Path.Combine(full, CheckpointReader.IndexFileName)) || File.Exists(Path.Combine(full, CheckpointReader.SingleFileName));
         if (!hasConfig && !hasWeights)
-            throw new UserErrorException($"{full} has neither config.json nor {CheckpointReader.SingleFileName}/{CheckpointReader.IndexFileName}: not a checkpoint folder");
+            throw new VargptInputException($"{full} has neither config.json nor {CheckpointReader.SingleFileName}/{CheckpointReader.IndexFileName}: not a checkpoint folder");
 
         o.WriteLine($"checkpoint: {full}");
         VargptConfig? config = hasConfig ? VargptConfig.Load(full) : null;
@@ -64,7 +64,7 @@ public static class InfoCommand
         if (config != null)
         {
             try { arch = ModelArchitecture.Enumerate(config, TorchRuntime.ParseDType(config.TorchDtype)); }
-            catch (Exception e) when (e is ArgumentException or NotSupportedException or InvalidDataException)
+            catch (VargptInputException e)
             {
                 o.WriteLine($"architecture: cannot be built from config.json ({e.Message})");
                 return strict ? ExitCodes.Failed : ExitCodes.Ok;
@@ -113,8 +113,8 @@ public static class InfoCommand
         o.WriteLine("config.json:");
         o.WriteLine($"  language model   {c.NumHiddenLayers} layers, hidden {c.HiddenSize}, intermediate {c.IntermediateSize}, heads {c.NumAttentionHeads} (kv {c.NumKeyValueHeads}), head_dim {c.HeadDim}, vocab {c.VocabSize}, mrope [{string.Join(",", c.MropeSection)}], rope_theta {F(c.RopeTheta)}");
         o.WriteLine($"  vision tower     {c.Vision.Depth} blocks, embed {c.Vision.EmbedDim}, heads {c.Vision.NumHeads}, patch {c.Vision.PatchSize}, merge {c.Vision.SpatialMergeSize}, act {c.Vision.HiddenAct}");
-        o.WriteLine($"  Infinity decoder {c.Infinity.Depth} blocks, embed {c.Infinity.EmbedDim}, heads {c.Infinity.NumHeads}, codebook_dim {c.Infinity.CodebookDim}{(c.Raw.ContainsKey("vargpt_gen_config") ? "" : " (released defaults; no vargpt_gen_config)")}");
-        o.WriteLine($"  VAE              base_ch {c.Vae.BaseCh}, ch_mult [{string.Join(",", c.Vae.EncoderChMult)}], codebook_dim {c.Vae.CodebookDim}{(c.Raw.ContainsKey("vae_config") ? "" : " (released defaults; no vae_config)")}");
+        o.WriteLine($"  Infinity decoder {c.Infinity.Depth} blocks, embed {c.Infinity.EmbedDim}, heads {c.Infinity.NumHeads}, codebook_dim {c.Infinity.CodebookDim}{(c.Infinity == new InfinityConfig() ? " (the released infinity_2b shape)" : "")}");
+        o.WriteLine($"  VAE              base_ch {c.Vae.BaseCh}, ch_mult [{string.Join(",", c.Vae.EncoderChMult)}], codebook_dim {c.Vae.CodebookDim}{(ConfigJson.Serialize(c.Vae) == ConfigJson.Serialize(new VaeConfig()) ? " (the released d32 VAE)" : "")}");
         o.WriteLine($"  tokens           bos {c.BosTokenId}, eos [{string.Join(",", c.EosTokenIds)}], pad {c.PadTokenId}, image {c.ImageTokenId}, vision_start {c.VisionStartTokenId}, image_gen start/end/pad {c.ImageGen.StartId}/{c.ImageGen.EndId}/{c.ImageGen.PadId}");
         o.WriteLine($"  torch_dtype      {c.TorchDtype}; default generation resolution {c.Pn}");
     }

@@ -46,31 +46,24 @@ public static class InitCommand
 
     static int Run(string presetName, string outDir, string? dtype, string? tokenizer, long seed, string? pn, bool force, TextWriter o)
     {
-        try
+        var preset = ModelPresets.Get(presetName);
+        var options = new RandomCheckpointOptions
         {
-            var preset = ModelPresets.Get(presetName);
-            var options = new RandomCheckpointOptions
-            {
-                DType = dtype is null ? null : TorchRuntime.ParseDType(dtype),
-                TokenizerDir = tokenizer,
-                DefaultTokenizer = BpeTrainer.WriteShapesWorldTokenizer,
-                Seed = seed,
-                Pn = pn,
-                Force = force,
-            };
-            var clock = Stopwatch.StartNew();
-            o.WriteLine($"preset {preset.Name}: {preset.Summary}");
-            var r = RandomCheckpoint.Create(preset, outDir, options, o);
-            var c = r.Config;
-            o.WriteLine($"wrote {r.Dir} in {clock.Elapsed.TotalSeconds.ToString("F1", CultureInfo.InvariantCulture)} s: {r.Parameters.ToString("N0", CultureInfo.InvariantCulture)} parameters, " +
-                $"{(r.Bytes / 1e9).ToString("F3", CultureInfo.InvariantCulture)} GB {TorchRuntime.DTypeName(r.DType)} in {r.WeightFiles.Count(f => f.EndsWith(".safetensors", StringComparison.Ordinal))} safetensors file(s)");
-            o.WriteLine($"vocab {c.VocabSize}, image_gen start/end/pad {c.ImageGen.StartId}/{c.ImageGen.EndId}/{c.ImageGen.PadId}, pn {c.Pn}, seed {seed}");
-            o.WriteLine($"inspect it with: vargpt info {r.Dir}");
-            return ExitCodes.Ok;
-        }
-        catch (ArgumentException e)
-        {
-            throw new UserErrorException(e.Message);
-        }
+            DType = dtype is null ? null : TorchRuntime.ParseDType(dtype),
+            TokenizerDir = tokenizer,
+            DefaultTokenizer = BpeTrainer.WriteShapesWorldTokenizer,
+            Seed = seed,
+            Pn = pn,
+            Force = force,
+        };
+        var clock = Stopwatch.StartNew();
+        o.WriteLine($"preset {preset.Name}: {preset.Summary}");
+        var r = RandomCheckpoint.Create(preset, outDir, options, o);
+        var c = r.Config;
+        o.WriteLine($"wrote {r.Dir} in {clock.Elapsed.TotalSeconds.ToString("F1", CultureInfo.InvariantCulture)} s: {r.Parameters.ToString("N0", CultureInfo.InvariantCulture)} parameters, " +
+            $"{(r.Bytes / 1e9).ToString("F3", CultureInfo.InvariantCulture)} GB {TorchRuntime.DTypeName(r.DType)} in {r.WeightFiles.Count(f => f.EndsWith(".safetensors", StringComparison.Ordinal))} safetensors file(s)");
+        o.WriteLine($"vocab {c.VocabSize}, image_gen start/end/pad {c.ImageGen.StartId}/{c.ImageGen.EndId}/{c.ImageGen.PadId}, pn {c.Pn}, seed {seed}");
+        o.WriteLine($"inspect it with: vargpt info {r.Dir}");
+        return ExitCodes.Ok;
     }
 }

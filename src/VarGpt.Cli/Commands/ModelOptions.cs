@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
+using VarGpt.Configuration;
 using VarGpt.Model;
 using VarGpt.Torch;
 using VarGpt.Inference;
@@ -48,6 +49,22 @@ public sealed class ModelOptions
         cmd.Options.Add(NoAdapter);
     }
 
+    /// <summary>
+    /// What the help says about the model used without --model (its pixel size, pn and cfg_uncond rows), read from its
+    /// config.json, so the help is true for the default model (the shipped ShapesWorld model draws 128x128).
+    /// </summary>
+    public static string DefaultModelFacts()
+    {
+        try
+        {
+            if (ShippedModel.TryResolve(out _) is not { } dir || !File.Exists(Path.Combine(dir, "config.json"))) return "no default model found";
+            var c = VargptConfig.Load(dir);
+            var s = c.Schedules.Get(1.0, c.Pn);
+            return $"the default model ({Path.GetFileName(dir)}): {c.Pn} = {s.Pixels.W}x{s.Pixels.H}, cfg_uncond rows {c.Infinity.TextMaxLen}";
+        }
+        catch (VargptInputException e) { return $"the default model's config cannot be read: {e.Message}"; }
+    }
+
     /// <summary>The model folder: --model, else <see cref="ShippedModel.Resolve"/> (VARGPT_MODEL, then the shipped model).</summary>
     public string ResolveModelDir(ParseResult parse) => ResolveModelDir(parse.GetValue(Model));
 
@@ -56,27 +73,23 @@ public sealed class ModelOptions
     {
         if (!string.IsNullOrWhiteSpace(explicitDir)) return Path.GetFullPath(explicitDir);
         try { return ShippedModel.Resolve(); }
-        catch (ShippedModelNotFoundException e) { throw new UserErrorException(e.Message); }
+        catch (ShippedModelNotFoundException e) { throw new VargptInputException(e.Message); }
     }
 
     /// <summary>The load options of --device, --dtype, --no-mmap, --adapter and --no-adapter.</summary>
     public VargptModelOptions LoadOptions(ParseResult parse, ModelParts parts = ModelParts.All)
     {
         if (parse.GetValue(NoAdapter) && parse.GetValue(Adapter) is not null)
-            throw new UserErrorException("--adapter and --no-adapter cannot be combined");
-        try
+            throw new VargptInputException("--adapter and --no-adapter cannot be combined");
+        return new VargptModelOptions
         {
-            return new VargptModelOptions
-            {
-                Device = TorchRuntime.ParseDevice(parse.GetValue(Device)!),
-                DType = TorchRuntime.ParseDType(parse.GetValue(DType)!),
-                Parts = parts,
-                MemoryMap = parse.GetValue(NoMmap) ? false : null,
-                Adapter = parse.GetValue(Adapter) is { } a ? Path.GetFullPath(a) : null,
-                MergeAdapter = !parse.GetValue(NoAdapter),
-            };
-        }
-        catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+            Device = TorchRuntime.ParseDevice(parse.GetValue(Device)!),
+            DType = TorchRuntime.ParseDType(parse.GetValue(DType)!),
+            Parts = parts,
+            MemoryMap = parse.GetValue(NoMmap) ? false : null,
+            Adapter = parse.GetValue(Adapter) is { } a ? Path.GetFullPath(a) : null,
+            MergeAdapter = !parse.GetValue(NoAdapter),
+        };
     }
 
     /// <summary>Loads the model, printing plain progress lines to <paramref name="log"/> (stderr in the commands).</summary>

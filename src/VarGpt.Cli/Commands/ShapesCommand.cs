@@ -54,13 +54,11 @@ public static class ShapesCommand
         {
             var o = p.InvocationConfiguration.Output;
             int nTrain = p.GetValue(train), nEval = p.GetValue(eval);
-            if (nTrain < 0 || nEval < 0) throw new UserErrorException("--train and --eval must be ≥ 0");
+            if (nTrain < 0 || nEval < 0) throw new VargptInputException("--train and --eval must be ≥ 0");
             float j = p.GetValue(jitter);
-            if (j < 0 || j > ShapesPalette.MaxJitter) throw new UserErrorException($"--jitter must be in [0, {ShapesPalette.MaxJitter.ToString(CultureInfo.InvariantCulture)}], got {j.ToString(CultureInfo.InvariantCulture)}");
-            ShapesWorldGenerator gen;
-            try { gen = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = p.GetValue(seed), ImageSize = p.GetValue(size), PositionJitter = j }); }
-            catch (ArgumentException e) { throw new UserErrorException(e.Message); }
-            if (p.GetValue(size) < 16) throw new UserErrorException("--image-size must be at least 16");
+            if (j < 0 || j > ShapesPalette.MaxJitter) throw new VargptInputException($"--jitter must be in [0, {ShapesPalette.MaxJitter.ToString(CultureInfo.InvariantCulture)}], got {j.ToString(CultureInfo.InvariantCulture)}");
+            if (p.GetValue(size) < 16) throw new VargptInputException("--image-size must be at least 16");
+            var gen = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = p.GetValue(seed), ImageSize = p.GetValue(size), PositionJitter = j });
             var dir = Path.GetFullPath(p.GetRequiredValue(output));
             var sw = System.Diagnostics.Stopwatch.StartNew();
             ShapesDataset.Write(dir, gen, nTrain, nEval);
@@ -105,7 +103,7 @@ public static class ShapesCommand
         {
             set_num_threads(Math.Max(1, p.GetValue(threads)));
             foreach (var (name, v) in new[] { ("--train-samples", p.GetValue(train)), ("--vae-steps", p.GetValue(vae)), ("--vision-steps", p.GetValue(vision)), ("--understanding-steps", p.GetValue(und)), ("--align-steps", p.GetValue(align)), ("--sft-steps", p.GetValue(sft)), ("--dpo-steps", p.GetValue(dpo)), ("--batch", p.GetValue(batch)) })
-                if (v < 1) throw new UserErrorException($"{name} must be ≥ 1, got {v}");
+                if (v < 1) throw new VargptInputException($"{name} must be ≥ 1, got {v}");
             var o = new ShapesTrainingOptions
             {
                 OutputDir = p.GetRequiredValue(output), Seed = p.GetValue(seed), TrainSamples = p.GetValue(train), VaeSteps = p.GetValue(vae),
@@ -144,7 +142,7 @@ public static class ShapesCommand
         {
             TrainerReproducibility.RequestStrictBlas();
             set_num_threads(Math.Max(1, p.GetValue(threads)));
-            if (p.GetValue(steps) < 1 || p.GetValue(batch) < 1) throw new UserErrorException("--steps and --batch must be ≥ 1");
+            if (p.GetValue(steps) < 1 || p.GetValue(batch) < 1) throw new VargptInputException("--steps and --batch must be ≥ 1");
             var opts = new VaeTrainingOptions
             {
                 OutputDir = Path.GetFullPath(p.GetRequiredValue(output)), Seed = p.GetValue(seed), Minutes = p.GetValue(minutes),
@@ -172,7 +170,7 @@ public static class ShapesCommand
             set_num_threads(Math.Max(1, p.GetValue(threads)));
             var path = Path.GetFullPath(p.GetRequiredValue(weights));
             if (Directory.Exists(path)) path = Path.Combine(path, TrainerCheckpoint.ModelFile);
-            if (!File.Exists(path)) throw new UserErrorException($"weights not found: {path}");
+            if (!File.Exists(path)) throw new VargptInputException($"weights not found: {path}");
             var sizes = new ShapesModelConfig();
             var cfg = VaeTraining.VaeConfigOf(sizes);
             using var f = VarGpt.Checkpoint.SafeTensorsFile.Open(path);
@@ -220,10 +218,10 @@ public static class ShapesCommand
         {
             var o = p.InvocationConfiguration.Output;
             var log = p.InvocationConfiguration.Error;
-            if (p.GetValue(fast) && p.GetValue(count) is not null) throw new UserErrorException("--fast and --count cannot be combined");
+            if (p.GetValue(fast) && p.GetValue(count) is not null) throw new VargptInputException("--fast and --count cannot be combined");
             int n = p.GetValue(count) ?? (p.GetValue(fast) ? ShapesEvaluationOptions.FastCount : ShapesEvaluationOptions.DefaultCount);
-            if (n < 1) throw new UserErrorException($"--count must be at least 1, got {n}");
-            if (p.GetValue(examples) < 0) throw new UserErrorException("--examples must be ≥ 0");
+            if (n < 1) throw new VargptInputException($"--count must be at least 1, got {n}");
+            if (p.GetValue(examples) < 0) throw new VargptInputException("--examples must be ≥ 0");
             var dir = model.ResolveModelDir(p);
             var options = ShapesEvaluationOptions.PerTask(n) with
             {
@@ -233,9 +231,7 @@ public static class ShapesCommand
                 Load = model.LoadOptions(p),
             };
             set_num_threads(Math.Max(1, p.GetValue(threads)));
-            ShapesEvaluationResult r;
-            try { r = ShapesEvaluation.Run(dir, options, log); }
-            catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+            var r = ShapesEvaluation.Run(dir, options, log);
             if (p.GetValue(report) is { } reportPath)
             {
                 ShapesReport.Write(reportPath, r);
@@ -321,14 +317,11 @@ public static class ShapesCommand
                     ForceImageStart = p.GetValue(image.ForceImageStart), MaxNewTokens = p.GetValue(maxNew),
                 },
             };
-            try { opts.Validate(); }
-            catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+            opts.Validate();
             var world = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = p.GetValue(seed) });
             var dir = Path.GetFullPath(p.GetRequiredValue(output));
             using var images = model.Load(p, log, ModelParts.LanguageModel | ModelParts.Generation);
-            ShapesDpoMiningResult r;
-            try { r = ShapesDpoPairs.Mine(images, world, opts, log); }
-            catch (ArgumentException e) { throw new UserErrorException(e.Message); }
+            var r = ShapesDpoPairs.Mine(images, world, opts, log);
             o.WriteLine(r.Stats);
             o.WriteLine(string.Create(CultureInfo.InvariantCulture, $"train-prompt accuracy {r.Stats.FractionCorrect:P1} ({r.Stats.CorrectImages}/{r.Stats.Images} images)"));
             if (r.Pairs.Count == 0)

@@ -18,21 +18,22 @@ public static class TrainCommand
     public static Command Create()
     {
         var cmd = new Command("train", "Fine-tune VARGPT (SFT or image DPO) from a LLaMA-Factory style yaml, as the official VARGPT-family-training does.");
-        cmd.Subcommands.Add(Stage("sft", "Supervised fine-tuning: text CE + 3 x image bit CE (get_gen_loss_1_1)."));
-        cmd.Subcommands.Add(Stage("dpo", "Image DPO against a frozen copy of the starting model (trl sigmoid/hinge/ipo)."));
+        cmd.Subcommands.Add(Stage(TrainingStage.Sft, "Supervised fine-tuning: text CE + 3 x image bit CE (get_gen_loss_1_1)."));
+        cmd.Subcommands.Add(Stage(TrainingStage.Dpo, $"Image DPO against a frozen copy of the starting model (trl {TrainingConfig.Names<PrefLoss>().Replace(", ", "/")})."));
         cmd.WithExamples(
             "vargpt train sft examples/train_vargpt_qwen2vl_1_1/vargpt_pretraining_7b_v1_1_stage_sft.yaml",
             "vargpt train dpo my_dpo.yaml --device cuda");
         return cmd;
     }
 
-    static Command Stage(string stage, string description)
+    static Command Stage(TrainingStage value, string description)
     {
+        var stage = TrainingConfig.YamlName(value);
         var config = new Argument<string>("CONFIG") { Description = "Training yaml (official keys: model_name_or_path, dataset, dataset_dir, output_dir, vargpt_train_stage, finetuning_type, ...)." };
         var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N (default cpu).", DefaultValueFactory = _ => "cpu" };
         var precompute = new Option<bool>("--precompute-ref") { Description = "DPO: compute the reference log-probs once per pair before training, then free the reference model (half the weights in memory; the reference sees the epoch-0 crop and noise draw)." };
         var cmd = new Command(stage, description) { config, device };
-        if (stage == "dpo") cmd.Options.Add(precompute);
+        if (value == TrainingStage.Dpo) cmd.Options.Add(precompute);
         cmd.WithDetails(
             $"""
             The yaml's `stage` must be '{stage}' (or absent). The model folder (model_name_or_path) needs config.json,
@@ -43,25 +44,29 @@ public static class TrainCommand
             code does, also trains Infinity and both projectors fully. Progress: loss, lr, tokens/s, ETA; the log is
             output_dir/trainer_log.jsonl and the loss curve output_dir/training_loss.png. A NaN/inf loss stops the run
             and keeps the last good checkpoint. resume_from_checkpoint: a checkpoint folder or 'latest'.
-            Keys of this port (not in the official code): vargpt_freeze (component groups: vision_tower,
-            language_model, infinity, projectors, vae), vargpt_freeze_modules (parameter-name substrings),
-            vargpt_gen_augment (false: no 1.125x resize + crop of generation targets), vargpt_gen_text_loss (official:
-            in a batch with generation targets the text CE covers every token but the image-gen pads, prompts
-            included, as get_gen_loss_1_1; labels: the answers only), vargpt_train_positions (official: 1-D position
-            ids, as the official training forward; mrope: the positions inference uses, get_rope_index over the prompt
-            and the cache index for image-generation rows).
+            Keys of this port (not in the official code): vargpt_freeze (component groups: {string.Join(", ", ModelComponents.All.Select(c => c.Key))}),
+            vargpt_freeze_modules (parameter-name substrings), vargpt_gen_augment (false: no 1.125x resize + crop of
+            generation targets), vargpt_gen_text_loss ({TrainingConfig.Names<GenTextLoss>()}; official: in a batch with
+            generation targets the text CE covers every token but the image-gen pads, prompts included, as
+            get_gen_loss_1_1; labels: the answers only), vargpt_train_positions ({TrainingConfig.Names<TrainPositions>()};
+            official: 1-D position ids, as the official training forward; mrope: the positions inference uses,
+            get_rope_index over the prompt and the cache index for image-generation rows). Defaults of the yaml keys: lr_scheduler_type
+            {TrainingConfig.YamlName(TrainingConfig.Defaults.LrSchedulerType)} ({TrainingConfig.Names<LrScheduler>()}), learning_rate
+            {TrainingConfig.Defaults.LearningRate.ToString(System.Globalization.CultureInfo.InvariantCulture)}, finetuning_type {TrainingConfig.YamlName(TrainingConfig.Defaults.FinetuningType)}, per_device_train_batch_size
+            {TrainingConfig.Defaults.PerDeviceTrainBatchSize}, cutoff_len {TrainingConfig.Defaults.CutoffLen}, image_gen_resolution {TrainingConfig.Defaults.ImageGenResolution}.
             """);
         cmd.WithExamples($"vargpt train {stage} {stage}.yaml");
-        cmd.SetAction((parse, ct) => Task.FromResult(Run(stage, parse.GetRequiredValue(config), parse.GetValue(device) ?? "cpu",
-            stage == "dpo" && parse.GetValue(precompute), parse.InvocationConfiguration.Output, ct)));
+        cmd.SetAction((parse, ct) => Task.FromResult(Run(value, parse.GetRequiredValue(config), parse.GetValue(device) ?? "cpu",
+            value == TrainingStage.Dpo && parse.GetValue(precompute), parse.InvocationConfiguration.Output, ct)));
         return cmd;
     }
 
-    static int Run(string stage, string configPath, string deviceName, bool precomputeRef, TextWriter o, CancellationToken ct)
+    static int Run(TrainingStage stage, string configPath, string deviceName, bool precomputeRef, TextWriter o, CancellationToken ct)
     {
         TrainerReproducibility.RequestStrictBlas();
         var cfg = TrainingConfig.Load(configPath);
-        if (cfg.Stage != stage) throw new UserErrorException($"{configPath}: stage is '{cfg.Stage}' but the command is 'train {stage}'; use 'vargpt train {cfg.Stage}'");
+        if (cfg.Stage != stage)
+            throw new VargptInputException($"{configPath}: stage is '{TrainingConfig.YamlName(cfg.Stage)}' but the command is 'train {TrainingConfig.YamlName(stage)}'; use 'vargpt train {TrainingConfig.YamlName(cfg.Stage)}'");
         foreach (var n in cfg.Notes) o.WriteLine($"note: {n}");
         var options = new FineTuningOptions
         {

@@ -5,14 +5,14 @@ using VarGpt.Inference;
 
 namespace VarGpt.Cli.Runner;
 
-/// <summary>Exit codes: 0 success, 1 the command's own failure verdict (e.g. a fixture failed), 2 usage or input error, 3 internal error.</summary>
+/// <summary>
+/// Exit codes: 0 success, 1 the command's own failure verdict (e.g. a fixture failed), 2 usage or input error (a
+/// <see cref="VargptInputException"/>: one line, no stack), 3 internal error (a bug: the stack is printed).
+/// </summary>
 public static class ExitCodes
 {
     public const int Ok = 0, Failed = 1, UserError = 2, InternalError = 3;
 }
-
-/// <summary>A problem with what the user asked for; printed without a stack trace.</summary>
-public sealed class UserErrorException(string message) : Exception(message);
 
 /// <summary>Parses and invokes with the given writers (tests pass StringWriters), turning errors into messages and exit codes.</summary>
 public static class CliRunner
@@ -32,7 +32,7 @@ public static class CliRunner
         {
             return parse.Invoke(new InvocationConfiguration { Output = output, Error = error, EnableDefaultExceptionHandler = false });
         }
-        catch (Exception e) when (IsUserError(e))
+        catch (VargptInputException e)
         {
             error.WriteLine($"error: {e.Message}");
             return ExitCodes.UserError;
@@ -51,7 +51,4 @@ public static class CliRunner
         return names;
     }
 
-    static bool IsUserError(Exception e) => e is UserErrorException or FileNotFoundException or DirectoryNotFoundException
-        or InvalidDataException or CheckpointFormatException or StateDictMismatchException or JsonException or UnauthorizedAccessException
-        or Vision.ImageLoadException or Inference.InvalidPromptException or Training.TrainingSetupException;
 }

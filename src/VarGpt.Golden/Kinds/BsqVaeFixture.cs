@@ -18,15 +18,15 @@ public sealed class BsqVaeFixture : IFixtureKind
     /// <summary>Builds the VAE from the fixture config and loads its weights strictly (every key is a vae_local.* key and is used).</summary>
     internal static BsqVae LoadVae(Fixture f)
     {
-        var cfg = VaeConfig.Parse(new JsonFields(f.Config, System.IO.Path.Combine(f.Dir, "fixture.json") + ":config"));
+        var cfg = ConfigJson.Parse<VaeConfig>(f.Config, System.IO.Path.Combine(f.Dir, "fixture.json") + ":config");
         if (f.Config.TryGetProperty("codebook_size", out var cs) && cs.GetInt64() != 1L << cfg.CodebookDim)
-            throw new InvalidDataException($"{f.Id}: codebook_size {cs.GetInt64()} != 2^codebook_dim (projections are not supported)");
+            throw new InvalidFileException($"{f.Id}: codebook_size {cs.GetInt64()} != 2^codebook_dim (projections are not supported)");
         var vae = new BsqVae(cfg);
         var weights = f.LoadWeights();
         try
         {
             var foreign = weights.Keys.Where(k => !k.StartsWith(ModelComponents.Vae.Prefix, StringComparison.Ordinal)).ToList();
-            if (foreign.Count > 0) throw new InvalidDataException($"{f.Id}: unexpected non-VAE weights: {string.Join(", ", foreign.Take(5))}");
+            if (foreign.Count > 0) throw new InvalidFileException($"{f.Id}: unexpected non-VAE weights: {string.Join(", ", foreign.Take(5))}");
             StateDict.Load(vae, weights, new StateDictOptions { Prefix = ModelComponents.Vae.Prefix });
         }
         finally { foreach (var t in weights.Values) t.Dispose(); }

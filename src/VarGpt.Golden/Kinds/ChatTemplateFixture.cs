@@ -22,7 +22,7 @@ public sealed class ChatTemplateFixture : IFixtureKind
         var conversations = p.GetProperty("conversations").EnumerateObject().ToDictionary(c => c.Name, c => ParseConversation(c.Value));
         foreach (var prompt in p.GetProperty("prompts").EnumerateObject())
         {
-            if (!conversations.TryGetValue(prompt.Name, out var conv)) throw new InvalidDataException($"{f.Id}: no conversation '{prompt.Name}'");
+            if (!conversations.TryGetValue(prompt.Name, out var conv)) throw new InvalidFileException($"{f.Id}: no conversation '{prompt.Name}'");
             cmp.Equal($"prompt.{prompt.Name}", ChatTemplate.Render(conv, genPrompt), prompt.Value.GetString()!);
         }
         cmp.Equal("prompt.two_turn(no generation prompt)", ChatTemplate.Render(conversations["two_turn"], addGenerationPrompt: false),
@@ -119,7 +119,7 @@ public sealed class ChatTemplateFixture : IFixtureKind
             bool image = (item.TryGetProperty("type", out var t) && t.GetString() == "image") || item.TryGetProperty("image", out _) || item.TryGetProperty("image_url", out _);
             if (image) return ContentPart.Image;
             if (item.TryGetProperty("text", out var text)) return ContentPart.FromText(text.GetString()!);
-            throw new InvalidDataException($"unsupported content item {item.GetRawText()}");
+            throw new InvalidFileException($"unsupported content item {item.GetRawText()}");
         }).ToList();
         return new ChatMessage(role, parts);
     }).ToList();

@@ -20,7 +20,7 @@ public sealed class DpoLossFixture : IFixtureKind
         var prm = f.Params;
         var o = new DpoOptions
         {
-            Beta = prm.GetProperty("beta").GetDouble(), LossType = prm.GetProperty("loss_type").GetString()!,
+            Beta = prm.GetProperty("beta").GetDouble(), LossType = Enum.Parse<PrefLoss>(prm.GetProperty("loss_type").GetString()!, ignoreCase: true),
             LabelSmoothing = prm.GetProperty("label_smoothing").GetDouble(), Ftx = prm.GetProperty("pref_ftx").GetDouble(),
         };
         var cfg = SftLossFixture.TinyModelConfig(f);

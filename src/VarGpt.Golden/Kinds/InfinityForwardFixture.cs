@@ -20,7 +20,7 @@ public sealed class InfinityForwardFixture : IFixtureKind
     public void Run(Fixture f, FixtureComparer cmp)
     {
         double atol = f.Atol("atol", 3e-3), rtol = f.Atol("rtol", 1e-3);
-        var cfg = InfinityConfig.Parse(new JsonFields(f.Config, f.Id + " config"));
+        var cfg = ConfigJson.Parse<InfinityConfig>(f.Config, f.Id + " config");
         using var model = new Infinity(cfg);
         model.eval();
         f.LoadInto(model, prefix: ModelComponents.Infinity.Prefix);
@@ -81,7 +81,7 @@ public sealed class InfinityForwardFixture : IFixtureKind
         {
             var s = ScaleSchedules.Official.Get(template, pn);
             if (s.Scales.Select(x => (x.H, x.W)).SequenceEqual(scales.Select(x => (x.H, x.W)))) return s;
-            throw new InvalidDataException($"fixture schedule {pn} differs from the official one");
+            throw new InvalidFileException($"fixture schedule {pn} differs from the official one");
         }
         return new ScaleSchedule(template, pn, (scales[^1].H * ScaleSchedules.VaeStride, scales[^1].W * ScaleSchedules.VaeStride), scales);
     }

@@ -63,6 +63,6 @@ static class FixtureTokenizers
             if (Directory.Exists(c)) return Path.GetFullPath(c);
             tried.Add(c);
         }
-        throw new DirectoryNotFoundException($"{f.Id}: tokenizer folder '{relative}' not found; tried {string.Join(", ", tried.Distinct().Take(6))} ...");
+        throw new InputNotFoundException($"{f.Id}: tokenizer folder '{relative}' not found; tried {string.Join(", ", tried.Distinct().Take(6))} ...");
     }
 }

@@ -17,7 +17,7 @@ public sealed class VisionEncoderFixture : IFixtureKind
     public void Run(Fixture f, FixtureComparer cmp)
     {
         double atol = f.Atol("atol"), rtol = f.Atol("rtol");
-        var cfg = VisionConfig.Parse(new JsonFields(f.Config.GetProperty("vision_config"), $"{f.Id} config -> vision_config"));
+        var cfg = ConfigJson.Parse<VisionConfig>(f.Config.GetProperty("vision_config"), $"{f.Id} config -> vision_config");
         using var model = new Qwen2VisionTransformerPretrainedModel(cfg);
         f.LoadInto(model, prefix: ModelComponents.VisionTower.Prefix);
         model.eval();

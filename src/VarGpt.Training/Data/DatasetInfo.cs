@@ -47,17 +47,17 @@ public static class DatasetInfo
     public static IReadOnlyList<DatasetAttr> Load(string datasetDir, IReadOnlyList<string> names)
     {
         var path = Path.Combine(datasetDir, FileName);
-        if (!File.Exists(path)) throw new FileNotFoundException($"{path} not found (dataset_dir must contain {FileName})", path);
+        if (!File.Exists(path)) throw new InputNotFoundException($"{path} not found (dataset_dir must contain {FileName})", path);
         JsonDocument doc;
         try { doc = JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { AllowTrailingCommas = true }); }
-        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})"); }
+        catch (JsonException e) { throw new InvalidFileException($"{path}: not valid JSON ({e.Message})"); }
         using var _ = doc;
-        if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{path}: the root must be an object of dataset entries");
+        if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new InvalidFileException($"{path}: the root must be an object of dataset entries");
         var result = new List<DatasetAttr>();
         foreach (var name in names)
         {
             if (!doc.RootElement.TryGetProperty(name, out var entry))
-                throw new InvalidDataException($"{path}: undefined dataset '{name}' (defined: {string.Join(", ", doc.RootElement.EnumerateObject().Select(p => p.Name).Take(20))}...)");
+                throw new InvalidFileException($"{path}: undefined dataset '{name}' (defined: {string.Join(", ", doc.RootElement.EnumerateObject().Select(p => p.Name).Take(20))}...)");
             result.Add(Parse(entry, name, path));
         }
         return result;
@@ -66,46 +66,46 @@ public static class DatasetInfo
     static DatasetAttr Parse(JsonElement e, string name, string path)
     {
         string where = $"{path}: dataset '{name}'";
-        if (e.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{where}: entry must be an object");
+        if (e.ValueKind != JsonValueKind.Object) throw new InvalidFileException($"{where}: entry must be an object");
         foreach (var p in e.EnumerateObject())
-            if (!KnownEntryKeys.Contains(p.Name)) throw new InvalidDataException($"{where}: unknown key '{p.Name}'");
+            if (!KnownEntryKeys.Contains(p.Name)) throw new InvalidFileException($"{where}: unknown key '{p.Name}'");
         foreach (var remote in new[] { "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url" })
             if (e.TryGetProperty(remote, out _) && !e.TryGetProperty("file_name", out _))
-                throw new NotSupportedException($"{where}: '{remote}' datasets are not supported; download the files and point 'file_name' at them");
-        string fileName = Str(e, "file_name", where) ?? throw new InvalidDataException($"{where}: missing 'file_name'");
+                throw new InvalidFileException($"{where}: '{remote}' datasets are not supported; download the files and point 'file_name' at them");
+        string fileName = Str(e, "file_name", where) ?? throw new InvalidFileException($"{where}: missing 'file_name'");
         string formatting = Str(e, "formatting", where) ?? "alpaca";
         if (formatting != "sharegpt")
-            throw new NotSupportedException($"{where}: formatting '{formatting}' is not supported (VARGPT data uses \"formatting\": \"sharegpt\")");
+            throw new InvalidFileException($"{where}: formatting '{formatting}' is not supported (VARGPT data uses \"formatting\": \"sharegpt\")");
         foreach (var k in new[] { "subset", "folder" })
             if (e.TryGetProperty(k, out var v) && v.ValueKind != JsonValueKind.Null)
-                throw new NotSupportedException($"{where}: '{k}' only applies to hub datasets and is not supported");
+                throw new InvalidFileException($"{where}: '{k}' only applies to hub datasets and is not supported");
         if (e.TryGetProperty("split", out var split) && split.GetString() != "train")
-            throw new NotSupportedException($"{where}: split '{split.GetString()}' is not supported for local files (only 'train')");
+            throw new InvalidFileException($"{where}: split '{split.GetString()}' is not supported for local files (only 'train')");
 
         bool ranking = false;
         if (e.TryGetProperty("ranking", out var r))
         {
-            if (r.ValueKind is not (JsonValueKind.True or JsonValueKind.False)) throw new InvalidDataException($"{where}: 'ranking' must be true or false");
+            if (r.ValueKind is not (JsonValueKind.True or JsonValueKind.False)) throw new InvalidFileException($"{where}: 'ranking' must be true or false");
             ranking = r.GetBoolean();
         }
         int? numSamples = null;
         if (e.TryGetProperty("num_samples", out var ns) && ns.ValueKind != JsonValueKind.Null)
         {
-            if (!ns.TryGetInt32(out int n) || n <= 0) throw new InvalidDataException($"{where}: 'num_samples' must be a positive integer");
+            if (!ns.TryGetInt32(out int n) || n <= 0) throw new InvalidFileException($"{where}: 'num_samples' must be a positive integer");
             numSamples = n;
         }
 
         var attr = new DatasetAttr { Name = name, FileName = fileName, Formatting = formatting, Ranking = ranking, NumSamples = numSamples };
         if (e.TryGetProperty("columns", out var cols))
         {
-            if (cols.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{where}: 'columns' must be an object");
+            if (cols.ValueKind != JsonValueKind.Object) throw new InvalidFileException($"{where}: 'columns' must be an object");
             foreach (var c in cols.EnumerateObject())
             {
-                if (!KnownColumns.Contains(c.Name)) throw new InvalidDataException($"{where}: unknown column key '{c.Name}'");
+                if (!KnownColumns.Contains(c.Name)) throw new InvalidFileException($"{where}: unknown column key '{c.Name}'");
                 if (c.Name is "tools" or "videos" or "kto_tag")
-                    throw new NotSupportedException($"{where}: column '{c.Name}' is not supported by VARGPT training");
+                    throw new InvalidFileException($"{where}: column '{c.Name}' is not supported by VARGPT training");
                 if (c.Name is "prompt" or "query" or "response" or "history")
-                    throw new InvalidDataException($"{where}: column '{c.Name}' belongs to the alpaca formatting, not sharegpt");
+                    throw new InvalidFileException($"{where}: column '{c.Name}' belongs to the alpaca formatting, not sharegpt");
             }
             attr = attr with
             {
@@ -118,9 +118,9 @@ public static class DatasetInfo
         }
         if (e.TryGetProperty("tags", out var tags))
         {
-            if (tags.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{where}: 'tags' must be an object");
+            if (tags.ValueKind != JsonValueKind.Object) throw new InvalidFileException($"{where}: 'tags' must be an object");
             foreach (var t in tags.EnumerateObject())
-                if (!KnownTags.Contains(t.Name)) throw new InvalidDataException($"{where}: unknown tag key '{t.Name}'");
+                if (!KnownTags.Contains(t.Name)) throw new InvalidFileException($"{where}: unknown tag key '{t.Name}'");
             attr = attr with
             {
                 RoleTag = Str(tags, "role_tag", where) ?? attr.RoleTag,
@@ -133,14 +133,14 @@ public static class DatasetInfo
             };
         }
         if (ranking && (attr.Chosen == null || attr.Rejected == null))
-            throw new InvalidDataException($"{where}: a ranking dataset needs columns 'chosen' and 'rejected'");
+            throw new InvalidFileException($"{where}: a ranking dataset needs columns 'chosen' and 'rejected'");
         return attr;
     }
 
     static string? Str(JsonElement obj, string key, string where)
     {
         if (!obj.TryGetProperty(key, out var v) || v.ValueKind == JsonValueKind.Null) return null;
-        if (v.ValueKind != JsonValueKind.String) throw new InvalidDataException($"{where}: '{key}' must be a string, found {v.GetRawText()}");
+        if (v.ValueKind != JsonValueKind.String) throw new InvalidFileException($"{where}: '{key}' must be a string, found {v.GetRawText()}");
         return v.GetString();
     }
 }

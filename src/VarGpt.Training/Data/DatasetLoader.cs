@@ -9,8 +9,8 @@ public sealed record DatasetLoadOptions
     public required string DatasetDir { get; init; }
     /// <summary>Folder image paths are relative to (image_dir; defaults to DatasetDir as in data_args.py).</summary>
     public string? ImageDir { get; init; }
-    /// <summary>"sft" needs non-ranking datasets, "dpo" ranking ones (loader._get_merged_dataset).</summary>
-    public string Stage { get; init; } = "sft";
+    /// <summary>Stage dpo reads ranking datasets (chosen/rejected), stage sft the others (loader._get_merged_dataset).</summary>
+    public bool Ranking { get; init; }
     /// <summary>max_samples: keep the first N records of each dataset.</summary>
     public int? MaxSamples { get; init; }
     /// <summary>Seed of the num_samples subsampling.</summary>
@@ -35,18 +35,17 @@ public static class DatasetLoader
     /// <summary>Loads, validates and concatenates the named datasets (mix_strategy "concat").</summary>
     public static IReadOnlyList<TrainingRecord> Load(IReadOnlyList<string> datasetNames, DatasetLoadOptions options)
     {
-        if (datasetNames.Count == 0) throw new ArgumentException("no dataset given (the 'dataset' key lists dataset_info.json entries)");
-        if (options.Stage is not ("sft" or "dpo")) throw new ArgumentException($"stage must be 'sft' or 'dpo', got '{options.Stage}'");
+        if (datasetNames.Count == 0) throw new InvalidOptionException("no dataset given (the 'dataset' key lists dataset_info.json entries)");
         var attrs = DatasetInfo.Load(options.DatasetDir, datasetNames);
         var issues = new List<DatasetIssue>();
         var missing = new List<(string, string, IReadOnlyList<string>)>();
         var all = new List<TrainingRecord>();
         foreach (var attr in attrs)
         {
-            if (options.Stage == "dpo" && !attr.Ranking)
-                throw new InvalidDataException($"dataset '{attr.Name}' is not a ranking dataset (\"ranking\": true) and cannot be used for stage dpo");
-            if (options.Stage == "sft" && attr.Ranking)
-                throw new InvalidDataException($"dataset '{attr.Name}' is a ranking dataset and cannot be used for stage sft");
+            if (options.Ranking && !attr.Ranking)
+                throw new InvalidFileException($"dataset '{attr.Name}' is not a ranking dataset (\"ranking\": true) and cannot be used for stage dpo");
+            if (!options.Ranking && attr.Ranking)
+                throw new InvalidFileException($"dataset '{attr.Name}' is a ranking dataset and cannot be used for stage sft");
             all.AddRange(LoadDataset(attr, options, issues, missing));
         }
         if (issues.Count > 0) throw new DatasetValidationException(issues);
@@ -61,12 +60,12 @@ public static class DatasetLoader
         List<string> files;
         if (Directory.Exists(local)) files = Directory.GetFiles(local).Order(StringComparer.Ordinal).ToList();
         else if (File.Exists(local)) files = [local];
-        else throw new FileNotFoundException($"dataset '{attr.Name}': file {local} not found", local);
+        else throw new InputNotFoundException($"dataset '{attr.Name}': file {local} not found", local);
         foreach (var f in files)
             if (!SupportedExtensions.Contains(Path.GetExtension(f).ToLowerInvariant()))
-                throw new NotSupportedException($"dataset '{attr.Name}': {f}: allowed file types are {string.Join(", ", SupportedExtensions)}");
+                throw new InvalidFileException($"dataset '{attr.Name}': {f}: allowed file types are {string.Join(", ", SupportedExtensions)}");
         if (files.Select(f => Path.GetExtension(f).ToLowerInvariant()).Distinct().Count() > 1)
-            throw new InvalidDataException($"dataset '{attr.Name}': file types in {local} should be identical");
+            throw new InvalidFileException($"dataset '{attr.Name}': file types in {local} should be identical");
 
         var records = new List<(string File, int Index, JsonElement Rec)>();
         foreach (var f in files)
@@ -97,7 +96,7 @@ public static class DatasetLoader
         {
             JsonDocument doc;
             try { doc = JsonDocument.Parse(text, opts); }
-            catch (JsonException e) { throw new InvalidDataException($"{file}: not valid JSON ({e.Message})"); }
+            catch (JsonException e) { throw new InvalidFileException($"{file}: not valid JSON ({e.Message})"); }
             using (doc)
                 return doc.RootElement.EnumerateArray().Select(e => e.Clone()).ToList();
         }
@@ -112,7 +111,7 @@ public static class DatasetLoader
                 using var doc = JsonDocument.Parse(line, opts);
                 list.Add(doc.RootElement.Clone());
             }
-            catch (JsonException e) { throw new InvalidDataException($"{file}: line {lineNo}: not valid JSON ({e.Message})"); }
+            catch (JsonException e) { throw new InvalidFileException($"{file}: line {lineNo}: not valid JSON ({e.Message})"); }
         }
         return list;
     }

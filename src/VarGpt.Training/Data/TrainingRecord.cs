@@ -42,7 +42,7 @@ public sealed record DatasetIssue(string File, int Index, string Field, string R
 
 /// <summary>All validation problems of the requested datasets, reported at once.</summary>
 public sealed class DatasetValidationException(IReadOnlyList<DatasetIssue> issues)
-    : Exception(Format(issues))
+    : VargptInputException(Format(issues))
 {
     public IReadOnlyList<DatasetIssue> Issues { get; } = issues;
     const int MaxListed = 100;
@@ -53,7 +53,7 @@ public sealed class DatasetValidationException(IReadOnlyList<DatasetIssue> issue
 
 /// <summary>Every image file that could not be found, listed at once before training starts.</summary>
 public sealed class MissingImagesException(IReadOnlyList<(string Where, string Image, IReadOnlyList<string> Tried)> missing)
-    : Exception($"{missing.Count} image file(s) not found:\n  " +
+    : VargptInputException($"{missing.Count} image file(s) not found:\n  " +
         string.Join("\n  ", missing.Select(m => $"{m.Where}: '{m.Image}' (tried {string.Join(", ", m.Tried)})")))
 {
     public IReadOnlyList<(string Where, string Image, IReadOnlyList<string> Tried)> Missing { get; } = missing;

@@ -49,13 +49,13 @@ public sealed class CheckpointReader : IDisposable
             var single = System.IO.Path.Combine(full, SingleFileName);
             if (File.Exists(single)) return OpenFiles(full, [single]);
             var others = System.IO.Directory.EnumerateFiles(full, "*.safetensors").Select(System.IO.Path.GetFileName).Order().ToList();
-            throw new FileNotFoundException(others.Count == 0
+            throw new InputNotFoundException(others.Count == 0
                 ? $"{full}: no {SingleFileName} or {IndexFileName} (not a model folder?)"
                 : $"{full}: no {SingleFileName} or {IndexFileName}; found {string.Join(", ", others)} — pass one of them as a file path");
         }
         if (File.Exists(full))
             return full.EndsWith(".json", StringComparison.OrdinalIgnoreCase) ? OpenIndex(full) : OpenFiles(System.IO.Path.GetDirectoryName(full)!, [full]);
-        throw new FileNotFoundException($"checkpoint not found: {full}", full);
+        throw new InputNotFoundException($"checkpoint not found: {full}", full);
     }
 
     static CheckpointReader OpenFiles(string dir, IReadOnlyList<string> files)
@@ -81,7 +81,7 @@ public sealed class CheckpointReader : IDisposable
             if (!File.Exists(System.IO.Path.Combine(dir, s)))
             {
                 var missing = shardNames.Where(n => !File.Exists(System.IO.Path.Combine(dir, n))).ToList();
-                throw new FileNotFoundException($"{indexPath}: shard file{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing)} named in the index "
+                throw new InputNotFoundException($"{indexPath}: shard file{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing)} named in the index "
                     + $"{(missing.Count > 1 ? "are" : "is")} missing from {dir} (incomplete download?)", System.IO.Path.Combine(dir, missing[0]));
             }
         }

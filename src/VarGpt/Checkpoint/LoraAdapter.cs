@@ -35,14 +35,14 @@ public sealed record LoraAdapterConfig
     {
         var path = System.IO.Path.Combine(dir, LoraAdapter.ConfigFile);
         if (!File.Exists(path))
-            throw new FileNotFoundException($"{path} not found: a PEFT LoRA adapter folder holds {LoraAdapter.ConfigFile} and {LoraAdapter.WeightsFile}", path);
+            throw new InputNotFoundException($"{path} not found: a PEFT LoRA adapter folder holds {LoraAdapter.ConfigFile} and {LoraAdapter.WeightsFile}", path);
         JsonDocument doc;
         try { doc = JsonDocument.Parse(File.ReadAllText(path)); }
-        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e); }
+        catch (JsonException e) { throw new InvalidFileException($"{path}: not valid JSON ({e.Message})", e); }
         using var _ = doc;
         var root = doc.RootElement;
-        if (root.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{path}: the adapter config is not a JSON object");
-        InvalidDataException Bad(string what) => new($"{path}: {what}");
+        if (root.ValueKind != JsonValueKind.Object) throw new InvalidFileException($"{path}: the adapter config is not a JSON object");
+        InvalidFileException Bad(string what) => new($"{path}: {what}");
         JsonElement? Get(string name) => root.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null ? v : null;
 
         if (Get("peft_type") is { } pt && pt.GetString() != "LORA")
@@ -110,13 +110,13 @@ public static class LoraAdapter
     public static LoraAdapterMergeReport Merge(nn.Module model, string dir, Func<string, bool>? skip = null)
     {
         dir = Path.GetFullPath(dir);
-        if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"LoRA adapter folder not found: {dir}");
+        if (!Directory.Exists(dir)) throw new InputNotFoundException($"LoRA adapter folder not found: {dir}");
         var config = LoraAdapterConfig.Load(dir);
         var weightsPath = Path.Combine(dir, WeightsFile);
         if (!File.Exists(weightsPath))
-            throw new FileNotFoundException($"{weightsPath} not found: a PEFT LoRA adapter folder holds {ConfigFile} and {WeightsFile}", weightsPath);
+            throw new InputNotFoundException($"{weightsPath} not found: a PEFT LoRA adapter folder holds {ConfigFile} and {WeightsFile}", weightsPath);
         using var file = SafeTensorsFile.Open(weightsPath);
-        InvalidDataException Bad(string key, string what) => new($"{weightsPath}: key '{key}': {what}");
+        InvalidFileException Bad(string key, string what) => new($"{weightsPath}: key '{key}': {what}");
 
         // key -> (module, A key, B key)
         var pairs = new SortedDictionary<string, (string? A, string? B)>(StringComparer.Ordinal);
@@ -129,7 +129,7 @@ public static class LoraAdapter
             var p = pairs.GetValueOrDefault(module);
             pairs[module] = isA ? (key, p.B) : (p.A, key);
         }
-        if (pairs.Count == 0) throw new InvalidDataException($"{weightsPath}: no LoRA weights");
+        if (pairs.Count == 0) throw new InvalidFileException($"{weightsPath}: no LoRA weights");
 
         var modules = model.named_modules().ToDictionary(m => m.name, m => m.module, StringComparer.Ordinal);
         var plan = new List<(string Name, Linear Layer, string A, string B)>();

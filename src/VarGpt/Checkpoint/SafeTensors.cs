@@ -14,7 +14,7 @@ public sealed record SafeTensorInfo(string Name, string DType, long[] Shape, lon
 }
 
 /// <summary>Thrown for any malformed checkpoint file; the message names the file and the problem.</summary>
-public sealed class CheckpointFormatException(string message) : Exception(message);
+public sealed class CheckpointFormatException(string message) : VargptInputException(message);
 
 /// <summary>
 /// Reader for the safetensors format: 8-byte little-endian header length N, N bytes of JSON
@@ -110,7 +110,7 @@ public sealed class SafeTensorsFile : IDisposable
 
     public static SafeTensorsFile Open(string path)
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"safetensors file not found: {path}", path);
+        if (!File.Exists(path)) throw new InputNotFoundException($"safetensors file not found: {path}", path);
         return new SafeTensorsFile(path);
     }
 

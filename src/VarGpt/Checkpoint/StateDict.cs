@@ -60,7 +60,7 @@ public sealed record StateDictComparison(IReadOnlyList<(string Name, string Sour
 
 /// <summary>Every key problem of one load, all listed in the message. Nothing was copied when this is thrown.</summary>
 public sealed class StateDictMismatchException(string source, IReadOnlyList<string> missing, IReadOnlyList<string> unexpected,
-    IReadOnlyList<ShapeMismatch> shapeMismatches) : Exception(Format(source, missing, unexpected, shapeMismatches))
+    IReadOnlyList<ShapeMismatch> shapeMismatches) : VargptInputException(Format(source, missing, unexpected, shapeMismatches))
 {
     public IReadOnlyList<string> Missing { get; } = missing;
     public IReadOnlyList<string> Unexpected { get; } = unexpected;

@@ -1,11 +1,11 @@
 using System.Text.Json;
-using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
 
 namespace VarGpt.Configuration;
 
 /// <summary>
 /// generation_config.json (Hugging Face GenerationConfig, copied from Qwen2-VL by VARGPT plus its special_tokens).
-/// Defaults are the Hugging Face class defaults, used only when a field is absent; unknown fields are ignored.
+/// Defaults are the Hugging Face class defaults, used only when a field is absent; unknown fields are kept in Extra.
 /// The file's values matter for fidelity: HF generate() builds a repetition-penalty processor from it even when
 /// do_sample is false (reference §2.7), and the image-generation token ids live here too.
 /// </summary>
@@ -15,7 +15,7 @@ public sealed record GenerationConfig
 
     public int? BosTokenId { get; init; }
     /// <summary>eos_token_id may be an int or a list in the file; always a list here. Generation stops for a row once it emits any of these.</summary>
-    public long[] EosTokenIds { get; init; } = [];
+    [JsonPropertyName("eos_token_id"), JsonConverter(typeof(ConfigJson.LongOrLongList))] public long[] EosTokenIds { get; init; } = [];
     /// <summary>Written into rows that already finished (null: the first EOS id, as transformers does).</summary>
     public long? PadTokenId { get; init; }
     public bool DoSample { get; init; }
@@ -29,50 +29,26 @@ public sealed record GenerationConfig
     public int? MaxNewTokens { get; init; }
     public int MaxLength { get; init; } = 20;
     /// <summary>special_tokens (image_gen_start/_end/_pad and their ids); null when the file has none.</summary>
-    public ImageGenTokens? ImageGen { get; init; }
+    [JsonPropertyName("special_tokens")] public ImageGenTokens? ImageGen { get; init; }
     /// <summary>allowed_special_tokens (strings the decoder may emit although they are special).</summary>
     public string[] AllowedSpecialTokens { get; init; } = [];
-    public JsonObject Raw { get; init; } = new();
+    /// <summary>Fields this record does not model (transformers_version, ...), kept as read.</summary>
+    [JsonExtensionData] public Dictionary<string, JsonElement>? Extra { get; init; }
 
     /// <summary>Reads generation_config.json (or DIR/generation_config.json when given a folder).</summary>
     public static GenerationConfig Load(string path)
     {
         if (Directory.Exists(path)) path = Path.Combine(path, FileName);
-        using var doc = JsonFields.ParseFile(path, "generation config");
-        return Parse(doc.RootElement, path);
+        return Validated(ConfigJson.Read<GenerationConfig>(path, "generation config"), path);
     }
 
-    public static GenerationConfig Parse(JsonElement root, string source)
+    public static GenerationConfig Parse(JsonElement root, string source) => Validated(ConfigJson.Parse<GenerationConfig>(root, source), source);
+
+    static GenerationConfig Validated(GenerationConfig cfg, string source)
     {
-        if (root.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{source}: expected a JSON object");
-        var j = new JsonFields(root, source);
-        ImageGenTokens? imageGen = null;
-        if (j.Has("special_tokens"))
-        {
-            var st = j.Obj("special_tokens");
-            imageGen = new ImageGenTokens(st.Int("image_gen_start_token_id"), st.Int("image_gen_end_token_id"), st.Int("image_gen_pad_token_id"),
-                st.Str("image_gen_start", "<|image_gen_start|>"), st.Str("image_gen_end", "<|image_gen_end|>"), st.Str("image_gen_pad", "<|image_gen_pad|>"));
-        }
-        var cfg = new GenerationConfig
-        {
-            BosTokenId = j.OptInt("bos_token_id"),
-            EosTokenIds = j.IntOrInts("eos_token_id", []).Select(x => (long)x).ToArray(),
-            PadTokenId = j.OptInt("pad_token_id"),
-            DoSample = j.Bool("do_sample", false),
-            Temperature = j.Double("temperature", 1.0),
-            TopK = j.Int("top_k", 50),
-            TopP = j.Double("top_p", 1.0),
-            RepetitionPenalty = j.Double("repetition_penalty", 1.0),
-            MaxNewTokens = j.OptInt("max_new_tokens"),
-            MaxLength = j.Int("max_length", 20),
-            ImageGen = imageGen,
-            AllowedSpecialTokens = j.Has("allowed_special_tokens")
-                ? ReadStrings(j, "allowed_special_tokens") : [],
-            Raw = JsonNode.Parse(root.GetRawText())!.AsObject(),
-        };
-        if (cfg.Temperature < 0) throw new InvalidDataException($"{source}: temperature must be >= 0, found {cfg.Temperature}");
-        if (cfg.TopP is <= 0 or > 1) throw new InvalidDataException($"{source}: top_p must be in (0, 1], found {cfg.TopP}");
-        if (cfg.RepetitionPenalty <= 0) throw new InvalidDataException($"{source}: repetition_penalty must be > 0, found {cfg.RepetitionPenalty}");
+        if (cfg.Temperature < 0) throw new InvalidFileException($"{source}: temperature must be >= 0, found {cfg.Temperature}");
+        if (cfg.TopP is <= 0 or > 1) throw new InvalidFileException($"{source}: top_p must be in (0, 1], found {cfg.TopP}");
+        if (cfg.RepetitionPenalty <= 0) throw new InvalidFileException($"{source}: repetition_penalty must be > 0, found {cfg.RepetitionPenalty}");
         return cfg;
     }
 
@@ -97,13 +73,5 @@ public sealed record GenerationConfig
             if (TopK < 0) throw new ArgumentException($"{source}: top_k must be >= 0, got {TopK}");
             if (TopP < 0 || TopP > 1) throw new ArgumentException($"{source}: top_p must be in [0, 1], got {TopP}");
         }
-    }
-
-    static string[] ReadStrings(JsonFields j, string key)
-    {
-        var v = j.Element.GetProperty(key);
-        if (v.ValueKind != JsonValueKind.Array || v.EnumerateArray().Any(x => x.ValueKind != JsonValueKind.String))
-            throw new InvalidDataException($"{j.Source}: field '{key}' must be a list of strings, found {v.GetRawText()}");
-        return v.EnumerateArray().Select(x => x.GetString()!).ToArray();
     }
 }

@@ -11,7 +11,7 @@ public readonly struct JsonFields(JsonElement obj, string source)
 
     JsonElement Need(string key)
     {
-        if (!Has(key)) throw new InvalidDataException($"{source}: missing required field '{key}'");
+        if (!Has(key)) throw new InvalidFileException($"{source}: missing required field '{key}'");
         return obj.GetProperty(key);
     }
 
@@ -20,7 +20,7 @@ public readonly struct JsonFields(JsonElement obj, string source)
         try { return f(v); }
         catch (Exception e) when (e is InvalidOperationException or FormatException)
         {
-            throw new InvalidDataException($"{source}: field '{key}' must be {what}, found {v.GetRawText()}");
+            throw new InvalidFileException($"{source}: field '{key}' must be {what}, found {v.GetRawText()}");
         }
     }
 
@@ -46,15 +46,15 @@ public readonly struct JsonFields(JsonElement obj, string source)
     /// <summary>Parses a JSON file; a syntax error names the file (and line) instead of surfacing a bare JsonException.</summary>
     public static JsonDocument ParseFile(string path, string what)
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"{what} not found: {path}", path);
+        if (!File.Exists(path)) throw new InputNotFoundException($"{what} not found: {path}", path);
         try { return JsonDocument.Parse(File.ReadAllText(path), new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip }); }
-        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})"); }
+        catch (JsonException e) { throw new InvalidFileException($"{path}: not valid JSON ({e.Message})"); }
     }
 
     public JsonFields Obj(string key)
     {
         var v = Need(key);
-        if (v.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{source}: field '{key}' must be an object");
+        if (v.ValueKind != JsonValueKind.Object) throw new InvalidFileException($"{source}: field '{key}' must be an object");
         return new JsonFields(v, $"{source} -> {key}");
     }
 }

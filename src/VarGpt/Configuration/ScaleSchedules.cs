@@ -109,12 +109,12 @@ public sealed class ScaleSchedules
         foreach (var s in extra)
         {
             if (!Templates.Contains(s.Template))
-                throw new ArgumentException($"pn '{s.Pn}': unknown template {s.Template.ToString(CultureInfo.InvariantCulture)}; valid templates (h/w): {TemplateList()}");
+                throw new InvalidOptionException($"pn '{s.Pn}': unknown template {s.Template.ToString(CultureInfo.InvariantCulture)}; valid templates (h/w): {TemplateList()}");
             var current = table ?? _table;
             if (current.TryGetValue((s.Template, s.Pn), out var old))
             {
                 if (old.RawScales.SequenceEqual(s.RawScales) && old.Pixels == s.Pixels) continue;
-                throw new ArgumentException($"pn '{s.Pn}' of template {s.Template.ToString(CultureInfo.InvariantCulture)} already exists with different scales");
+                throw new InvalidOptionException($"pn '{s.Pn}' of template {s.Template.ToString(CultureInfo.InvariantCulture)} already exists with different scales");
             }
             table ??= new Dictionary<(double, string), ScaleSchedule>(_table);
             table[(s.Template, s.Pn)] = s;
@@ -128,8 +128,8 @@ public sealed class ScaleSchedules
         if (_table.TryGetValue((template, pn), out var s)) return s;
         var pns = PnsOf(template);
         if (pns.Count == 0)
-            throw new ArgumentException($"unknown aspect template {template.ToString(CultureInfo.InvariantCulture)}; valid templates (h/w): {TemplateList()}");
-        throw new ArgumentException($"unknown pixel budget '{pn}' for template {template.ToString(CultureInfo.InvariantCulture)}; valid: {string.Join(", ", pns)}");
+            throw new InvalidOptionException($"unknown aspect template {template.ToString(CultureInfo.InvariantCulture)}; valid templates (h/w): {TemplateList()}");
+        throw new InvalidOptionException($"unknown pixel budget '{pn}' for template {template.ToString(CultureInfo.InvariantCulture)}; valid: {string.Join(", ", pns)}");
     }
 
     /// <summary>All pn names of a template (the four standard ones plus this table's extras).</summary>

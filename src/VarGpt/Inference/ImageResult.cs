@@ -17,7 +17,7 @@ public sealed record ImageResult(IReadOnlyList<GeneratedImage> Images, string Te
 
 /// <summary>The model answered without starting an image (no &lt;|image_gen_start|&gt;); <see cref="Text"/> is what it wrote.</summary>
 public sealed class NoImageGeneratedException(string text, StopReason stopReason, int tokens)
-    : Exception($"the model did not start an image (no <|image_gen_start|>): it stopped ({(stopReason == StopReason.MaxLength ? "max new tokens reached" : stopReason.ToString())}) " +
+    : VargptInputException($"the model did not start an image (no <|image_gen_start|>): it stopped ({(stopReason == StopReason.MaxLength ? "max new tokens reached" : stopReason.ToString())}) " +
                 $"after {tokens} text token(s): \"{Shorten(text)}\". Rephrase the prompt as an image request, or force the image start " +
                 "(ImageOptions.ForceImageStart / --force-image-start; not an official option).")
 {

@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 namespace VarGpt.Inference;
 
 /// <summary>A prompt the model cannot take (image/message mismatch, empty, too long); the message says what and why.</summary>
-public sealed class InvalidPromptException(string message, Exception? inner = null) : ArgumentException(message, inner);
+public sealed class InvalidPromptException(string message, Exception? inner = null) : VargptInputException(message, inner);
 
 /// <summary>A tokenized prompt ready for the model: ids [1, L], mask, and the vision tower's output for its images.</summary>
 public sealed class PreparedPrompt : IDisposable
@@ -79,7 +79,7 @@ public static class ChatMessages
     {
         var parts = new List<ContentPart>();
         var pieces = instruction.Split("<image>");
-        if (pieces.Length > 2) throw new ArgumentException("the instruction contains \"<image>\" more than once; editing takes one source image", nameof(instruction));
+        if (pieces.Length > 2) throw new InvalidPromptException("the instruction contains \"<image>\" more than once; editing takes one source image");
         if (pieces.Length == 2)
         {
             if (pieces[0].Length > 0) parts.Add(ContentPart.FromText(pieces[0]));

@@ -1,7 +1,7 @@
 namespace VarGpt.Inference;
 
 /// <summary>No model folder was given and the shipped model was not found; the message lists where it was looked for.</summary>
-public sealed class ShippedModelNotFoundException(string message) : DirectoryNotFoundException(message);
+public sealed class ShippedModelNotFoundException(string message) : VargptInputException(message);
 
 /// <summary>
 /// The model used when no model folder is given: the ShapesWorld VARGPT shipped with the product (docs/shapesworld.md).

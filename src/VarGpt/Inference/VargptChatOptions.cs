@@ -37,16 +37,16 @@ public sealed record VargptChatOptions
     /// <summary>The generate settings: the checkpoint's generation_config.json with these overrides (greedy unless asked otherwise).</summary>
     public GenerationConfig Resolve(GenerationConfig checkpoint)
     {
-        if (MaxNewTokens is <= 0) throw new ArgumentOutOfRangeException(nameof(MaxNewTokens), MaxNewTokens, "max_new_tokens must be > 0");
-        if (Temperature is double t && (!(t >= 0) || double.IsInfinity(t))) throw new ArgumentOutOfRangeException(nameof(Temperature), t, "temperature must be a finite number >= 0 (0 = greedy)");
-        if (TopK is < 0) throw new ArgumentOutOfRangeException(nameof(TopK), TopK, "top_k must be >= 0 (0 disables it)");
-        if (TopP is double p && !(p > 0 && p <= 1)) throw new ArgumentOutOfRangeException(nameof(TopP), p, "top_p must be in (0, 1]");
-        if (RepetitionPenalty is double r && (!(r > 0) || double.IsInfinity(r))) throw new ArgumentOutOfRangeException(nameof(RepetitionPenalty), r, "repetition_penalty must be a finite number > 0 (1 = off)");
-        if (StopSequences.Any(string.IsNullOrEmpty)) throw new ArgumentException("stop sequences must be non-empty strings", nameof(StopSequences));
+        if (MaxNewTokens is <= 0) throw new InvalidOptionException($"max_new_tokens must be > 0, got {MaxNewTokens}", nameof(MaxNewTokens));
+        if (Temperature is double t && (!(t >= 0) || double.IsInfinity(t))) throw new InvalidOptionException($"temperature must be a finite number >= 0 (0 = greedy), got {t}", nameof(Temperature));
+        if (TopK is < 0) throw new InvalidOptionException($"top_k must be >= 0 (0 disables it), got {TopK}", nameof(TopK));
+        if (TopP is double p && !(p > 0 && p <= 1)) throw new InvalidOptionException($"top_p must be in (0, 1], got {p}", nameof(TopP));
+        if (RepetitionPenalty is double r && (!(r > 0) || double.IsInfinity(r))) throw new InvalidOptionException($"repetition_penalty must be a finite number > 0 (1 = off), got {r}", nameof(RepetitionPenalty));
+        if (StopSequences.Any(string.IsNullOrEmpty)) throw new InvalidOptionException("stop sequences must be non-empty strings", nameof(StopSequences));
         bool sample = DoSample ?? (Temperature is > 0 || TopK is not null || TopP is not null);
         if (Temperature == 0)
         {
-            if (DoSample == true) throw new ArgumentOutOfRangeException(nameof(Temperature), 0.0, "temperature 0 means greedy decoding; it cannot be combined with DoSample = true");
+            if (DoSample == true) throw new InvalidOptionException($"temperature 0 means greedy decoding; it cannot be combined with DoSample = true, got {0.0}", nameof(Temperature));
             sample = false;
         }
         return checkpoint with

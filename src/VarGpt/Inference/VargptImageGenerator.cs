@@ -27,7 +27,7 @@ public sealed class VargptImageGenerator(VargptModel model, ImageOptions? defaul
     {
         ArgumentNullException.ThrowIfNull(request);
         var prompt = request.Prompt;
-        if (string.IsNullOrWhiteSpace(prompt)) throw new ArgumentException("the request has no prompt", nameof(request));
+        if (string.IsNullOrWhiteSpace(prompt)) throw new InvalidOptionException("the request has no prompt", nameof(request));
         var o = ToImageOptions(options);
         var originals = request.OriginalImages?.ToList() ?? [];
         if (originals.Count > 1) throw new NotSupportedException($"VARGPT edits one image at a time; the request has {originals.Count} original images");
@@ -63,7 +63,7 @@ public sealed class VargptImageGenerator(VargptModel model, ImageOptions? defaul
         if (options.Count is int n) o = o with { Count = n };
         if (options.ImageSize is { } size)
         {
-            if (size.Width <= 0 || size.Height <= 0) throw new ArgumentException($"image size {size.Width}x{size.Height} must be positive");
+            if (size.Width <= 0 || size.Height <= 0) throw new InvalidOptionException($"image size {size.Width}x{size.Height} must be positive");
             double template = ScaleSchedules.NearestTemplate(size.Height / (double)size.Width);
             long want = (long)size.Width * size.Height;
             var table = Model.Config.Schedules;
@@ -85,7 +85,7 @@ public sealed class VargptImageGenerator(VargptModel model, ImageOptions? defaul
                     "pn" => o with { Pn = Convert.ToString(value, CultureInfo.InvariantCulture) },
                     "force_image_start" => o with { ForceImageStart = Convert.ToBoolean(value, CultureInfo.InvariantCulture) },
                     "edit_max_pixels" => o with { EditMaxPixels = value is null ? null : Convert.ToInt64(value, CultureInfo.InvariantCulture) },
-                    _ => throw new ArgumentException($"unknown additional property '{key}'; known: seed, cfg, tau, top_k, top_p, pn, force_image_start, edit_max_pixels"),
+                    _ => throw new InvalidOptionException($"unknown additional property '{key}'; known: seed, cfg, tau, top_k, top_p, pn, force_image_start, edit_max_pixels"),
                 };
             }
         }

@@ -67,7 +67,7 @@ public sealed class VargptModel : IDisposable
         options ??= new VargptModelOptions();
         var dir = folder.Directory;
         if (options.UseMemoryMap && options.Device.type != TorchSharp.DeviceType.CPU)
-            throw new ArgumentException($"VargptModelOptions.MemoryMap needs the CPU device, not {options.Device}");
+            throw new InvalidOptionException($"VargptModelOptions.MemoryMap needs the CPU device, not {options.Device}", nameof(options.MemoryMap));
         using var reader = CheckpointReader.Open(dir);
         if (options.Parts.HasFlag(ModelParts.Generation)) CheckGenerationWeights(reader, dir);
         progress?.Invoke("model", 0);
@@ -107,7 +107,7 @@ public sealed class VargptModel : IDisposable
     {
         var missing = ModelComponents.PrefixesOf(ModelParts.Generation).Where(p => !reader.Names.Any(n => n.StartsWith(p, StringComparison.Ordinal))).ToList();
         if (missing.Count > 0)
-            throw new InvalidDataException(
+            throw new InvalidFileException(
                 $"{dir}: the checkpoint has no image-generation weights for {string.Join(", ", missing.Select(p => p + "*"))} " +
                 $"({reader.Names.Count()} tensors, none under these prefixes). Image generation needs the full VARGPT-v1.1 checkpoint " +
                 "(vargpt_gen = Infinity, vae_local = BSQ-VAE, image_gen_projector(_out), sos_embedding); this one looks understanding-only: " +
@@ -411,7 +411,7 @@ public sealed record ModelFolder(string Directory, VargptConfig Config, Generati
 {
     public static ModelFolder Read(string dir)
     {
-        if (!System.IO.Directory.Exists(dir)) throw new DirectoryNotFoundException($"model folder not found: {dir}");
+        if (!System.IO.Directory.Exists(dir)) throw new InputNotFoundException($"model folder not found: {dir}");
         var config = VargptConfig.Load(Path.Combine(dir, "config.json"));
         var generation = File.Exists(Path.Combine(dir, GenerationConfig.FileName))
             ? GenerationConfig.Load(Path.Combine(dir, GenerationConfig.FileName)) : GenerationConfig.FromModelConfig(config);
@@ -436,7 +436,7 @@ public sealed record ModelFolder(string Directory, VargptConfig Config, Generati
         {
             var got = tok.TryTokenToId(token);
             if (got != id)
-                throw new InvalidDataException($"{dir}: config.json {name} = {id} but the tokenizer maps '{token}' to {(got?.ToString() ?? "nothing")}");
+                throw new InvalidFileException($"{dir}: config.json {name} = {id} but the tokenizer maps '{token}' to {(got?.ToString() ?? "nothing")}");
         }
     }
 }

@@ -37,13 +37,13 @@ public sealed record VargptModelOptions
     {
         if (!MergeAdapter)
         {
-            if (Adapter is not null) throw new ArgumentException($"VargptModelOptions: Adapter = {Adapter} but MergeAdapter = false; set one or the other");
+            if (Adapter is not null) throw new InvalidOptionException($"VargptModelOptions: Adapter = {Adapter} but MergeAdapter = false; set one or the other");
             return null;
         }
         if (Adapter is not null)
         {
             var full = Path.GetFullPath(Adapter);
-            return Directory.Exists(full) ? full : throw new DirectoryNotFoundException($"LoRA adapter folder not found: {full}");
+            return Directory.Exists(full) ? full : throw new InputNotFoundException($"LoRA adapter folder not found: {full}");
         }
         var own = Path.Combine(modelDir, DefaultAdapterFolder);
         return Directory.Exists(own) ? Path.GetFullPath(own) : null;

@@ -71,7 +71,7 @@ public static class RopeIndex
                 for (int img = 0; img < imageNums; img++)
                 {
                     int ed = Array.IndexOf(tokens, s.ImageTokenId, st);
-                    if (ed < 0) throw new InvalidDataException($"get_rope_index: row {b} has fewer <|image_pad|> runs than <|vision_start|><|image_pad|> pairs");
+                    if (ed < 0) throw new InvalidFileException($"get_rope_index: row {b} has fewer <|image_pad|> runs than <|vision_start|><|image_pad|> pairs");
                     if (imageIndex >= nImages)
                         throw new ArgumentException($"get_rope_index: the prompts contain more images than image_grid_thw rows ({nImages})");
                     long t = grid[imageIndex * 3], gh = grid[imageIndex * 3 + 1] / s.SpatialMergeSize, gw = grid[imageIndex * 3 + 2] / s.SpatialMergeSize;

@@ -59,12 +59,12 @@ public sealed record ImageOptions
     public ScaleSchedule Validate(VargptConfig config)
     {
         ValidateSampling();
-        if (Count < 1) throw new ArgumentOutOfRangeException(nameof(Count), Count, "count must be ≥ 1");
-        if (MaxNewTokens < 1) throw new ArgumentOutOfRangeException(nameof(MaxNewTokens), MaxNewTokens, "max new tokens must be ≥ 1");
-        if (EditMaxPixels is long px && px < 28 * 28) throw new ArgumentOutOfRangeException(nameof(EditMaxPixels), px, "the edit image's max pixels must be ≥ 784 (28×28)");
+        if (Count < 1) throw new InvalidOptionException($"count must be ≥ 1, got {Count}", nameof(Count));
+        if (MaxNewTokens < 1) throw new InvalidOptionException($"max new tokens must be ≥ 1, got {MaxNewTokens}", nameof(MaxNewTokens));
+        if (EditMaxPixels is long px && px < 28 * 28) throw new InvalidOptionException($"the edit image's max pixels must be ≥ 784 (28×28), got {px}", nameof(EditMaxPixels));
         double template = ScaleSchedules.NearestTemplate(AspectRatio);
         if (Math.Abs(Math.Log(template / AspectRatio)) > 0.01)
-            throw new ArgumentException(
+            throw new InvalidOptionException(
                 $"unknown aspect ratio h/w = {AspectRatio.ToString("0.###", CultureInfo.InvariantCulture)}; valid (h/w): " +
                 string.Join(", ", ScaleSchedules.Templates.Select(t => t.ToString("0.###", CultureInfo.InvariantCulture))), nameof(AspectRatio));
         return config.Schedules.Get(template, Pn ?? config.Pn);
@@ -73,11 +73,11 @@ public sealed record ImageOptions
     /// <summary>The sampler settings alone (what the image loop itself reads).</summary>
     public void ValidateSampling()
     {
-        if (!(Cfg >= 1) || double.IsInfinity(Cfg)) throw new ArgumentOutOfRangeException(nameof(Cfg), Cfg, "cfg must be a finite number ≥ 1 (1 disables guidance)");
-        if (!(Tau > 0) || double.IsInfinity(Tau)) throw new ArgumentOutOfRangeException(nameof(Tau), Tau, "tau must be a finite number > 0");
-        if (TopK < 0) throw new ArgumentOutOfRangeException(nameof(TopK), TopK, "top-k must be ≥ 0 (0 disables it)");
-        if (!(TopP >= 0 && TopP <= 1)) throw new ArgumentOutOfRangeException(nameof(TopP), TopP, "top-p must be in [0, 1] (0 disables it)");
-        if (!(AspectRatio > 0) || double.IsInfinity(AspectRatio)) throw new ArgumentOutOfRangeException(nameof(AspectRatio), AspectRatio, "aspect ratio (h/w) must be > 0");
+        if (!(Cfg >= 1) || double.IsInfinity(Cfg)) throw new InvalidOptionException($"cfg must be a finite number ≥ 1 (1 disables guidance), got {Cfg}", nameof(Cfg));
+        if (!(Tau > 0) || double.IsInfinity(Tau)) throw new InvalidOptionException($"tau must be a finite number > 0, got {Tau}", nameof(Tau));
+        if (TopK < 0) throw new InvalidOptionException($"top-k must be ≥ 0 (0 disables it), got {TopK}", nameof(TopK));
+        if (!(TopP >= 0 && TopP <= 1)) throw new InvalidOptionException($"top-p must be in [0, 1] (0 disables it), got {TopP}", nameof(TopP));
+        if (!(AspectRatio > 0) || double.IsInfinity(AspectRatio)) throw new InvalidOptionException($"aspect ratio (h/w) must be > 0, got {AspectRatio}", nameof(AspectRatio));
     }
 }
 
@@ -280,7 +280,7 @@ public static class ImageGeneration
         int max = model.VargptGen.Config.TextMaxLen;
         if (cfg == 1 || contextTokens <= max) return;
         var why = generatedText > 0 ? $" ({generatedText} of them generated text)" : "";
-        throw new ArgumentException(
+        throw new VargptInputException(
             $"the context before <|image_gen_start|> has {contextTokens} tokens{why} but this checkpoint's unconditional CFG branch supports at most {max} " +
             $"(rows of vargpt_gen.cfg_uncond = text_maxlen; the official code fails here). {fix ?? "Shorten the prompt."} Cfg 1 (no guidance) has no such limit.");
     }

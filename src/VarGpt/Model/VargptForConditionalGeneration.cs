@@ -76,9 +76,9 @@ public sealed class VargptForConditionalGeneration : Module, ICausalLanguageMode
         if (config.TieWordEmbeddings)
             throw new NotSupportedException("tie_word_embeddings = true: VARGPT-v1.1 has an untied lm_head and this port only supports that layout");
         if (config.Infinity.TextChannels != config.Infinity.EmbedDim)
-            throw new InvalidDataException($"vargpt_gen_config: text_channels {config.Infinity.TextChannels} must equal embed_dim {config.Infinity.EmbedDim} (VARGPT feeds the sos embedding as Infinity's text)");
+            throw new InvalidFileException($"vargpt_gen_config: text_channels {config.Infinity.TextChannels} must equal embed_dim {config.Infinity.EmbedDim} (VARGPT feeds the sos embedding as Infinity's text)");
         if (config.Infinity.CodebookDim != config.Vae.CodebookDim)
-            throw new InvalidDataException($"vargpt_gen_config.codebook_dim {config.Infinity.CodebookDim} != vae_config.codebook_dim {config.Vae.CodebookDim}");
+            throw new InvalidFileException($"vargpt_gen_config.codebook_dim {config.Infinity.CodebookDim} != vae_config.codebook_dim {config.Vae.CodebookDim}");
         Config = config;
         Parts = parts;
         if (parts.HasFlag(ModelParts.Vision)) visual = new Qwen2VisionTransformerPretrainedModel(config.Vision, device, dtype);

@@ -19,7 +19,7 @@ public sealed record TokenizerIds(int VocabularySize, int Bos, int Eos, int Pad,
     public static TokenizerIds From(QwenTokenizer tok, string dir)
     {
         int Id(string token) => tok.TryTokenToId(token)
-            ?? throw new InvalidDataException($"tokenizer {dir} has no token {token} (VARGPT needs the Qwen2-VL special tokens plus <|image_gen_start|>, <|image_gen_end|>, <|image_gen_pad|>)");
+            ?? throw new InvalidFileException($"tokenizer {dir} has no token {token} (VARGPT needs the Qwen2-VL special tokens plus <|image_gen_start|>, <|image_gen_end|>, <|image_gen_pad|>)");
         var gen = new ImageGenTokens(Id("<|image_gen_start|>"), Id("<|image_gen_end|>"), Id("<|image_gen_pad|>"));
         int eot = Id("<|endoftext|>");
         var ids = new TokenizerIds(tok.VocabularySize, eot, tok.EosTokenId ?? Id("<|im_end|>"), tok.PadTokenId ?? eot,
@@ -77,7 +77,7 @@ public sealed record ModelPreset
         if (FixedVocabSize is { } v)
         {
             if (tokenizerSize > v)
-                throw new ArgumentException($"tokenizer {tokenizerDir} has {tokenizerSize} tokens, more than the {v} embedding rows of preset '{Name}'");
+                throw new InvalidOptionException($"tokenizer {tokenizerDir} has {tokenizerSize} tokens, more than the {v} embedding rows of preset '{Name}'");
             return v;
         }
         return (tokenizerSize + VocabMultiple - 1) / VocabMultiple * VocabMultiple;
@@ -261,5 +261,5 @@ public static class ModelPresets
 
     public static ModelPreset Get(string name) =>
         All.FirstOrDefault(p => string.Equals(p.Name, name.Trim(), StringComparison.OrdinalIgnoreCase))
-        ?? throw new ArgumentException($"unknown preset '{name}'; expected one of: {string.Join(", ", All.Select(p => p.Name))}");
+        ?? throw new InvalidOptionException($"unknown preset '{name}'; expected one of: {string.Join(", ", All.Select(p => p.Name))}");
 }

@@ -51,20 +51,20 @@ public static class RandomCheckpoint
     public static RandomCheckpointResult Create(ModelPreset preset, string outDir, RandomCheckpointOptions options, TextWriter? log = null)
     {
         outDir = Path.GetFullPath(outDir);
-        if (File.Exists(outDir)) throw new ArgumentException($"output path {outDir} is a file, not a folder");
+        if (File.Exists(outDir)) throw new InvalidOptionException($"output path {outDir} is a file, not a folder");
         if (Directory.Exists(outDir) && Directory.EnumerateFileSystemEntries(outDir).Any() && !options.Force)
-            throw new ArgumentException($"output folder {outDir} exists and is not empty (use --force to write into it)");
+            throw new InvalidOptionException($"output folder {outDir} exists and is not empty (use --force to write into it)");
         string? tokDir = options.TokenizerDir is null ? null : Path.GetFullPath(options.TokenizerDir);
         if (tokDir is null && !(preset.HasDefaultTokenizer && options.DefaultTokenizer is not null))
-            throw new ArgumentException($"preset '{preset.Name}' needs --tokenizer DIR: a Qwen2-VL tokenizer folder that includes <|image_gen_start|>, <|image_gen_end|>, <|image_gen_pad|> (e.g. ../shared/tokenizers/qwen2-vl)");
-        if (tokDir is not null && !Directory.Exists(tokDir)) throw new DirectoryNotFoundException($"tokenizer folder not found: {tokDir}");
+            throw new InvalidOptionException($"preset '{preset.Name}' needs --tokenizer DIR: a Qwen2-VL tokenizer folder that includes <|image_gen_start|>, <|image_gen_end|>, <|image_gen_pad|> (e.g. ../shared/tokenizers/qwen2-vl)");
+        if (tokDir is not null && !Directory.Exists(tokDir)) throw new InputNotFoundException($"tokenizer folder not found: {tokDir}");
         var dtype = options.DType ?? preset.DefaultDType;
         if (dtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
-            throw new ArgumentException($"dtype {dtype} is not a floating checkpoint dtype (float32, bfloat16 or float16)");
+            throw new InvalidOptionException($"dtype {dtype} is not a floating checkpoint dtype (float32, bfloat16 or float16)");
 
         var pns = ScaleSchedules.Official.With(preset.CustomPns).PnsOf(1.0);
         if (options.Pn is { } pn && !pns.Contains(pn))
-            throw new ArgumentException($"unknown pn '{pn}' for preset '{preset.Name}'; registered for template 1.0: {string.Join(", ", pns)}");
+            throw new InvalidOptionException($"unknown pn '{pn}' for preset '{preset.Name}'; registered for template 1.0: {string.Join(", ", pns)}");
 
         Directory.CreateDirectory(outDir);
         // Tokenizer first: config.json's vocabulary size and special ids are read from the files.
@@ -77,7 +77,7 @@ public static class RandomCheckpoint
         {
             var present = TokenizerFiles.Where(f => File.Exists(Path.Combine(tokDir, f))).ToList();
             if (!present.Contains("tokenizer.json") && !(present.Contains("vocab.json") && present.Contains("merges.txt")))
-                throw new FileNotFoundException($"tokenizer folder {tokDir} has no tokenizer.json and no vocab.json + merges.txt pair");
+                throw new InputNotFoundException($"tokenizer folder {tokDir} has no tokenizer.json and no vocab.json + merges.txt pair");
             if (!SameDir(tokDir, outDir))
                 foreach (var f in present)
                 {

@@ -76,7 +76,7 @@ public sealed class QwenTokenizer
             if (!a.Special && namedSpecial.Contains(content)) _addedByContent[content] = a with { Special = true };
 
         if (_addedByContent.Values.GroupBy(a => a.Id).FirstOrDefault(g => g.Count() > 1) is { } dup)
-            throw new InvalidDataException($"{source}: added tokens {string.Join(", ", dup.Select(a => $"'{a.Content}'"))} share id {dup.Key}");
+            throw new InvalidFileException($"{source}: added tokens {string.Join(", ", dup.Select(a => $"'{a.Content}'"))} share id {dup.Key}");
         _addedById = _addedByContent.Values.ToDictionary(a => a.Id);
         AddedTokens = _addedById.Values.OrderBy(a => a.Id).ToList();
 
@@ -84,7 +84,7 @@ public sealed class QwenTokenizer
         _idToToken = new string?[maxId + 1];
         foreach (var (tok, id) in vocab)
         {
-            if (id < 0) throw new InvalidDataException($"{source}: token '{tok}' has negative id {id}");
+            if (id < 0) throw new InvalidFileException($"{source}: token '{tok}' has negative id {id}");
             _idToToken[id] = tok;
         }
         foreach (var a in AddedTokens) _idToToken[a.Id] = a.Content;
@@ -93,7 +93,7 @@ public sealed class QwenTokenizer
             ? c.Str("chat_template") : null;
 
         foreach (var t in new[] { EosToken, PadToken, BosToken })
-            if (t != null && TryTokenToId(t) == null) throw new InvalidDataException($"{source}: special token '{t}' is not in the vocabulary or the added tokens");
+            if (t != null && TryTokenToId(t) == null) throw new InvalidFileException($"{source}: special token '{t}' is not in the vocabulary or the added tokens");
 
         if (AddedTokens.Count > 0)
         {
@@ -118,7 +118,7 @@ public sealed class QwenTokenizer
     {
         JsonValueKind.String => e.GetString()!,
         JsonValueKind.Object when e.TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String => c.GetString()!,
-        _ => throw new InvalidDataException($"{source}: '{key}' must be a token string or an object with 'content', found {e.GetRawText()}"),
+        _ => throw new InvalidFileException($"{source}: '{key}' must be a token string or an object with 'content', found {e.GetRawText()}"),
     };
 
     // ---------------------------------------------------------------- loading
@@ -126,27 +126,27 @@ public sealed class QwenTokenizer
     /// <summary>Loads the tokenizer of a checkpoint folder (tokenizer.json preferred, else vocab.json + merges.txt).</summary>
     public static QwenTokenizer FromDirectory(string dir)
     {
-        if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"tokenizer folder {dir} does not exist");
+        if (!Directory.Exists(dir)) throw new InputNotFoundException($"tokenizer folder {dir} does not exist");
         string P(string f) => Path.Combine(dir, f);
         var config = ReadJsonIfExists(P("tokenizer_config.json"));
         var specialMap = ReadJsonIfExists(P("special_tokens_map.json"));
         if (File.Exists(P("tokenizer.json"))) return FromTokenizerJson(P("tokenizer.json"), config, specialMap);
         if (File.Exists(P("vocab.json")) && File.Exists(P("merges.txt"))) return FromVocabAndMerges(dir, config, specialMap);
-        throw new FileNotFoundException($"{dir}: no tokenizer.json and no vocab.json + merges.txt pair");
+        throw new InputNotFoundException($"{dir}: no tokenizer.json and no vocab.json + merges.txt pair");
     }
 
     static JsonFields? ReadJsonIfExists(string path)
     {
         if (!File.Exists(path)) return null;
         try { return new JsonFields(JsonDocument.Parse(File.ReadAllText(path)).RootElement, path); }
-        catch (JsonException e) { throw new InvalidDataException($"{path}: invalid JSON: {e.Message}", e); }
+        catch (JsonException e) { throw new InvalidFileException($"{path}: invalid JSON: {e.Message}", e); }
     }
 
     static QwenTokenizer FromTokenizerJson(string path, JsonFields? config, JsonFields? specialMap)
     {
         JsonElement root;
         try { root = JsonDocument.Parse(File.ReadAllText(path)).RootElement; }
-        catch (JsonException e) { throw new InvalidDataException($"{path}: invalid JSON: {e.Message}", e); }
+        catch (JsonException e) { throw new InvalidFileException($"{path}: invalid JSON: {e.Message}", e); }
         var j = new JsonFields(root, path);
         var model = j.Obj("model");
         string type = model.Str("type", "BPE");
@@ -186,8 +186,8 @@ public sealed class QwenTokenizer
     {
         string vocabPath = Path.Combine(dir, "vocab.json"), mergesPath = Path.Combine(dir, "merges.txt");
         Dictionary<string, int> vocab;
-        try { vocab = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(vocabPath)) ?? throw new InvalidDataException($"{vocabPath}: empty"); }
-        catch (JsonException e) { throw new InvalidDataException($"{vocabPath}: must be a JSON object token -> id: {e.Message}", e); }
+        try { vocab = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(vocabPath)) ?? throw new InvalidFileException($"{vocabPath}: empty"); }
+        catch (JsonException e) { throw new InvalidFileException($"{vocabPath}: must be a JSON object token -> id: {e.Message}", e); }
         vocab = new Dictionary<string, int>(vocab, StringComparer.Ordinal);
         // merges.txt: optional "#version" header, one "left right" pair per line
         var merges = File.ReadLines(mergesPath).Select(l => l.TrimEnd('\r'))
@@ -204,7 +204,7 @@ public sealed class QwenTokenizer
         if (File.Exists(addedPath))
         {
             var extra = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(addedPath))
-                ?? throw new InvalidDataException($"{addedPath}: empty");
+                ?? throw new InvalidFileException($"{addedPath}: empty");
             // tokens only listed here are plain (non-special) added tokens unless the special-token maps name them
             foreach (var (content, id) in extra) added.TryAdd(id, new AddedToken(id, content, Special: false));
         }

@@ -15,10 +15,10 @@ public static class TorchRuntime
         if (n == "cuda" || n.StartsWith("cuda:"))
         {
             if (!cuda.is_available())
-                throw new ArgumentException($"device '{name}' requested but CUDA is not available (this build uses the CPU libtorch package; see README 'Platform notes').");
+                throw new InvalidOptionException($"device '{name}' requested but CUDA is not available (this build uses the CPU libtorch package; see README 'Platform notes').");
             return new Device(n);
         }
-        throw new ArgumentException($"unknown device '{name}'; expected cpu, cuda or cuda:N");
+        throw new InvalidOptionException($"unknown device '{name}'; expected cpu, cuda or cuda:N");
     }
 
     /// <summary>Parses float32|fp32|bfloat16|bf16|float16|fp16.</summary>
@@ -27,7 +27,7 @@ public static class TorchRuntime
         "float32" or "fp32" or "float" or "f32" => ScalarType.Float32,
         "bfloat16" or "bf16" => ScalarType.BFloat16,
         "float16" or "fp16" or "half" or "f16" => ScalarType.Float16,
-        _ => throw new ArgumentException($"unknown dtype '{name}'; expected float32, bfloat16 or float16"),
+        _ => throw new InvalidOptionException($"unknown dtype '{name}'; expected float32, bfloat16 or float16"),
     };
 
     /// <summary>

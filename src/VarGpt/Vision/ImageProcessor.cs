@@ -46,7 +46,7 @@ public sealed class ImageProcessor(PreprocessorConfig settings)
         foreach (var (key, on) in new[] { ("do_resize", s.DoResize), ("do_rescale", s.DoRescale), ("do_normalize", s.DoNormalize), ("do_convert_rgb", s.DoConvertRgb) })
             if (!on) throw new NotSupportedException($"preprocessor config: '{key}': false is not supported (the VARGPT processor always applies this step)");
         if (!Enum.IsDefined((PilFilter)s.Resample))
-            throw new InvalidDataException($"preprocessor config: field 'resample' = {s.Resample} is not a PIL filter (0..5)");
+            throw new InvalidFileException($"preprocessor config: field 'resample' = {s.Resample} is not a PIL filter (0..5)");
         return s;
     }
 

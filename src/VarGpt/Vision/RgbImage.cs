@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 namespace VarGpt.Vision;
 
 /// <summary>An image file that could not be read; the message names the file and the reason.</summary>
-public sealed class ImageLoadException(string path, string reason) : Exception($"{path}: {reason}")
+public sealed class ImageLoadException(string path, string reason) : VargptInputException($"{path}: {reason}")
 {
     public string FilePath { get; } = path;
 }
@@ -69,7 +69,7 @@ public sealed class RgbImage
     public static RgbImage Load(string path)
     {
         if (!File.Exists(path))
-            throw new FileNotFoundException(Directory.Exists(path) ? $"{path}: is a directory, not an image file" : $"image file not found: {path}", path);
+            throw new InputNotFoundException(Directory.Exists(path) ? $"{path}: is a directory, not an image file" : $"image file not found: {path}", path);
         byte[] bytes;
         try { bytes = File.ReadAllBytes(path); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)

@@ -16,7 +16,7 @@ namespace VarGpt.Tests.Architecture;
 /// </summary>
 public class DependencyTests
 {
-    static readonly ArchAssembly Library = typeof(Inference.VargptModel).Assembly;
+    static readonly ArchAssembly Library = typeof(VarGpt.Inference.VargptModel).Assembly;
     static readonly ArchAssembly Training = typeof(VarGpt.Training.TrainingConfig).Assembly;
     static readonly ArchAssembly ShapesWorld = typeof(VarGpt.ShapesWorld.ShapesWorldGenerator).Assembly;
     static readonly ArchAssembly Golden = typeof(VarGpt.Golden.FixtureKinds).Assembly;

@@ -3,6 +3,8 @@ using TorchSharp;
 using VarGpt.Checkpoint;
 using static TorchSharp.torch;
 
+using VarGpt;
+
 namespace VarGpt.Tests.Checkpoint;
 
 public class CheckpointReaderTests
@@ -58,7 +60,7 @@ public class CheckpointReaderTests
         var ts = SomeTensors(3);
         SafeTensorsWriter.SaveSharded(d.Path, ts, maxShardBytes: 5000);
         File.Delete(d["model-00002-of-00003.safetensors"]);
-        var e = Assert.Throws<FileNotFoundException>(() => CheckpointReader.Open(d.Path));
+        var e = Assert.Throws<InputNotFoundException>(() => CheckpointReader.Open(d.Path));
         Assert.Contains("model-00002-of-00003.safetensors", e.Message);
         Assert.Contains("model.safetensors.index.json", e.Message);
         Assert.DoesNotContain("model-00001", e.Message);
@@ -96,10 +98,10 @@ public class CheckpointReaderTests
     {
         TorchTestSetup.Init();
         using var d = TestPaths.Temp();
-        Assert.Contains("no model.safetensors", Assert.Throws<FileNotFoundException>(() => CheckpointReader.Open(d.Path)).Message);
+        Assert.Contains("no model.safetensors", Assert.Throws<InputNotFoundException>(() => CheckpointReader.Open(d.Path)).Message);
         using var w = ones(2);
         SafeTensorsWriter.Save(d["weights.safetensors"], [new("w", w)]);
-        Assert.Contains("weights.safetensors", Assert.Throws<FileNotFoundException>(() => CheckpointReader.Open(d.Path)).Message);
+        Assert.Contains("weights.safetensors", Assert.Throws<InputNotFoundException>(() => CheckpointReader.Open(d.Path)).Message);
         using var r = CheckpointReader.Open(d["weights.safetensors"]); // a file path works
         Assert.True(r.Contains("w"));
     }

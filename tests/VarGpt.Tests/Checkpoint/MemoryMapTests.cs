@@ -1,12 +1,13 @@
 using System.Security.Cryptography;
 using VarGpt.Checkpoint;
 using VarGpt.Model;
-using VarGpt.Tests.ImageGen;
 using VarGpt.Torch;
 using TorchSharp;
 using static TorchSharp.torch;
 using VarGpt.Configuration;
 using VarGpt.Inference;
+
+using VarGpt.Tests.TestModels;
 
 namespace VarGpt.Tests.Checkpoint;
 

@@ -4,6 +4,8 @@ using TorchSharp;
 using VarGpt.Checkpoint;
 using static TorchSharp.torch;
 
+using VarGpt;
+
 namespace VarGpt.Tests.Checkpoint;
 
 public class SafeTensorsTests
@@ -121,7 +123,7 @@ public class SafeTensorsTests
     public void Missing_file_names_the_path()
     {
         using var d = TestPaths.Temp();
-        var e = Assert.Throws<FileNotFoundException>(() => SafeTensorsFile.Open(d["nope.safetensors"]));
+        var e = Assert.Throws<InputNotFoundException>(() => SafeTensorsFile.Open(d["nope.safetensors"]));
         Assert.Contains("nope.safetensors", e.Message);
     }
 

@@ -2,6 +2,8 @@ using VarGpt.Model;
 using VarGpt.Tests.ShapesWorld;
 using VarGpt.Inference;
 
+using VarGpt.Tests.TestModels;
+
 namespace VarGpt.Tests.Cli;
 
 /// <summary>

@@ -234,7 +234,7 @@ public class BsqVaeTests(ITestOutputHelper output)
     {
         TorchTestSetup.Init();
         using var f = new Fixture(Path.Combine(TestPaths.Golden, "vargpt_generate"));
-        var cfg = VaeConfig.Parse(new JsonFields(f.Config.GetProperty("vae"), f.Id + ":config.vae"));
+        var cfg = ConfigJson.Parse<VaeConfig>(f.Config.GetProperty("vae"), f.Id + ":config.vae");
         using var vae = new BsqVae(cfg);
         var weights = f.LoadWeights();
         StateDict.Load(vae, weights, new StateDictOptions { Prefix = ModelComponents.Vae.Prefix });

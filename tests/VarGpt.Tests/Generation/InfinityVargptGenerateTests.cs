@@ -26,7 +26,7 @@ public class InfinityVargptGenerateTests
         using var scope = NewDisposeScope();
         using var f = new Fixture(Dir);
         var cfgJson = f.Config;
-        var inf = InfinityConfig.Parse(new JsonFields(cfgJson.GetProperty("infinity"), "vargpt_generate config.infinity"));
+        var inf = ConfigJson.Parse<InfinityConfig>(cfgJson.GetProperty("infinity"), "vargpt_generate config.infinity");
         int hidden = cfgJson.GetProperty("config").GetProperty("hidden_size").GetInt32();
         int startId = cfgJson.GetProperty("config").GetProperty("special_tokens").GetProperty("image_gen_start_token_id").GetInt32();
         var entry = cfgJson.GetProperty("custom_pn_entries").GetProperty("1.0/fx5");

@@ -6,6 +6,8 @@ using VarGpt.Model;
 using static TorchSharp.torch;
 using VarGpt.Configuration;
 
+using VarGpt.Tests.TestModels;
+
 namespace VarGpt.Tests.LanguageModel;
 
 [Collection(nameof(TorchDefaultsCollection))]

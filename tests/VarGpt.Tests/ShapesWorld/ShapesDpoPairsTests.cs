@@ -11,6 +11,8 @@ using VarGpt.Configuration;
 using VarGpt.Inference;
 using VarGpt.Presets;
 
+using VarGpt;
+
 namespace VarGpt.Tests.ShapesWorld;
 
 /// <summary>(Builds and loads a random-weight ShapesWorld model, which uses TorchRuntime.DefaultsScope: runs outside parallel tests.)</summary>
@@ -109,7 +111,7 @@ public class ShapesDpoPairsTests(ITestOutputHelper output)
         // each distinct image written once: 3 prompts x 4 samples
         Assert.Equal(12, Directory.GetFiles(Path.Combine(d.Path, "images", ShapesDpoPairs.DatasetName)).Length);
 
-        var records = DatasetLoader.Load([ShapesDpoPairs.DatasetName], new DatasetLoadOptions { DatasetDir = d.Path, Stage = "dpo" });
+        var records = DatasetLoader.Load([ShapesDpoPairs.DatasetName], new DatasetLoadOptions { DatasetDir = d.Path, Ranking = true });
         Assert.Equal(pairs.Count, records.Count);
         for (int i = 0; i < records.Count; i++)
         {
@@ -137,7 +139,7 @@ public class ShapesDpoPairsTests(ITestOutputHelper output)
 
         var cfg = VargptConfig.Load(ModelDir.Value);
         var collator = new VargptCollator(QwenTokenizer.FromDirectory(ModelDir.Value), cfg, new VargptCollatorOptions { ImageGenResolution = 128 });
-        var encoded = collator.EncodeAll(records, "dpo");
+        var encoded = collator.EncodeAll(records, TrainingStage.Dpo);
         Assert.Empty(encoded.Skipped);
         Assert.Equal(pairs.Count, encoded.Items.Count);
         Assert.All(encoded.Items, it => Assert.NotNull(it.Rejected));
@@ -188,8 +190,8 @@ public class ShapesDpoPairsTests(ITestOutputHelper output)
     public void Options_are_checked_before_any_work()
     {
         var o = new ShapesDpoMiningOptions();
-        Assert.Contains("samples per prompt", Assert.Throws<ArgumentOutOfRangeException>(() => (o with { SamplesPerPrompt = 1 }).Validate()).Message);
-        Assert.Contains("Seed and Count", Assert.Throws<ArgumentException>(() => (o with { Image = new ImageOptions { Count = 2 } }).Validate()).Message);
+        Assert.Contains("samples per prompt", Assert.Throws<InvalidOptionException>(() => (o with { SamplesPerPrompt = 1 }).Validate()).Message);
+        Assert.Contains("Seed and Count", Assert.Throws<InvalidOptionException>(() => (o with { Image = new ImageOptions { Count = 2 } }).Validate()).Message);
         var edit = World.Sample(ShapesSplit.Train, 0, ShapesTaskKind.Edit);
         Assert.Contains("text-to-image", Assert.Throws<ArgumentException>(() => ShapesDpoPairs.FormPairs(edit, edit.Assistant, [], 1)).Message);
         var t2i = World.Sample(ShapesSplit.Train, 0, ShapesTaskKind.TextToImage);
@@ -207,7 +209,7 @@ public class ShapesDpoPairsTests(ITestOutputHelper output)
         Assert.Contains("train-prompt accuracy", o);
         Assert.Contains("4 images", o);
         // a random model draws noise: normally no pair (exit 1, nothing written); a pair would give a loadable dataset
-        if (code == 0) Assert.NotEmpty(DatasetLoader.Load([ShapesDpoPairs.DatasetName], new DatasetLoadOptions { DatasetDir = d.Path, Stage = "dpo" }));
+        if (code == 0) Assert.NotEmpty(DatasetLoader.Load([ShapesDpoPairs.DatasetName], new DatasetLoadOptions { DatasetDir = d.Path, Ranking = true }));
         else { Assert.Equal(1, code); Assert.Contains("no pairs", e); }
 
         (code, _, e) = VarGpt.Tests.Cli.CliHarness.Run("shapes", "mine-dpo", "--model", ModelDir.Value, "--out", d.Path, "--samples", "1");

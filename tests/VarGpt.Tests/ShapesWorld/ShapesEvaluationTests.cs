@@ -5,6 +5,10 @@ using VarGpt.ShapesWorld;
 using VarGpt.Tests.Cli;
 using VarGpt.Inference;
 
+using VarGpt;
+
+using VarGpt.Tests.TestModels;
+
 namespace VarGpt.Tests.ShapesWorld;
 
 /// <summary>
@@ -39,9 +43,9 @@ public class ShapesEvaluationTests(ITestOutputHelper output)
         File.WriteAllText(tmp[ShapesTraining.WorldFile], """{"seed": 5, "image_size": 128, "train_samples": 20000}""");   // extra fields are ignored
         Assert.Equal(new ShapesWorldOptions { Seed = 5 }, ShapesTraining.ReadWorld(tmp.Path));
         File.WriteAllText(tmp[ShapesTraining.WorldFile], """{"image_size": 128}""");
-        Assert.Contains("'seed'", Assert.Throws<InvalidDataException>(() => ShapesTraining.ReadWorld(tmp.Path)).Message);
+        Assert.Contains("'seed'", Assert.Throws<InvalidFileException>(() => ShapesTraining.ReadWorld(tmp.Path)).Message);
         File.Delete(tmp[ShapesTraining.WorldFile]);
-        Assert.Contains(ShapesTraining.WorldFile, Assert.Throws<FileNotFoundException>(() => ShapesEvaluation.Run(tmp.Path, cancellationToken: TestContext.Current.CancellationToken)).Message);
+        Assert.Contains(ShapesTraining.WorldFile, Assert.Throws<InputNotFoundException>(() => ShapesEvaluation.Run(tmp.Path, cancellationToken: TestContext.Current.CancellationToken)).Message);
     }
 
     [Fact]

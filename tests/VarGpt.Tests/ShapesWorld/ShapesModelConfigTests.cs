@@ -6,6 +6,8 @@ using VarGpt.Vision;
 using static TorchSharp.torch;
 using VarGpt.Configuration;
 
+using VarGpt;
+
 namespace VarGpt.Tests.ShapesWorld;
 
 public class ShapesModelConfigTests(ITestOutputHelper output)
@@ -99,10 +101,10 @@ public class ShapesModelConfigTests(ITestOutputHelper output)
         var c2 = VargptConfig.Parse(other.RootElement, "other config");
         Assert.Equal(1 + 4 + 25, c2.Schedules.Get(1.0, "cfgtest3").SequenceLength);
         Assert.Equal(21, c.Schedules.Get(1.0, "cfgtest3").SequenceLength);
-        Assert.Throws<ArgumentException>(() => ScaleSchedules.Official.Get(1.0, "cfgtest3"));
+        Assert.Throws<InvalidOptionException>(() => ScaleSchedules.Official.Get(1.0, "cfgtest3"));
         // an entry that redefines an official pn is an error naming its key
         using var bad = System.Text.Json.JsonDocument.Parse(json.Replace("1.0/cfgtest3", "1.0/0.06M"));
-        var e = Assert.Throws<InvalidDataException>(() => VargptConfig.Parse(bad.RootElement, "bad config"));
+        var e = Assert.Throws<InvalidFileException>(() => VargptConfig.Parse(bad.RootElement, "bad config"));
         Assert.Contains("1.0/0.06M", e.Message);
     }
 }

@@ -5,6 +5,8 @@ using VarGpt.ShapesWorld;
 using VarGpt.Training;
 using VarGpt.Inference;
 
+using VarGpt;
+
 namespace VarGpt.Tests.ShapesWorld;
 
 /// <summary>The CI smoke test of `vargpt shapes train`: a few steps of every stage on the real ShapesWorld sizes.</summary>
@@ -31,7 +33,7 @@ public class ShapesTrainingTests(ITestOutputHelper output)
         foreach (var (text, expected) in new[] { ("{\"Prompts\": 300}", "no integer 'Pairs'"), ("{\"Pairs\": ", "not valid JSON") })
         {
             File.WriteAllText(file, text);
-            var e = Assert.Throws<InvalidDataException>(() => ShapesTraining.MinedPairs(dir.Path));
+            var e = Assert.Throws<InvalidFileException>(() => ShapesTraining.MinedPairs(dir.Path));
             Assert.Contains(file, e.Message);
             Assert.Contains(expected, e.Message);
         }
@@ -64,8 +66,8 @@ public class ShapesTrainingTests(ITestOutputHelper output)
             Assert.True(File.Exists(ShapesTraining.DoneMarker(dir.Path, stage)));
         }
         Assert.True(File.Exists(Path.Combine(dir.Path, "sft.yaml")), "each stage leaves its yaml");
-        Assert.Equal("labels", TrainingConfig.Load(Path.Combine(dir.Path, "sft.yaml")).GenTextLoss);
-        Assert.Equal("official", TrainingConfig.Load(Path.Combine(dir.Path, "align.yaml")).GenTextLoss);
+        Assert.Equal(GenTextLoss.Labels, TrainingConfig.Load(Path.Combine(dir.Path, "sft.yaml")).GenTextLoss);
+        Assert.Equal(GenTextLoss.Official, TrainingConfig.Load(Path.Combine(dir.Path, "align.yaml")).GenTextLoss);
 
         // between two stages' model.safetensors: the same tensor names, and exactly the expected ones of `keys` changed
         void AssertChanged(string fromStage, string toStage, string[] keys, Func<string, bool> changes)

@@ -7,7 +7,7 @@ using VarGpt.Model;
 
 namespace VarGpt.Tests.ShapesWorld;
 
-[Collection(nameof(VarGpt.Tests.Training.GlobalRngCollection))]
+[Collection(nameof(GlobalRngCollection))]
 public class VaeTrainingTests(ITestOutputHelper output)
 {
     /// <summary>A tiny VAE on 64² images (4×4 latent, scales 1,2,4) so a few steps run in seconds.</summary>

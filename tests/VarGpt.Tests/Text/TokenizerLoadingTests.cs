@@ -2,6 +2,8 @@ using System.Text;
 using System.Text.Json;
 using VarGpt.Text;
 
+using VarGpt;
+
 namespace VarGpt.Tests.Text;
 
 /// <summary>The loader on other layouts: vocab.json + merges.txt without tokenizer.json, and a tiny Qwen2-style tokenizer.json.</summary>
@@ -33,7 +35,7 @@ public class TokenizerLoadingTests
     public void Missing_files_are_named()
     {
         using var tmp = TestPaths.Temp();
-        var e = Assert.Throws<FileNotFoundException>(() => QwenTokenizer.FromDirectory(tmp.Path));
+        var e = Assert.Throws<InputNotFoundException>(() => QwenTokenizer.FromDirectory(tmp.Path));
         Assert.Contains("tokenizer.json", e.Message);
         File.WriteAllText(tmp["tokenizer.json"], """{"model": {"type": "Unigram", "vocab": []}}""");
         var u = Assert.Throws<NotSupportedException>(() => QwenTokenizer.FromDirectory(tmp.Path));

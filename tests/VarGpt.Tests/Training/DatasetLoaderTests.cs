@@ -1,5 +1,8 @@
 using System.Text.Json;
+using VarGpt.Training;
 using VarGpt.Training.Data;
+
+using VarGpt;
 
 namespace VarGpt.Tests.Training;
 
@@ -102,7 +105,7 @@ public class DatasetLoaderTests
         Assert.EndsWith("lines.jsonl", recs[4].File);
         Assert.Equal(1, recs[5].Index);
 
-        var pref = Assert.Single(DatasetLoader.Load(["pref"], new DatasetLoadOptions { DatasetDir = d.Path, Stage = "dpo" }));
+        var pref = Assert.Single(DatasetLoader.Load(["pref"], new DatasetLoadOptions { DatasetDir = d.Path, Ranking = true }));
         Assert.Equal(RecordKind.Preference, pref.Kind);
         Assert.Equal(["Sure.<image_gen>", "Here.<image_gen>"], pref.Response.Select(r => r.Content));
         Assert.Equal(["a.png", "b.png"], pref.Images.Select(i => Path.GetFileName(i.Path)));
@@ -123,11 +126,11 @@ public class DatasetLoaderTests
     {
         using var d = TestPaths.Temp();
         WriteSamples(d);
-        var e1 = Assert.Throws<InvalidDataException>(() => DatasetLoader.Load(["pref"], new DatasetLoadOptions { DatasetDir = d.Path }));
+        var e1 = Assert.Throws<InvalidFileException>(() => DatasetLoader.Load(["pref"], new DatasetLoadOptions { DatasetDir = d.Path }));
         Assert.Contains("'pref'", e1.Message);
-        var e2 = Assert.Throws<InvalidDataException>(() => DatasetLoader.Load(["mixed"], new DatasetLoadOptions { DatasetDir = d.Path, Stage = "dpo" }));
+        var e2 = Assert.Throws<InvalidFileException>(() => DatasetLoader.Load(["mixed"], new DatasetLoadOptions { DatasetDir = d.Path, Ranking = true }));
         Assert.Contains("'mixed'", e2.Message);
-        var e3 = Assert.Throws<InvalidDataException>(() => DatasetLoader.Load(["nope"], new DatasetLoadOptions { DatasetDir = d.Path }));
+        var e3 = Assert.Throws<InvalidFileException>(() => DatasetLoader.Load(["nope"], new DatasetLoadOptions { DatasetDir = d.Path }));
         Assert.Contains("undefined dataset 'nope'", e3.Message);
     }
 
@@ -176,7 +179,7 @@ public class DatasetLoaderTests
             new { messages = new[] { U("x"), A("y") }, chosen = A("<image_gen>"), rejected = U("<image_gen>"), images = new[] { "imgs/a.png" } },
         };
         File.WriteAllText(d["pref.json"], JsonSerializer.Serialize(bad));
-        var ex = Assert.Throws<DatasetValidationException>(() => DatasetLoader.Load(["pref"], new DatasetLoadOptions { DatasetDir = d.Path, Stage = "dpo" }));
+        var ex = Assert.Throws<DatasetValidationException>(() => DatasetLoader.Load(["pref"], new DatasetLoadOptions { DatasetDir = d.Path, Ranking = true }));
         Assert.Contains(ex.Issues, i => i.Index == 0 && i.Field == "chosen.content");
         Assert.Contains(ex.Issues, i => i.Index == 1 && i.Reason.Contains("preference prompt"));
         Assert.Contains(ex.Issues, i => i.Index == 2 && i.Field == "messages" && i.Reason.Contains("odd number"));
@@ -207,9 +210,9 @@ public class DatasetLoaderTests
               "e": {"file_name": "e.csv", "formatting": "sharegpt"} }
             """);
         File.WriteAllText(d["e.csv"], "x");
-        Assert.Contains("dataset 'a': unknown key 'colums'", Assert.Throws<InvalidDataException>(() => DatasetLoader.Load(["a"], new DatasetLoadOptions { DatasetDir = d.Path })).Message);
-        Assert.Contains("formatting 'alpaca'", Assert.Throws<NotSupportedException>(() => DatasetLoader.Load(["b"], new DatasetLoadOptions { DatasetDir = d.Path })).Message);
-        Assert.Contains("'hf_hub_url'", Assert.Throws<NotSupportedException>(() => DatasetLoader.Load(["c"], new DatasetLoadOptions { DatasetDir = d.Path })).Message);
-        Assert.Contains("allowed file types", Assert.Throws<NotSupportedException>(() => DatasetLoader.Load(["e"], new DatasetLoadOptions { DatasetDir = d.Path })).Message);
+        Assert.Contains("dataset 'a': unknown key 'colums'", Assert.Throws<InvalidFileException>(() => DatasetLoader.Load(["a"], new DatasetLoadOptions { DatasetDir = d.Path })).Message);
+        Assert.Contains("formatting 'alpaca'", Assert.Throws<InvalidFileException>(() => DatasetLoader.Load(["b"], new DatasetLoadOptions { DatasetDir = d.Path })).Message);
+        Assert.Contains("'hf_hub_url'", Assert.Throws<InvalidFileException>(() => DatasetLoader.Load(["c"], new DatasetLoadOptions { DatasetDir = d.Path })).Message);
+        Assert.Contains("allowed file types", Assert.Throws<InvalidFileException>(() => DatasetLoader.Load(["e"], new DatasetLoadOptions { DatasetDir = d.Path })).Message);
     }
 }

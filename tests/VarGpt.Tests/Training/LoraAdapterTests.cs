@@ -8,6 +8,10 @@ using VarGpt.Training;
 using static TorchSharp.torch;
 using VarGpt.Inference;
 
+using VarGpt;
+
+using VarGpt.Tests.TestModels;
+
 namespace VarGpt.Tests.Training;
 
 /// <summary>LoraAdapter.Merge and VargptModelOptions.Adapter on a tiny random ShapesWorld model folder.</summary>
@@ -112,9 +116,9 @@ public class LoraAdapterTests
             Assert.Equal(["model.layers.0.self_attn.q_proj"], p.Adapter!.Merged);
             Assert.Equal(["vargpt_gen.word_embed"], p.Adapter.Skipped);
         }
-        Assert.Contains("vargpt_gen.word_embed.lora_A.weight", Assert.Throws<InvalidDataException>(() => VargptModel.Load(dir, new VargptModelOptions { Adapter = gen })).Message);
-        Assert.Throws<ArgumentException>(() => new VargptModelOptions { Adapter = dir, MergeAdapter = false }.ResolveAdapter(dir));
-        var missing = Assert.Throws<DirectoryNotFoundException>(() => VargptModel.Load(dir, new VargptModelOptions { Adapter = tmp["nope"] }));
+        Assert.Contains("vargpt_gen.word_embed.lora_A.weight", Assert.Throws<InvalidFileException>(() => VargptModel.Load(dir, new VargptModelOptions { Adapter = gen })).Message);
+        Assert.Throws<InvalidOptionException>(() => new VargptModelOptions { Adapter = dir, MergeAdapter = false }.ResolveAdapter(dir));
+        var missing = Assert.Throws<InputNotFoundException>(() => VargptModel.Load(dir, new VargptModelOptions { Adapter = tmp["nope"] }));
         Assert.Contains(tmp["nope"], missing.Message);
     }
 
@@ -156,11 +160,11 @@ public class LoraAdapterTests
 
         var noConfig = tmp["no-config"];
         Directory.CreateDirectory(noConfig);
-        Assert.Contains(LoraAdapter.ConfigFile, Fails<FileNotFoundException>(noConfig));
-        Assert.Contains(LoraAdapter.WeightsFile, Fails<FileNotFoundException>(Adapter(tmp, "no-weights", writeWeights: false)));
-        Assert.Contains("not found", Fails<DirectoryNotFoundException>(tmp["missing"]));
+        Assert.Contains(LoraAdapter.ConfigFile, Fails<InputNotFoundException>(noConfig));
+        Assert.Contains(LoraAdapter.WeightsFile, Fails<InputNotFoundException>(Adapter(tmp, "no-weights", writeWeights: false)));
+        Assert.Contains("not found", Fails<InputNotFoundException>(tmp["missing"]));
 
-        var unknown = Fails<InvalidDataException>(Adapter(tmp, "unknown", tensors: new()
+        var unknown = Fails<InvalidFileException>(Adapter(tmp, "unknown", tensors: new()
         {
             ["base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight"] = zeros(4, 64),
             ["base_model.model.model.layers.7.self_attn.q_proj.lora_B.weight"] = zeros(64, 4),
@@ -168,7 +172,7 @@ public class LoraAdapterTests
         Assert.Contains("model.layers.7.self_attn.q_proj", unknown);
         Assert.Contains("has no module", unknown);
 
-        var shape = Fails<InvalidDataException>(Adapter(tmp, "shape", tensors: new()
+        var shape = Fails<InvalidFileException>(Adapter(tmp, "shape", tensors: new()
         {
             ["base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight"] = zeros(4, 64),
             ["base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"] = zeros(64, 4),   // v_proj has 32 outputs
@@ -176,29 +180,29 @@ public class LoraAdapterTests
         Assert.Contains("v_proj.lora_B.weight", shape);
         Assert.Contains("expected [32, 4]", shape);
 
-        var rank = Fails<InvalidDataException>(Adapter(tmp, "rank", c => c["r"] = 8));
+        var rank = Fails<InvalidFileException>(Adapter(tmp, "rank", c => c["r"] = 8));
         Assert.Contains("expected [8, 64]", rank);
 
-        var noB = Fails<InvalidDataException>(Adapter(tmp, "no-b", tensors: new() { ["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"] = zeros(4, 64) }));
+        var noB = Fails<InvalidFileException>(Adapter(tmp, "no-b", tensors: new() { ["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"] = zeros(4, 64) }));
         Assert.Contains("lora_B.weight", noB);
 
-        var other = Fails<InvalidDataException>(Adapter(tmp, "other", tensors: new() { ["base_model.model.model.layers.0.self_attn.q_proj.weight"] = zeros(64, 64) }));
+        var other = Fails<InvalidFileException>(Adapter(tmp, "other", tensors: new() { ["base_model.model.model.layers.0.self_attn.q_proj.weight"] = zeros(64, 64) }));
         Assert.Contains("not a LoRA weight", other);
 
-        var notLinear = Fails<InvalidDataException>(Adapter(tmp, "not-linear", c => c["target_modules"] = new JsonArray("embed_tokens"), tensors: new()
+        var notLinear = Fails<InvalidFileException>(Adapter(tmp, "not-linear", c => c["target_modules"] = new JsonArray("embed_tokens"), tensors: new()
         {
             ["base_model.model.model.embed_tokens.lora_A.weight"] = zeros(4, 64),
             ["base_model.model.model.embed_tokens.lora_B.weight"] = zeros(64, 4),
         }));
         Assert.Contains("not a Linear", notLinear);
 
-        Assert.Contains("target_modules", Fails<InvalidDataException>(Adapter(tmp, "untargeted", c => c["target_modules"] = new JsonArray("k_proj"))));
-        Assert.Contains("use_rslora", Fails<InvalidDataException>(Adapter(tmp, "rslora", c => c["use_rslora"] = true)));
-        Assert.Contains("use_dora", Fails<InvalidDataException>(Adapter(tmp, "dora", c => c["use_dora"] = true)));
-        Assert.Contains("bias", Fails<InvalidDataException>(Adapter(tmp, "bias", c => c["bias"] = "all")));
-        Assert.Contains("'r'", Fails<InvalidDataException>(Adapter(tmp, "no-r", c => c.Remove("r"))));
-        Assert.Contains("rank_pattern", Fails<InvalidDataException>(Adapter(tmp, "pattern", c => c["rank_pattern"] = new JsonObject { ["q_proj"] = 2 })));
-        Assert.Contains("modules_to_save", Fails<InvalidDataException>(Adapter(tmp, "mts", c => c["modules_to_save"] = new JsonArray("lm_head"))));
+        Assert.Contains("target_modules", Fails<InvalidFileException>(Adapter(tmp, "untargeted", c => c["target_modules"] = new JsonArray("k_proj"))));
+        Assert.Contains("use_rslora", Fails<InvalidFileException>(Adapter(tmp, "rslora", c => c["use_rslora"] = true)));
+        Assert.Contains("use_dora", Fails<InvalidFileException>(Adapter(tmp, "dora", c => c["use_dora"] = true)));
+        Assert.Contains("bias", Fails<InvalidFileException>(Adapter(tmp, "bias", c => c["bias"] = "all")));
+        Assert.Contains("'r'", Fails<InvalidFileException>(Adapter(tmp, "no-r", c => c.Remove("r"))));
+        Assert.Contains("rank_pattern", Fails<InvalidFileException>(Adapter(tmp, "pattern", c => c["rank_pattern"] = new JsonObject { ["q_proj"] = 2 })));
+        Assert.Contains("modules_to_save", Fails<InvalidFileException>(Adapter(tmp, "mts", c => c["modules_to_save"] = new JsonArray("lm_head"))));
         // nothing was changed by the failed merges
         Assert.True(Same(model.state_dict()["model.layers.0.self_attn.q_proj.weight"], w0));
     }

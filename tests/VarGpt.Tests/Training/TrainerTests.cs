@@ -51,7 +51,7 @@ public class TrainerTests
 
     static TrainerOptions Options(string dir, int saveSteps = 1000) => new()
     {
-        OutputDir = dir, LearningRate = 1e-2, LrSchedulerType = "cosine", WarmupRatio = 0.1, NumTrainEpochs = 3,
+        OutputDir = dir, LearningRate = 1e-2, LrSchedulerType = LrScheduler.Cosine, WarmupRatio = 0.1, NumTrainEpochs = 3,
         GradientAccumulationSteps = 2, MaxGradNorm = 0.5, WeightDecay = 0.01, LoggingSteps = 2, SaveSteps = saveSteps, Seed = 3,
         Output = TextWriter.Null, IsTerminal = false,
     };
@@ -113,7 +113,7 @@ public class TrainerTests
         using var dir = TestPaths.Temp();
         using var m = new Mlp(1, ScalarType.BFloat16);
         // A tiny lr: each update is far below bf16 resolution of the weights, so only an fp32 master accumulates it.
-        var o = Options(dir.Path) with { LearningRate = 1e-5, LrSchedulerType = "constant", WarmupRatio = 0, MaxSteps = 6, WeightDecay = 0 };
+        var o = Options(dir.Path) with { LearningRate = 1e-5, LrSchedulerType = LrScheduler.Constant, WarmupRatio = 0, MaxSteps = 6, WeightDecay = 0 };
         using var before = ((Linear)m.fc1).weight!.detach().clone();
         using (var t = new Trainer<IReadOnlyList<(float[], float)>>(m, new Regression(m), new ShuffledBatches<(float[], float)>(Data(8), 2, 1), o))
         {
@@ -219,16 +219,16 @@ public class TrainerTests
     public void Schedules_follow_the_transformers_formulas()
     {
         // Official SFT demo: 2 records, batch 1, GA 2, 6 epochs -> 6 steps, warmup ceil(0.6) = 1.
-        var cos = TrainerSchedule.Create("cosine", 6, 0.1);
+        var cos = TrainerSchedule.Create(LrScheduler.Cosine, 6, 0.1);
         Assert.Equal(1, cos.WarmupSteps);
         Assert.Equal(0.0, cos.Lambda(0));                 // the first update runs at lr 0, as in HF
         Assert.Equal(1.0, cos.Lambda(1));
         Assert.Equal(0.5 * (1 + Math.Cos(Math.PI * 2 / 5)), cos.Lambda(3), 15);
-        var lin = TrainerSchedule.Create("linear", 10, 0, warmupSteps: 2);
+        var lin = TrainerSchedule.Create(LrScheduler.Linear, 10, 0, warmupSteps: 2);
         Assert.Equal([0.0, 0.5, 1.0, 7 / 8.0, 0.0], new[] { 0, 1, 2, 3, 10 }.Select(lin.Lambda));
-        Assert.Equal(1.0, TrainerSchedule.Create("constant", 10, 0.5).Lambda(0));
-        Assert.Equal(0.2, TrainerSchedule.Create("constant_with_warmup", 10, 0.5).Lambda(1));
-        Assert.Throws<ArgumentException>(() => TrainerSchedule.Create("polynomial", 10, 0));
+        Assert.Equal(1.0, TrainerSchedule.Create(LrScheduler.Constant, 10, 0.5).Lambda(0));
+        Assert.Equal(0.2, TrainerSchedule.Create(LrScheduler.ConstantWithWarmup, 10, 0.5).Lambda(1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => TrainerSchedule.Create((LrScheduler)99, 10, 0));   // (a yaml name: TrainingConfigTests)
     }
 
     [Fact]

@@ -1,5 +1,7 @@
 using VarGpt.Training;
 
+using VarGpt;
+
 namespace VarGpt.Tests.Training;
 
 public class TrainingConfigTests
@@ -47,8 +49,8 @@ public class TrainingConfigTests
     {
         var cfg = File.Exists(OfficialSftPath) ? TrainingConfig.Load(OfficialSftPath) : TrainingConfig.Parse(EquivalentSft);
         Assert.Equal("VARGPT-family/VARGPT-v1.1", cfg.ModelNameOrPath);
-        Assert.Equal("sft", cfg.Stage);
-        Assert.Equal("full", cfg.FinetuningType);
+        Assert.Equal(TrainingStage.Sft, cfg.Stage);
+        Assert.Equal(FinetuningType.Full, cfg.FinetuningType);
         Assert.Equal("qwen2vl-v1.1", cfg.VargptVersion);
         Assert.Equal(3, cfg.VargptTrainStage);
         Assert.Equal(["train_vargpt_v1_1_demo"], cfg.Dataset);
@@ -58,7 +60,7 @@ public class TrainingConfigTests
         Assert.Equal(2, cfg.GradientAccumulationSteps);
         Assert.Equal(5e-5, cfg.LearningRate);
         Assert.Equal(6.0, cfg.NumTrainEpochs);
-        Assert.Equal("cosine", cfg.LrSchedulerType);
+        Assert.Equal(LrScheduler.Cosine, cfg.LrSchedulerType);
         Assert.Equal(0.1, cfg.WarmupRatio);
         Assert.True(cfg.Bf16);
         Assert.Equal(10, cfg.LoggingSteps);
@@ -77,7 +79,7 @@ public class TrainingConfigTests
     [Fact]
     public void Unknown_keys_are_all_listed_by_name()
     {
-        var ex = Assert.Throws<InvalidDataException>(() => TrainingConfig.Parse("""
+        var ex = Assert.Throws<InvalidFileException>(() => TrainingConfig.Parse("""
             model_name_or_path: m
             dataset: a, b
             output_dir: o
@@ -122,11 +124,11 @@ public class TrainingConfigTests
         Assert.Equal(7, cfg.MaxSteps);
         Assert.Equal(["vision_tower", "projectors"], cfg.FreezeComponents);
         Assert.Equal(["lm_head", "sos_embedding"], cfg.FreezeModules);
-        Assert.Equal("labels", cfg.GenTextLoss);
-        Assert.Equal("mrope", cfg.TrainPositions);
-        Assert.Equal("official", TrainingConfig.Parse("model_name_or_path: m\ndataset: d\noutput_dir: o").TrainPositions);
-        Assert.Equal("official", TrainingConfig.Parse("model_name_or_path: m\ndataset: d\noutput_dir: o").GenTextLoss);
-        Assert.Equal("lora", TrainingConfig.Parse("model_name_or_path: m\ndataset: d\noutput_dir: o").FinetuningType); // LLaMA-Factory default
+        Assert.Equal(GenTextLoss.Labels, cfg.GenTextLoss);
+        Assert.Equal(GenTextLoss.Official, TrainingConfig.Parse("model_name_or_path: m\ndataset: d\noutput_dir: o").GenTextLoss);
+        Assert.Equal(TrainPositions.Mrope, cfg.TrainPositions);
+        Assert.Equal(TrainPositions.Official, TrainingConfig.Parse("model_name_or_path: m\ndataset: d\noutput_dir: o").TrainPositions);
+        Assert.Equal(FinetuningType.Lora, TrainingConfig.Parse("model_name_or_path: m\ndataset: d\noutput_dir: o").FinetuningType); // LLaMA-Factory default
     }
 
     [Theory]
@@ -142,7 +144,7 @@ public class TrainingConfigTests
     [InlineData("vargpt_train_positions: 2d", "'vargpt_train_positions' must be one of official, mrope")]
     public void Bad_values_are_rejected_naming_the_key(string extra, string expected)
     {
-        var ex = Assert.Throws<InvalidDataException>(() => TrainingConfig.Parse("model_name_or_path: m\ndataset: d\noutput_dir: o\n" + extra));
+        var ex = Assert.Throws<InvalidFileException>(() => TrainingConfig.Parse("model_name_or_path: m\ndataset: d\noutput_dir: o\n" + extra));
         Assert.Contains(expected, ex.Message);
     }
 }

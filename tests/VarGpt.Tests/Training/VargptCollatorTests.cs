@@ -7,6 +7,8 @@ using VarGpt.Training.Data;
 using static TorchSharp.torch;
 using VarGpt.Configuration;
 
+using VarGpt.Tests.TestModels;
+
 namespace VarGpt.Tests.Training;
 
 public class VargptCollatorTests(ITestOutputHelper output)
@@ -20,7 +22,7 @@ public class VargptCollatorTests(ITestOutputHelper output)
         var cfg = TinyVargpt.Config();
         var collator = TinyVargpt.Collator(cfg);
         Assert.Equal(24, collator.ImageGenTokenCount); // 21 VAR tokens padded to a multiple of 8
-        var ds = collator.EncodeAll(records, "sft");
+        var ds = collator.EncodeAll(records, TrainingStage.Sft);
         using var b = collator.Collate(ds.Items, 0, 0);
         int B = 4;
         Assert.Equal(B, (int)b.InputIds.shape[0]);
@@ -85,7 +87,7 @@ public class VargptCollatorTests(ITestOutputHelper output)
         var sft = DatasetLoader.Load(["train_vargpt_v1_1_demo", "eval_inference_demo_edit"], new DatasetLoadOptions { DatasetDir = TestPaths.DemoData });
         var collator = new VargptCollator(tok, cfg, new VargptCollatorOptions { CutoffLen = 8192 });
         Assert.Equal(2560, collator.ImageGenTokenCount);
-        var ds = collator.EncodeAll(sft, "sft");
+        var ds = collator.EncodeAll(sft, TrainingStage.Sft);
         Assert.Equal(sft.Count, ds.Items.Count);
         using var b = collator.Collate(ds.Items, 0, 0);
         output.WriteLine($"demo batch: input_ids [{string.Join(",", b.InputIds.shape)}], pixel_gen_values [{string.Join(",", b.PixelGenValues!.shape)}], " +
@@ -105,7 +107,7 @@ public class VargptCollatorTests(ITestOutputHelper output)
         using var tmp = TestPaths.Temp();
         TinyVargpt.WriteDataset(tmp.Path, new JsonArray());
         var records = DatasetLoader.Load(["tiny"], new DatasetLoadOptions { DatasetDir = tmp.Path });
-        var ex = Assert.Throws<ArgumentException>(() => TinyVargpt.Collator(TinyVargpt.Config()).EncodeAll(records, "sft"));
+        var ex = Assert.Throws<InvalidFileException>(() => TinyVargpt.Collator(TinyVargpt.Config()).EncodeAll(records, TrainingStage.Sft));
         Assert.Contains("the dataset is empty", ex.Message);
     }
 
@@ -116,15 +118,15 @@ public class VargptCollatorTests(ITestOutputHelper output)
         using var tmp = TestPaths.Temp();
         var records = TinyVargpt.MixedRecords(tmp.Path);
         var cfg = TinyVargpt.Config();
-        var lengths = TinyVargpt.Collator(cfg).EncodeAll(records, "sft").Items.Select(i => i.Length).ToList();
+        var lengths = TinyVargpt.Collator(cfg).EncodeAll(records, TrainingStage.Sft).Items.Select(i => i.Length).ToList();
         int cutoff = lengths.Order().ElementAt(2) - 1; // the two longest exceed it
-        var ds = TinyVargpt.Collator(cfg, cutoff).EncodeAll(records, "sft");
+        var ds = TinyVargpt.Collator(cfg, cutoff).EncodeAll(records, TrainingStage.Sft);
         Assert.Equal(2, ds.Items.Count);
         Assert.Equal(2, ds.Skipped.Count);
         var summary = ds.SkippedSummary();
         Assert.Contains($"2 of 4 sample(s) are longer than cutoff_len {cutoff} and were skipped", summary);
         Assert.Contains("tiny.json: record", summary);
-        var ex = Assert.Throws<ArgumentException>(() => TinyVargpt.Collator(cfg, 10).EncodeAll(records, "sft"));
+        var ex = Assert.Throws<InvalidFileException>(() => TinyVargpt.Collator(cfg, 10).EncodeAll(records, TrainingStage.Sft));
         Assert.Contains("no sample fits cutoff_len 10", ex.Message);
         Assert.Contains("raise cutoff_len", ex.Message);
     }
@@ -139,7 +141,7 @@ public class VargptCollatorTests(ITestOutputHelper output)
         TinyVargpt.WriteImage(tmp.Path, "img.png", 64, 64, (1, 2, 3));
         TinyVargpt.WriteDataset(tmp.Path, new JsonArray(TinyVargpt.Sft(user, answer, "img.png")));
         var records = DatasetLoader.Load(["tiny"], new DatasetLoadOptions { DatasetDir = tmp.Path });
-        var ex = Assert.Throws<ArgumentException>(() => TinyVargpt.Collator(TinyVargpt.Config()).EncodeAll(records, "sft"));
+        var ex = Assert.Throws<InvalidFileException>(() => TinyVargpt.Collator(TinyVargpt.Config()).EncodeAll(records, TrainingStage.Sft));
         Assert.Contains("tiny.json: record 0: image-token mismatch", ex.Message);
         Assert.Contains(token, ex.Message);
     }
@@ -149,7 +151,7 @@ public class VargptCollatorTests(ITestOutputHelper output)
     {
         TorchTestSetup.Init();
         var cfg = TinyVargpt.Config();
-        var ex = Assert.Throws<ArgumentException>(() => new VargptCollator(TinyVargpt.Tokenizer, cfg, new VargptCollatorOptions { ImageGenResolution = 100 }));
+        var ex = Assert.Throws<InvalidOptionException>(() => new VargptCollator(TinyVargpt.Tokenizer, cfg, new VargptCollatorOptions { ImageGenResolution = 100 }));
         Assert.Contains("image_gen_resolution 100: target images are 100x100 pixels but no scale schedule of template 1 has that size", ex.Message);
         Assert.Contains("0.25M = 512x512", ex.Message);
         Assert.Contains("t64 = 64x64", ex.Message);
@@ -158,7 +160,7 @@ public class VargptCollatorTests(ITestOutputHelper output)
         using var model = TinyVargpt.Model(cfg, 1);
         using var ids = tensor(new long[] { 1, 2, cfg.ImageGen.StartId, cfg.ImageGen.PadId, cfg.ImageGen.EndId }).unsqueeze(0);
         using var pix = zeros(1, 3, 48, 48);
-        var e2 = Assert.Throws<ArgumentException>(() => VargptTraining.Forward(model, new VargptTrainingInputs(ids, PixelGenValues: pix)));
+        var e2 = Assert.Throws<InvalidOptionException>(() => VargptTraining.Forward(model, new VargptTrainingInputs(ids, PixelGenValues: pix)));
         Assert.Contains("target images are 48x48 pixels but no scale schedule of template 1 has that size", e2.Message);
         using var pix64 = zeros(1, 3, 64, 64);
         var e3 = Assert.Throws<ArgumentException>(() => VargptTraining.Forward(model, new VargptTrainingInputs(ids, PixelGenValues: pix64)));

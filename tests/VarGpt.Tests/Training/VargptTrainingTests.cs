@@ -6,15 +6,17 @@ using VarGpt.Training;
 using VarGpt.Training.Data;
 using static TorchSharp.torch;
 
+using VarGpt.Tests.TestModels;
+
 namespace VarGpt.Tests.Training;
 
 /// <summary>The real objectives on a random tiny VARGPT: overfitting, DPO accuracy, exact resume, and the error paths.</summary>
 [Collection(nameof(GlobalRngCollection))]
 public class VargptTrainingTests(ITestOutputHelper output)
 {
-    static TrainerOptions Options(string dir, int steps, double lr, int saveSteps = 1000, string schedule = "constant") => new()
+    static TrainerOptions Options(string dir, int steps, double lr, int saveSteps = 1000, LrScheduler schedule = LrScheduler.Constant) => new()
     {
-        OutputDir = dir, LearningRate = lr, LrSchedulerType = schedule, WarmupRatio = schedule == "cosine" ? 0.05 : 0, MaxSteps = steps, MaxGradNorm = 1.0,
+        OutputDir = dir, LearningRate = lr, LrSchedulerType = schedule, WarmupRatio = schedule == LrScheduler.Cosine ? 0.05 : 0, MaxSteps = steps, MaxGradNorm = 1.0,
         LoggingSteps = 1000, SaveSteps = saveSteps, Seed = 7, Output = TextWriter.Null, IsTerminal = false,
     };
 
@@ -29,12 +31,12 @@ public class VargptTrainingTests(ITestOutputHelper output)
         Assert.Equal([RecordKind.Generation, RecordKind.Understanding, RecordKind.Editing, RecordKind.Text], records.Select(r => r.Kind));
         var cfg = TinyVargpt.Config();
         var collator = TinyVargpt.Collator(cfg);
-        var ds = collator.EncodeAll(records, "sft");
+        var ds = collator.EncodeAll(records, TrainingStage.Sft);
         Assert.Empty(ds.Skipped);
         using var model = TinyVargpt.Model(cfg, 1);
         FreezeVae(model);
         var objective = new VargptSftObjective(model, new VargptTrainingOptions { NoiseApplyStrength = 0 });
-        using var trainer = new Trainer<VargptBatch>(model, objective, new FixedBatch(collator, ds.Items), Options(tmp["out"], 120, 6e-3, schedule: "cosine"));
+        using var trainer = new Trainer<VargptBatch>(model, objective, new FixedBatch(collator, ds.Items), Options(tmp["out"], 120, 6e-3, schedule: LrScheduler.Cosine));
         var sw = System.Diagnostics.Stopwatch.StartNew();
         var r = trainer.Train(cancel: TestContext.Current.CancellationToken);
         var losses = r.Steps.Select(s => s.Loss).ToList();
@@ -57,7 +59,7 @@ public class VargptTrainingTests(ITestOutputHelper output)
         using var tmp = TestPaths.Temp();
         var cfg = TinyVargpt.Config();
         var collator = TinyVargpt.Collator(cfg);
-        var ds = collator.EncodeAll(TinyVargpt.MixedRecords(tmp.Path), "sft");
+        var ds = collator.EncodeAll(TinyVargpt.MixedRecords(tmp.Path), TrainingStage.Sft);
         using var model = TinyVargpt.Model(cfg, 1);
         using var b = collator.Collate(ds.Items, 0, 0);
         using var _ = no_grad();
@@ -83,7 +85,7 @@ public class VargptTrainingTests(ITestOutputHelper output)
         using var tmp = TestPaths.Temp();
         var cfg = TinyVargpt.Config();
         var collator = TinyVargpt.Collator(cfg);
-        var ds = collator.EncodeAll(TinyVargpt.MixedRecords(tmp.Path), "sft");
+        var ds = collator.EncodeAll(TinyVargpt.MixedRecords(tmp.Path), TrainingStage.Sft);
         using var b = collator.Collate(ds.Items, 0, 0);
         long B = b.InputIds.shape[0], T = b.InputIds.shape[1];
         var ids = b.InputIds.data<long>().ToArray();
@@ -150,10 +152,10 @@ public class VargptTrainingTests(ITestOutputHelper output)
         TinyVargpt.WriteDataset(tmp.Path, new JsonArray(
             TinyVargpt.Pair("paint a sunset", "Here is a sunset.<image_gen>", "Here is a sunset.<image_gen>", "sun.png", "sea.png"),
             TinyVargpt.Pair("draw a blue circle", "Here is a blue circle.<image_gen>", "Here is a blue circle.<image_gen>", "sea.png", "grey.png")), ranking: true);
-        var records = DatasetLoader.Load(["tiny"], new DatasetLoadOptions { DatasetDir = tmp.Path, Stage = "dpo" });
+        var records = DatasetLoader.Load(["tiny"], new DatasetLoadOptions { DatasetDir = tmp.Path, Ranking = true });
         var cfg = TinyVargpt.Config();
         var collator = TinyVargpt.Collator(cfg);
-        var ds = collator.EncodeAll(records, "dpo");
+        var ds = collator.EncodeAll(records, TrainingStage.Dpo);
         using var policy = TinyVargpt.Model(cfg, 3);
         using var reference = TinyVargpt.Model(cfg, 3);
         FreezeVae(policy);
@@ -186,15 +188,15 @@ public class VargptTrainingTests(ITestOutputHelper output)
         TinyVargpt.WriteImage(tmp.Path, "a.png", 64, 64, (250, 120, 20));
         TinyVargpt.WriteImage(tmp.Path, "b.png", 64, 64, (20, 60, 220));
         TinyVargpt.WriteDataset(tmp.Path, new JsonArray(TinyVargpt.Pair("paint a sunset", "Here is a sunset.<image_gen>", "<image_gen>", "a.png", "b.png")), ranking: true);
-        var records = DatasetLoader.Load(["tiny"], new DatasetLoadOptions { DatasetDir = tmp.Path, Stage = "dpo" });
+        var records = DatasetLoader.Load(["tiny"], new DatasetLoadOptions { DatasetDir = tmp.Path, Ranking = true });
         var cfg = TinyVargpt.Config();
         var collator = TinyVargpt.Collator(cfg);
-        var items = collator.EncodeAll(records, "dpo").Items;
+        var items = collator.EncodeAll(records, TrainingStage.Dpo).Items;
         using var policy = TinyVargpt.Model(cfg, 4);
         using var reference = TinyVargpt.Model(cfg, 5);
         var fwd = new VargptTrainingOptions { NoiseApplyStrength = 0 };
-        var live = new VargptDpoObjective(policy, reference, new DpoOptions { LossType = "ipo" }, fwd);
-        var cached = new VargptDpoObjective(policy, reference, new DpoOptions { LossType = "ipo" }, fwd);
+        var live = new VargptDpoObjective(policy, reference, new DpoOptions { LossType = PrefLoss.Ipo }, fwd);
+        var cached = new VargptDpoObjective(policy, reference, new DpoOptions { LossType = PrefLoss.Ipo }, fwd);
         cached.PrecomputeReference(collator, items);
         using var ng = no_grad();
         using var scope = NewDisposeScope();
@@ -212,7 +214,7 @@ public class VargptTrainingTests(ITestOutputHelper output)
         var records = TinyVargpt.MixedRecords(tmp.Path);
         var cfg = TinyVargpt.Config(noisy: true); // cond dropout + drop-path on, and bit-flip noise below
         var collator = TinyVargpt.Collator(cfg, seed: 11);
-        var items = collator.EncodeAll(records, "sft").Items;
+        var items = collator.EncodeAll(records, TrainingStage.Sft).Items;
         var fwd = new VargptTrainingOptions { NoiseApplyStrength = 0.3 };
         TrainingResult Run(string dir, string? resume, Func<int, bool>? stopAfter = null)
         {
@@ -254,7 +256,7 @@ public class VargptTrainingTests(ITestOutputHelper output)
         var records = TinyVargpt.MixedRecords(tmp.Path);
         var cfg = TinyVargpt.Config();
         var collator = TinyVargpt.Collator(cfg);
-        var items = collator.EncodeAll(records, "sft").Items;
+        var items = collator.EncodeAll(records, TrainingStage.Sft).Items;
         using var model = TinyVargpt.Model(cfg, 1);
         FreezeVae(model);
         var inner = new VargptSftObjective(model, new VargptTrainingOptions { NoiseApplyStrength = 0 });
@@ -284,7 +286,7 @@ public class VargptTrainingTests(ITestOutputHelper output)
         var records = TinyVargpt.MixedRecords(tmp.Path);
         var cfg = TinyVargpt.Config();
         var collator = TinyVargpt.Collator(cfg);
-        var items = collator.EncodeAll(records, "sft").Items;
+        var items = collator.EncodeAll(records, TrainingStage.Sft).Items;
         using var model = TinyVargpt.Model(cfg, 6);
         var wrapped = Lora.Apply(model, new LoraOptions { Rank = 4, Alpha = 8, Targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] });
         Assert.Equal(2 * 7, wrapped.Count);

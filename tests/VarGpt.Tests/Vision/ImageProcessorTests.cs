@@ -4,6 +4,8 @@ using VarGpt.Vision;
 using static TorchSharp.torch;
 using VarGpt.Configuration;
 
+using VarGpt;
+
 namespace VarGpt.Tests.Vision;
 
 public class ImageProcessorTests
@@ -88,7 +90,7 @@ public class ImageProcessorTests
     public void Processor_refuses_settings_it_cannot_honour()
     {
         Assert.Contains("do_normalize", Assert.Throws<NotSupportedException>(() => new ImageProcessor(new PreprocessorConfig { DoNormalize = false })).Message);
-        Assert.Contains("resample", Assert.Throws<InvalidDataException>(() => new ImageProcessor(new PreprocessorConfig { Resample = 9 })).Message);
+        Assert.Contains("resample", Assert.Throws<InvalidFileException>(() => new ImageProcessor(new PreprocessorConfig { Resample = 9 })).Message);
         Assert.Equal(PilFilter.Lanczos, new ImageProcessor(new PreprocessorConfig { Resample = 1 }).Resample);
     }
 

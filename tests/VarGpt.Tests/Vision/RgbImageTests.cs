@@ -2,6 +2,8 @@ using SkiaSharp;
 using VarGpt.Vision;
 using static TorchSharp.torch;
 
+using VarGpt;
+
 namespace VarGpt.Tests.Vision;
 
 public class RgbImageTests
@@ -89,9 +91,9 @@ public class RgbImageTests
     public void Missing_file_is_named()
     {
         using var tmp = TestPaths.Temp();
-        var e = Assert.Throws<FileNotFoundException>(() => RgbImage.Load(tmp["nope.png"]));
+        var e = Assert.Throws<InputNotFoundException>(() => RgbImage.Load(tmp["nope.png"]));
         Assert.Contains("nope.png", e.Message);
-        var d = Assert.Throws<FileNotFoundException>(() => RgbImage.Load(tmp.Path));
+        var d = Assert.Throws<InputNotFoundException>(() => RgbImage.Load(tmp.Path));
         Assert.Contains("directory", d.Message);
     }
 

@@ -8,7 +8,11 @@ using VarGpt.Benchmarks;
 
 using VarGpt.Cli.Runner;
 
-namespace VarGpt.Tests.Chat;
+using VarGpt.Tests.TestModels;
+
+using VarGpt.Tests.Inference;
+
+namespace VarGpt.Tests.Cli;
 
 /// <summary>`vargpt chat` in-process with redirected stdin on the tiny checkpoint.</summary>
 /// <remarks>Loads pipelines (TorchRuntime.DefaultsScope): must not run beside tests that create tensors.</remarks>

@@ -10,7 +10,9 @@ using VarGpt.Presets;
 
 using VarGpt.ShapesWorld;
 
-namespace VarGpt.Tests.Checkpoint;
+using VarGpt;
+
+namespace VarGpt.Tests.Presets;
 
 /// <summary>vargpt init's library side: presets, config.json, random weights streamed to disk, architecture audit.</summary>
 [Collection(nameof(TorchDefaultsCollection))]
@@ -46,8 +48,8 @@ public class ModelPresetsTests
         Assert.Equal(tok.TokenToId("<|image_gen_pad|>"), c.ImageGen.PadId);
         Assert.Equal(tok.TokenToId("<|image_pad|>"), c.ImageTokenId);
         Assert.Equal(tok.TokenToId("<|im_end|>"), c.EosTokenIds.Single());
-        Assert.Equal("vargpt_qwen2_vl", c.Raw["model_type"]!.GetValue<string>());
-        Assert.Equal("default", c.Raw["rope_scaling"]!["rope_type"]!.GetValue<string>());
+        Assert.Equal("vargpt_qwen2_vl", c.Extra!["model_type"].GetString());
+        Assert.Equal("default", c.RopeScaling.RopeType);
         var gen = GenerationConfig.Load(r.Dir);
         Assert.Equal(c.ImageGen, gen.ImageGen);
 
@@ -140,7 +142,7 @@ public class ModelPresetsTests
         entries.Add("0.5/cfgtest3", new JsonObject { ["pixel"] = new JsonArray(64, 32), ["scales"] = new JsonArray(new JsonArray(1, 1, 1), new JsonArray(2, 2, 1), new JsonArray(3, 4, 2)) });
         json["vargpt_gen_args"]!["pn"] = "cfgtest3";
         File.WriteAllText(d["config.json"], json.ToJsonString());
-        Assert.Throws<ArgumentException>(() => ScaleSchedules.Official.Get(0.5, "cfgtest3"));
+        Assert.Throws<InvalidOptionException>(() => ScaleSchedules.Official.Get(0.5, "cfgtest3"));
         var c = VargptConfig.Load(d.Path);
         Assert.Equal("cfgtest3", c.Pn);
         var s = c.Schedules.Get(0.5, "cfgtest3");
@@ -155,16 +157,16 @@ public class ModelPresetsTests
         // each config has its own table.)
         entries.Add("0.5/0.25M", entries["0.5/cfgtest3"]!.DeepClone());
         File.WriteAllText(d["config.json"], json.ToJsonString());
-        Assert.Contains("custom_pn_entries.0.5/0.25M", Assert.Throws<InvalidDataException>(() => VargptConfig.Load(d.Path)).Message);
+        Assert.Contains("custom_pn_entries.0.5/0.25M", Assert.Throws<InvalidFileException>(() => VargptConfig.Load(d.Path)).Message);
         entries.Remove("0.5/0.25M");
         entries.Remove("0.5/cfgtest3");
         entries.Add("nonsense", e);
         File.WriteAllText(d["config.json"], json.ToJsonString());
-        Assert.Contains("TEMPLATE/PN", Assert.Throws<InvalidDataException>(() => VargptConfig.Load(d.Path)).Message);
+        Assert.Contains("TEMPLATE/PN", Assert.Throws<InvalidFileException>(() => VargptConfig.Load(d.Path)).Message);
         entries.Remove("nonsense");
         entries.Add("1.0/cfgtest4", new JsonObject { ["pixel"] = new JsonArray(16, 16), ["scales"] = new JsonArray(new JsonArray(1, 1)) });
         File.WriteAllText(d["config.json"], json.ToJsonString());
-        Assert.Contains("[t, h, w]", Assert.Throws<InvalidDataException>(() => VargptConfig.Load(d.Path)).Message);
+        Assert.Contains("[t, h, w]", Assert.Throws<InvalidFileException>(() => VargptConfig.Load(d.Path)).Message);
     }
 
     [Fact]
@@ -200,16 +202,16 @@ public class ModelPresetsTests
     public void Bad_requests_fail_before_writing_with_clear_messages()
     {
         using var d = TestPaths.Temp();
-        Assert.Contains("tiny, small, full", Assert.Throws<ArgumentException>(() => ModelPresets.Get("huge")).Message);
+        Assert.Contains("tiny, small, full", Assert.Throws<InvalidOptionException>(() => ModelPresets.Get("huge")).Message);
         File.WriteAllText(d["x.txt"], "keep me");
-        var e = Assert.Throws<ArgumentException>(() => InitTiny(d.Path));
+        var e = Assert.Throws<InvalidOptionException>(() => InitTiny(d.Path));
         Assert.Contains("--force", e.Message);
         Assert.Equal(["x.txt"], Directory.GetFileSystemEntries(d.Path).Select(Path.GetFileName));
-        Assert.Contains("--tokenizer", Assert.Throws<ArgumentException>(() => RandomCheckpoint.Create(ModelPresets.Small, d["s"], new RandomCheckpointOptions())).Message);
+        Assert.Contains("--tokenizer", Assert.Throws<InvalidOptionException>(() => RandomCheckpoint.Create(ModelPresets.Small, d["s"], new RandomCheckpointOptions())).Message);
         var missing = d["no-such-tokenizer"];
-        Assert.Contains(missing, Assert.Throws<DirectoryNotFoundException>(() => RandomCheckpoint.Create(ModelPresets.Tiny, d["t"], new RandomCheckpointOptions { TokenizerDir = missing })).Message);
+        Assert.Contains(missing, Assert.Throws<InputNotFoundException>(() => RandomCheckpoint.Create(ModelPresets.Tiny, d["t"], new RandomCheckpointOptions { TokenizerDir = missing })).Message);
         Assert.False(Directory.Exists(d["s"]));
         Assert.False(Directory.Exists(d["t"]));
-        Assert.Contains("unknown pn 'nope'", Assert.Throws<ArgumentException>(() => RandomCheckpoint.Create(ModelPresets.Tiny, d["p"], new RandomCheckpointOptions { DefaultTokenizer = BpeTrainer.WriteShapesWorldTokenizer, Pn = "nope" })).Message);
+        Assert.Contains("unknown pn 'nope'", Assert.Throws<InvalidOptionException>(() => RandomCheckpoint.Create(ModelPresets.Tiny, d["p"], new RandomCheckpointOptions { DefaultTokenizer = BpeTrainer.WriteShapesWorldTokenizer, Pn = "nope" })).Message);
     }
 }

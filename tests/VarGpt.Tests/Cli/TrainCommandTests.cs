@@ -8,21 +8,19 @@ using VarGpt.Configuration;
 
 using VarGpt.Cli.Runner;
 
-namespace VarGpt.Tests.Training;
+using VarGpt.Tests.TestModels;
+
+namespace VarGpt.Tests.Cli;
 
 /// <summary>`vargpt train sft|dpo CONFIG.yaml` end to end on a tiny model folder.</summary>
 [Collection(nameof(GlobalRngCollection))]
 public class TrainCommandTests(ITestOutputHelper output)
 {
-    /// <summary>A model folder: config.json, model.safetensors, the tiny tokenizer.</summary>
+    /// <summary>A model folder: config.json, model.safetensors, the tiny tokenizer (the tiny-model builder).</summary>
     static string ModelFolder(string root)
     {
         var dir = Path.Combine(root, "model");
-        Directory.CreateDirectory(dir);
-        var cfg = TinyVargpt.Config();
-        File.WriteAllText(Path.Combine(dir, "config.json"), TinyVargpt.ConfigJson(cfg).ToJsonString());
-        using (var m = TinyVargpt.Model(cfg, 8)) StateDict.Save(m, Path.Combine(dir, "model.safetensors"));
-        foreach (var f in Directory.GetFiles(TinyVargpt.TokenizerDir)) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        TinyModels.Write(TinyVargpt.Folder(seed: 8), dir);
         return dir;
     }
 

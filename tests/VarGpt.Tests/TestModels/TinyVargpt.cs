@@ -12,7 +12,7 @@ using VarGpt.Vision;
 using static TorchSharp.torch;
 using VarGpt.Configuration;
 
-namespace VarGpt.Tests.Training;
+namespace VarGpt.Tests.TestModels;
 
 /// <summary>
 /// A random tiny VARGPT for training tests: a byte-level BPE tokenizer trained on the test chats (Qwen layout and
@@ -46,19 +46,10 @@ public static class TinyVargpt
     public static string TokenizerDir => _tok.Value.Dir;
 
     /// <summary>Tiny config; randomisations (bit-flip noise is separate) set by <paramref name="noisy"/>: cond dropout 0.1 and drop-path 0.1, or both 0.</summary>
-    public static VargptConfig Config(bool noisy = false)
-    {
-        var tok = Tokenizer;
-        int Id(string t) => tok.TokenToId(t);
-        return new VargptConfig
+    public static VargptConfig Config(bool noisy = false) =>
+        TinyModels.Sized(Tokenizer, hidden: 32, intermediate: 64, layers: 2, heads: 2, kvHeads: 1, mrope: [2, 3, 3],
+            vision: new VisionConfig { Depth = 1, EmbedDim = 16, NumHeads = 1, MlpRatio = 2, HiddenSize = 32 }) with
         {
-            VocabSize = tok.VocabularySize, HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = 2, NumAttentionHeads = 2,
-            NumKeyValueHeads = 1, MropeSection = [2, 3, 3], RmsNormEps = 1e-6, RopeTheta = 1e6,
-            BosTokenId = Id(SpecialTokens.EndOfText), EosTokenIds = [Id(SpecialTokens.ImEnd)], PadTokenId = Id(SpecialTokens.EndOfText),
-            VisionStartTokenId = Id(SpecialTokens.VisionStart), VisionEndTokenId = Id(SpecialTokens.VisionEnd),
-            VisionTokenId = Id("<|vision_pad|>"), ImageTokenId = Id(SpecialTokens.ImagePad), VideoTokenId = Id(SpecialTokens.VideoPad),
-            ImageGen = new ImageGenTokens(Id(SpecialTokens.ImageGenStart), Id(SpecialTokens.ImageGenEnd), Id(SpecialTokens.ImageGenPad)),
-            Vision = new VisionConfig { Depth = 1, EmbedDim = 16, NumHeads = 1, MlpRatio = 2, HiddenSize = 32 },
             Infinity = new InfinityConfig
             {
                 Depth = 2, EmbedDim = 128, NumHeads = 4, MlpRatio = 1, BlockChunks = 2, TextChannels = 128, TextMaxLen = 512,
@@ -67,43 +58,17 @@ public static class TinyVargpt
             Vae = new VaeConfig { BaseCh = 24, CodebookDim = 8, EncoderChMult = [1, 1, 1, 1, 1], DecoderChMult = [1, 1, 1, 1, 1], NumResBlocks = 1, PatchSize = 16 },
             Pn = Pn, CustomPns = [Schedule], TorchDtype = "float32",
         };
-    }
 
-    /// <summary>config.json text for a model folder (the tiny config's fields, official names).</summary>
-    public static JsonObject ConfigJson(VargptConfig c) => new()
+    /// <summary>A model folder of the tiny config (its tokenizer, config.json, weights drawn with <paramref name="seed"/>), for `vargpt train`.</summary>
+    public static TinyModel Folder(int seed) => new()
     {
-        ["model_type"] = "vargpt_qwen2_vl", ["vocab_size"] = c.VocabSize, ["hidden_size"] = c.HiddenSize, ["intermediate_size"] = c.IntermediateSize,
-        ["num_hidden_layers"] = c.NumHiddenLayers, ["num_attention_heads"] = c.NumAttentionHeads, ["num_key_value_heads"] = c.NumKeyValueHeads,
-        ["rms_norm_eps"] = c.RmsNormEps, ["rope_theta"] = c.RopeTheta,
-        ["rope_scaling"] = new JsonObject { ["type"] = "mrope", ["mrope_section"] = new JsonArray(c.MropeSection.Select(x => (JsonNode)x).ToArray()) },
-        ["bos_token_id"] = c.BosTokenId, ["eos_token_id"] = c.EosTokenIds[0], ["pad_token_id"] = c.PadTokenId,
-        ["vision_start_token_id"] = c.VisionStartTokenId, ["vision_end_token_id"] = c.VisionEndTokenId, ["vision_token_id"] = c.VisionTokenId,
-        ["image_token_id"] = c.ImageTokenId, ["video_token_id"] = c.VideoTokenId, ["tie_word_embeddings"] = false, ["torch_dtype"] = "float32",
-        ["special_tokens"] = new JsonObject
-        {
-            ["image_gen_start_token_id"] = c.ImageGen.StartId, ["image_gen_end_token_id"] = c.ImageGen.EndId, ["image_gen_pad_token_id"] = c.ImageGen.PadId,
-        },
-        ["vision_config"] = new JsonObject
-        {
-            ["depth"] = c.Vision.Depth, ["embed_dim"] = c.Vision.EmbedDim, ["num_heads"] = c.Vision.NumHeads, ["mlp_ratio"] = c.Vision.MlpRatio, ["hidden_size"] = c.Vision.HiddenSize,
-        },
-        ["vargpt_gen_config"] = c.Infinity.ToJson(), ["vae_config"] = c.Vae.ToJson(),
-        ["vargpt_gen_args"] = new JsonObject
-        {
-            ["pn"] = c.Pn,
-            ["custom_pn_entries"] = new JsonObject(c.CustomPns.Select(s => KeyValuePair.Create($"{s.Template:0.0}/{s.Pn}", (JsonNode?)new JsonObject
-            {
-                ["pixel"] = new JsonArray(s.Pixels.H, s.Pixels.W),
-                ["scales"] = new JsonArray(s.RawScales.Select(x => (JsonNode)new JsonArray(x.T, x.H, x.W)).ToArray()),
-            }))),
-        },
+        Name = $"tiny-vargpt-{seed}",
+        Tokenizer = dir => { foreach (var f in Directory.GetFiles(TokenizerDir)) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)), overwrite: true); },
+        Config = (_, _) => Config(),
+        Seed = seed,
     };
 
-    public static VargptForConditionalGeneration Model(VargptConfig cfg, int seed)
-    {
-        torch.manual_seed(seed);
-        return new VargptForConditionalGeneration(cfg, CPU, ScalarType.Float32);
-    }
+    public static VargptForConditionalGeneration Model(VargptConfig cfg, int seed) => TinyModels.Module(cfg, seed);
 
     public static VargptCollator Collator(VargptConfig cfg, int cutoff = 1024, int seed = 1) =>
         new(Tokenizer, cfg, new VargptCollatorOptions { CutoffLen = cutoff, ImageGenResolution = Side, Seed = seed });

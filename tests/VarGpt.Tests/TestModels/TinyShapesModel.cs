@@ -6,14 +6,14 @@ using static TorchSharp.torch;
 using VarGpt.Configuration;
 using VarGpt.Inference;
 
-namespace VarGpt.Tests.ShapesWorld;
+namespace VarGpt.Tests.TestModels;
 
 /// <summary>
 /// A random-weight ShapesWorld model folder in the shipped layout, at toy sizes: ShapesModelConfig.WriteModelFolder
 /// (config.json with the 128×128 five-scale schedule, processor max_pixels 14000, greedy generation_config, tokenizer)
 /// + model.safetensors in bf16 + shapesworld.json, plus a training/ folder with stage logs and vae_eval.json.
 /// LM 64 wide × 1 layer (q_proj 64→64, v_proj 64→32), vision 1 block, Infinity 128 × 2 blocks, VAE base 24.
-/// Built once per test process; treat it as read-only (copy it to add an adapter).
+/// Built once per test process by <see cref="TinyModels"/>; treat it as read-only (copy it to add an adapter).
 /// </summary>
 public static class TinyShapesModel
 {
@@ -27,27 +27,31 @@ public static class TinyShapesModel
 
     public static readonly ShapesWorldOptions World = new() { Seed = 3 };
 
-    static readonly Lazy<string> _dir = new(() =>
-    {
-        TorchTestSetup.Init();
-        var dir = TestPaths.ProcessTemp("tiny-shapes-model");
-        var tok = BpeTrainer.TrainShapesWorld(new ShapesWorldGenerator(World), samples: 300, vocabSize: 400);
-        Sizes.WriteModelFolder(dir, tok);
-        var cfg = VargptConfig.Load(dir);
-        manual_seed(7);
-        using (var model = new VargptForConditionalGeneration(cfg))
-            StateDict.Save(model, Path.Combine(dir, CheckpointReader.SingleFileName), ScalarType.BFloat16);
-        ShapesTraining.WriteWorld(dir, World);
-        var training = Path.Combine(dir, ShapesReport.TrainingFolder);
-        Directory.CreateDirectory(training);
-        foreach (var (stage, n) in new[] { ("vae", 5), ("sft", 8) })
-            File.WriteAllLines(Path.Combine(training, stage + ".jsonl"), Enumerable.Range(1, n).Select(i =>
-                $"{{\"current_steps\": {i * 10}, \"total_steps\": {n * 10}, \"loss\": {2.0 / i:R}, \"lr\": 0.001}}"));
-        File.WriteAllText(Path.Combine(training, VaeTraining.EvalFile), """{"steps": 240, "fp32": {"psnr": 31.5, "scorer_accuracy": 0.99}}""");
-        return dir;
-    }, LazyThreadSafetyMode.ExecutionAndPublication);
+    static readonly Lazy<ByteLevelBpeTokenizer> Bpe = new(() => BpeTrainer.TrainShapesWorld(new ShapesWorldGenerator(World), samples: 300, vocabSize: 400));
 
-    public static string Dir => _dir.Value;
+    /// <summary>The spec: ShapesModelConfig's layout at toy sizes, bf16 weights (seed 7), shapesworld.json and stage logs.</summary>
+    public static readonly TinyModel Spec = new()
+    {
+        Name = "tiny-shapes-model",
+        Tokenizer = dir => Bpe.Value.Save(dir),
+        Config = (_, _) => Sizes.ToVargptConfig(Bpe.Value),
+        Files = (dir, _) =>
+        {
+            File.WriteAllText(Path.Combine(dir, PreprocessorConfig.FileName), Sizes.PreprocessorJson().ToJsonString());
+            File.WriteAllText(Path.Combine(dir, GenerationConfig.FileName), Sizes.GenerationConfigJson(Bpe.Value).ToJsonString());
+            ShapesTraining.WriteWorld(dir, World);
+            var training = Path.Combine(dir, ShapesReport.TrainingFolder);
+            Directory.CreateDirectory(training);
+            foreach (var (stage, n) in new[] { ("vae", 5), ("sft", 8) })
+                File.WriteAllLines(Path.Combine(training, stage + ".jsonl"), Enumerable.Range(1, n).Select(i =>
+                    $"{{\"current_steps\": {i * 10}, \"total_steps\": {n * 10}, \"loss\": {2.0 / i:R}, \"lr\": 0.001}}"));
+            File.WriteAllText(Path.Combine(training, VaeTraining.EvalFile), """{"steps": 240, "fp32": {"psnr": 31.5, "scorer_accuracy": 0.99}}""");
+        },
+        Seed = 7,
+        StoredDType = ScalarType.BFloat16,
+    };
+
+    public static string Dir => TinyModels.Folder(Spec);
 
     /// <summary>A copy of the folder (weights hard-linked would be shared; copied here) that a test may change.</summary>
     public static string Copy(string to)

@@ -5,7 +5,11 @@ using VarGpt.Vision;
 using MeaiOptions = Microsoft.Extensions.AI.ImageGenerationOptions;
 using VarGpt.Inference;
 
-namespace VarGpt.Tests.ImageGen;
+using VarGpt;
+
+using VarGpt.Tests.TestModels;
+
+namespace VarGpt.Tests.Inference;
 
 /// <summary>(Loads pipelines, which build modules under TorchRuntime.DefaultsScope: runs outside parallel tests.) Text-to-image and editing through <see cref="VargptModel"/> on a tiny random checkpoint (image start forced).</summary>
 [Collection(nameof(TorchDefaultsCollection))]
@@ -111,17 +115,17 @@ public class VargptImagesTests
     public void Bad_options_are_rejected_with_the_valid_values()
     {
         var m = Model();
-        var e = Assert.Throws<ArgumentException>(() => Gen(m, Prompt, Forced with { Pn = "0.3M" }));
+        Exception e = Assert.Throws<InvalidOptionException>(() => Gen(m, Prompt, Forced with { Pn = "0.3M" }));
         Assert.Contains("0.25M", e.Message);
         Assert.Contains("0.06M", e.Message);
-        e = Assert.Throws<ArgumentException>(() => Gen(m, Prompt, Forced with { AspectRatio = 1.1 }));
+        e = Assert.Throws<InvalidOptionException>(() => Gen(m, Prompt, Forced with { AspectRatio = 1.1 }));
         Assert.Contains("1.25", e.Message);
         Assert.Contains("valid", e.Message);
-        Assert.Throws<ArgumentOutOfRangeException>(() => Gen(m, Prompt, Forced with { Cfg = 0.5 }));
-        Assert.Throws<ArgumentOutOfRangeException>(() => Gen(m, Prompt, Forced with { Tau = 0 }));
-        Assert.Throws<ArgumentOutOfRangeException>(() => Gen(m, Prompt, Forced with { TopP = 1.5 }));
-        Assert.Throws<ArgumentOutOfRangeException>(() => Gen(m, Prompt, Forced with { TopK = -1 }));
-        Assert.Throws<ArgumentOutOfRangeException>(() => Gen(m, Prompt, Forced with { Count = 0 }));
+        Assert.Throws<InvalidOptionException>(() => Gen(m, Prompt, Forced with { Cfg = 0.5 }));
+        Assert.Throws<InvalidOptionException>(() => Gen(m, Prompt, Forced with { Tau = 0 }));
+        Assert.Throws<InvalidOptionException>(() => Gen(m, Prompt, Forced with { TopP = 1.5 }));
+        Assert.Throws<InvalidOptionException>(() => Gen(m, Prompt, Forced with { TopK = -1 }));
+        Assert.Throws<InvalidOptionException>(() => Gen(m, Prompt, Forced with { Count = 0 }));
     }
 
     [Fact]
@@ -130,11 +134,11 @@ public class VargptImagesTests
         TorchTestSetup.Init();
         using var small = VargptModel.Load(TinyImageModel.Folder(textMaxLen: 48));
         var longPrompt = string.Join(" ", Enumerable.Repeat("a large red circle on the left", 20));
-        var e = Assert.Throws<ArgumentException>(() => Gen(small, longPrompt, Forced with { Seed = 1 }));
+        var e = Assert.Throws<VargptInputException>(() => Gen(small, longPrompt, Forced with { Seed = 1 }));
         Assert.Contains("at most 48", e.Message);
         Assert.Contains("Shorten the prompt", e.Message);
         // editing: the image tokens dominate; the message says how to lower the image's pixels
-        e = Assert.Throws<ArgumentException>(() => Edit(small, Pattern(400, 400), "make it blue", Forced with { Seed = 1 }));
+        e = Assert.Throws<VargptInputException>(() => Edit(small, Pattern(400, 400), "make it blue", Forced with { Seed = 1 }));
         Assert.Contains("at most 48", e.Message);
         Assert.Contains("EditMaxPixels", e.Message);
         Assert.Contains("--max-pixels", e.Message);
@@ -150,7 +154,7 @@ public class VargptImagesTests
     public void Checkpoint_without_generation_weights_names_the_missing_ones()
     {
         TorchTestSetup.Init();
-        var e = Assert.Throws<InvalidDataException>(() => VargptModel.Load(TinyImageModel.Folder(withGeneration: false)));
+        var e = Assert.Throws<InvalidFileException>(() => VargptModel.Load(TinyImageModel.Folder(withGeneration: false)));
         foreach (var p in ModelComponents.PrefixesOf(ModelParts.Generation)) Assert.Contains(p + "*", e.Message);
         Assert.Contains("understanding-only", e.Message);
     }
@@ -177,7 +181,7 @@ public class VargptImagesTests
         Assert.Single(edited.Contents.OfType<DataContent>());
         Assert.IsType<ImageResult>(edited.RawRepresentation);
         Assert.NotNull(gen.GetService<ImageGeneratorMetadata>());
-        await Assert.ThrowsAsync<ArgumentException>(() => gen.GenerateAsync(new ImageGenerationRequest(Prompt),
+        await Assert.ThrowsAsync<InvalidOptionException>(() => gen.GenerateAsync(new ImageGenerationRequest(Prompt),
             new MeaiOptions { AdditionalProperties = new() { ["bogus"] = 1 } }, TestContext.Current.CancellationToken));
     }
 #pragma warning restore MEAI001

@@ -1,7 +1,9 @@
 using VarGpt.Cli;
 using VarGpt.Vision;
 
-namespace VarGpt.Tests.ImageGen;
+using VarGpt.Tests.TestModels;
+
+namespace VarGpt.Tests.Cli;
 
 /// <summary>vargpt generate / edit end to end on the tiny random checkpoint, and their user errors (exit 2, clear message).</summary>
 [Collection(nameof(TorchDefaultsCollection))]

@@ -3,7 +3,7 @@ using VarGpt.Cli;
 using VarGpt.ShapesWorld;
 using VarGpt.Training.Data;
 
-namespace VarGpt.Tests.ShapesWorld;
+namespace VarGpt.Tests.Cli;
 
 public class ShapesCliTests
 {

@@ -6,7 +6,11 @@ using VarGpt.Vision;
 using VarGpt.Configuration;
 using VarGpt.Inference;
 
-namespace VarGpt.Tests.Chat;
+using VarGpt;
+
+using VarGpt.Tests.TestModels;
+
+namespace VarGpt.Tests.Inference;
 
 /// <summary>Every bad input gives an exception whose message names the problem (the CLI prints it as one line, exit 2).</summary>
 /// <remarks>Loads pipelines (TorchRuntime.DefaultsScope): must not run beside tests that create tensors.</remarks>
@@ -19,7 +23,7 @@ public class ChatInputErrorTests
     public void Missing_corrupt_and_unsupported_image_files_name_the_file()
     {
         using var t = TestPaths.Temp();
-        var missing = Assert.Throws<FileNotFoundException>(() => RgbImage.Load(t["nope.png"]));
+        var missing = Assert.Throws<InputNotFoundException>(() => RgbImage.Load(t["nope.png"]));
         Assert.Contains("nope.png", missing.Message);
         File.WriteAllBytes(t["corrupt.png"], [0x89, (byte)'P', (byte)'N', (byte)'G', 13, 10, 26, 10, 0, 0, 0, 13, 1, 2, 3]);
         var corrupt = Assert.Throws<ImageLoadException>(() => RgbImage.Load(t["corrupt.png"]));
@@ -106,11 +110,11 @@ public class ChatInputErrorTests
     public void Bad_options_device_and_dtype_names_are_rejected()
     {
         var file = new VarGpt.Configuration.GenerationConfig();
-        Assert.Contains("temperature", Assert.Throws<ArgumentOutOfRangeException>(() => new VargptChatOptions { Temperature = -1 }.Resolve(file)).Message);
-        Assert.Contains("top_p", Assert.Throws<ArgumentOutOfRangeException>(() => new VargptChatOptions { TopP = 0 }.Resolve(file)).Message);
-        Assert.Contains("max_new_tokens", Assert.Throws<ArgumentOutOfRangeException>(() => new VargptChatOptions { MaxNewTokens = 0 }.Resolve(file)).Message);
-        Assert.Throws<ArgumentException>(() => new VargptChatOptions { StopSequences = [""] }.Resolve(file));
-        Assert.Contains("gpu", Assert.Throws<ArgumentException>(() => TorchRuntime.ParseDevice("gpu")).Message);
-        Assert.Contains("fp8", Assert.Throws<ArgumentException>(() => TorchRuntime.ParseDType("fp8")).Message);
+        Assert.Contains("temperature", Assert.Throws<InvalidOptionException>(() => new VargptChatOptions { Temperature = -1 }.Resolve(file)).Message);
+        Assert.Contains("top_p", Assert.Throws<InvalidOptionException>(() => new VargptChatOptions { TopP = 0 }.Resolve(file)).Message);
+        Assert.Contains("max_new_tokens", Assert.Throws<InvalidOptionException>(() => new VargptChatOptions { MaxNewTokens = 0 }.Resolve(file)).Message);
+        Assert.Throws<InvalidOptionException>(() => new VargptChatOptions { StopSequences = [""] }.Resolve(file));
+        Assert.Contains("gpu", Assert.Throws<InvalidOptionException>(() => TorchRuntime.ParseDevice("gpu")).Message);
+        Assert.Contains("fp8", Assert.Throws<InvalidOptionException>(() => TorchRuntime.ParseDType("fp8")).Message);
     }
 }

@@ -2,7 +2,9 @@ using System.Text.Json.Nodes;
 using VarGpt.Checkpoint;
 using VarGpt.Configuration;
 
-namespace VarGpt.Tests.Checkpoint;
+using VarGpt;
+
+namespace VarGpt.Tests.Configuration;
 
 public class ConfigTests
 {
@@ -43,7 +45,7 @@ public class ConfigTests
         var j = TinyConfig();
         j.Remove(field);
         File.WriteAllText(d["config.json"], j.ToJsonString());
-        var e = Assert.Throws<InvalidDataException>(() => VargptConfig.Load(d["config.json"]));
+        var e = Assert.Throws<InvalidFileException>(() => VargptConfig.Load(d["config.json"]));
         Assert.Contains(d["config.json"], e.Message);
         Assert.Contains($"'{field}'", e.Message);
     }
@@ -55,15 +57,15 @@ public class ConfigTests
         var j = TinyConfig();
         j["special_tokens"]!.AsObject().Remove("image_gen_pad_token_id");
         File.WriteAllText(d["config.json"], j.ToJsonString());
-        var e = Assert.Throws<InvalidDataException>(() => VargptConfig.Load(d["config.json"]));
+        var e = Assert.Throws<InvalidFileException>(() => VargptConfig.Load(d["config.json"]));
         Assert.Contains("special_tokens", e.Message);
         Assert.Contains("'image_gen_pad_token_id'", e.Message);
         File.WriteAllText(d["config.json"], "{\"vocab_size\": 3,");
-        Assert.Contains("not valid JSON", Assert.Throws<InvalidDataException>(() => VargptConfig.Load(d["config.json"])).Message);
+        Assert.Contains("not valid JSON", Assert.Throws<InvalidFileException>(() => VargptConfig.Load(d["config.json"])).Message);
         var wrongType = TinyConfig();
         wrongType["hidden_size"] = "big";
         File.WriteAllText(d["config.json"], wrongType.ToJsonString());
-        Assert.Contains("'hidden_size' must be an integer", Assert.Throws<InvalidDataException>(() => VargptConfig.Load(d["config.json"])).Message);
+        Assert.Contains("'hidden_size' must be an integer", Assert.Throws<InvalidFileException>(() => VargptConfig.Load(d["config.json"])).Message);
     }
 
     [Fact]
@@ -104,14 +106,14 @@ public class ConfigTests
         Assert.Null(g.ImageGen);
         Assert.Null(g.MaxNewTokens);
         File.WriteAllText(d["generation_config.json"], """{"eos_token_id": "five"}""");
-        var e = Assert.Throws<InvalidDataException>(() => GenerationConfig.Load(d.Path));
+        var e = Assert.Throws<InvalidFileException>(() => GenerationConfig.Load(d.Path));
         Assert.Contains("'eos_token_id'", e.Message);
         File.WriteAllText(d["generation_config.json"], """{"special_tokens": {"image_gen_start_token_id": 1, "image_gen_end_token_id": 2}}""");
-        Assert.Contains("'image_gen_pad_token_id'", Assert.Throws<InvalidDataException>(() => GenerationConfig.Load(d.Path)).Message);
+        Assert.Contains("'image_gen_pad_token_id'", Assert.Throws<InvalidFileException>(() => GenerationConfig.Load(d.Path)).Message);
         File.WriteAllText(d["generation_config.json"], """{"top_p": 0}""");
-        Assert.Contains("top_p", Assert.Throws<InvalidDataException>(() => GenerationConfig.Load(d.Path)).Message);
+        Assert.Contains("top_p", Assert.Throws<InvalidFileException>(() => GenerationConfig.Load(d.Path)).Message);
         Directory.CreateDirectory(d["empty"]);
-        Assert.Contains("generation_config.json", Assert.Throws<FileNotFoundException>(() => GenerationConfig.Load(d["empty"])).Message);
+        Assert.Contains("generation_config.json", Assert.Throws<InputNotFoundException>(() => GenerationConfig.Load(d["empty"])).Message);
     }
 
     [Fact]
@@ -138,10 +140,10 @@ public class ConfigTests
         Assert.Equal(14, p.PatchSize); // class default
 
         File.WriteAllText(d["preprocessor_config.json"], """{"image_mean": [0.5, 0.5]}""");
-        Assert.Contains("image_mean", Assert.Throws<InvalidDataException>(() => PreprocessorConfig.Load(d.Path)).Message);
+        Assert.Contains("image_mean", Assert.Throws<InvalidFileException>(() => PreprocessorConfig.Load(d.Path)).Message);
         File.WriteAllText(d["preprocessor_config.json"], """{"min_pixels": 5000, "max_pixels": 100}""");
-        Assert.Contains("min_pixels", Assert.Throws<InvalidDataException>(() => PreprocessorConfig.Load(d.Path)).Message);
+        Assert.Contains("min_pixels", Assert.Throws<InvalidFileException>(() => PreprocessorConfig.Load(d.Path)).Message);
         File.WriteAllText(d["preprocessor_config.json"], """{"patch_size": "14"}""");
-        Assert.Contains("'patch_size' must be an integer", Assert.Throws<InvalidDataException>(() => PreprocessorConfig.Load(d.Path)).Message);
+        Assert.Contains("'patch_size' must be an integer", Assert.Throws<InvalidFileException>(() => PreprocessorConfig.Load(d.Path)).Message);
     }
 }

@@ -5,7 +5,9 @@ using VChatMessage = VarGpt.Text.ChatMessage;
 using ChatMessage = Microsoft.Extensions.AI.ChatMessage;
 using VarGpt.Inference;
 
-namespace VarGpt.Tests.Chat;
+using VarGpt.Tests.TestModels;
+
+namespace VarGpt.Tests.Inference;
 
 /// <remarks>Loads pipelines (TorchRuntime.DefaultsScope): must not run beside tests that create tensors.</remarks>
 [Collection(nameof(TorchDefaultsCollection))]

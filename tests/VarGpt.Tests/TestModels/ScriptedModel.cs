@@ -4,7 +4,7 @@ using VarGpt.Text;
 using static TorchSharp.torch;
 using VarGpt.Inference;
 
-namespace VarGpt.Tests.Chat;
+namespace VarGpt.Tests.TestModels;
 
 /// <summary>
 /// Rewrites a loaded tiny model so that greedy decoding emits a chosen token sequence: attention and MLP outputs are

@@ -5,7 +5,7 @@ using VarGpt.Model;
 using static TorchSharp.torch;
 using VarGpt.Configuration;
 
-namespace VarGpt.Tests.LanguageModel;
+namespace VarGpt.Tests.TestModels;
 
 /// <summary>The tiny language model of the qwen2_lm_decode fixture (2 layers, hidden 64, GQA 4/2, vocab 320).</summary>
 internal static class TinyLm

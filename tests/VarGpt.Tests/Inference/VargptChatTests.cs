@@ -5,7 +5,9 @@ using VarGpt.Vision;
 using VarGpt.Inference;
 using VarGpt.LanguageModel;
 
-namespace VarGpt.Tests.Chat;
+using VarGpt.Tests.TestModels;
+
+namespace VarGpt.Tests.Inference;
 
 /// <remarks>Loads pipelines (TorchRuntime.DefaultsScope): must not run beside tests that create tensors.</remarks>
 [Collection(nameof(TorchDefaultsCollection))]

@@ -1,4 +1,4 @@
-namespace VarGpt.Tests.Training;
+namespace VarGpt.Tests;
 
 /// <summary>
 /// Tests that compare runs bit for bit use libtorch's global generator (dropout, manual_seed); they must not run in

@@ -1,7 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace VarGpt.Tests;
+namespace VarGpt.Tests.Torch;
 
 public class TorchLoadingTests
 {
