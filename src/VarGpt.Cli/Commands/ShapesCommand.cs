@@ -88,6 +88,7 @@ public static class ShapesCommand
         var sft = new Option<int>("--sft-steps") { Description = "SFT steps (all tasks).", DefaultValueFactory = _ => d.SftSteps };
         var dpo = new Option<int>("--dpo-steps") { Description = $"DPO steps at most: fewer when {d.DpoMaxEpochs:0.#} passes over the mined pairs take fewer.", DefaultValueFactory = _ => d.DpoSteps };
         var batch = new Option<int>("--batch") { Description = "Samples per alignment/SFT step.", DefaultValueFactory = _ => d.BatchSize };
+        var ignoreGates = new Option<bool>("--ignore-gates") { Description = "Measure and record every gate (OUT/gates.json) but go on when one fails (for short smoke runs); by default the run stops at a failed gate." };
         var cmd = new Command("train",
             """
             Train the ShapesWorld VARGPT from scratch, end to end: data + BPE tokenizer, the BSQ-VAE, the vision
@@ -95,10 +96,12 @@ public static class ShapesCommand
             alignment on caption pairs, SFT on all tasks, DPO on sampled text-to-image pairs as a LoRA adapter), each from a yaml written into the run folder (rerun one with
             `vargpt train sft|dpo FILE`). Finished stages are skipped and an interrupted one resumes from its last
             checkpoint when the command is run again. The result is OUT/model, a model folder every command takes
-            with --model.
+            with --model. After the VAE, vision, understanding and SFT stages a gate measures the stage on held-out
+            data (VAE round trips read right by the scorer, the vision tower's token probe, held-out questions,
+            text-to-image before DPO), prints it and writes it to OUT/gates.json; the run stops at a failed gate.
             """)
-        { output, seed, threads, train, vae, vision, und, align, sft, dpo, batch };
-        cmd.WithExamples("vargpt shapes train --out runs/shapes --seed 0", "vargpt shapes train --out runs/quick --vae-steps 20 --vision-steps 10 --understanding-steps 10 --align-steps 10 --sft-steps 20 --dpo-steps 5");
+        { output, seed, threads, train, vae, vision, und, align, sft, dpo, batch, ignoreGates };
+        cmd.WithExamples("vargpt shapes train --out runs/shapes --seed 0", "vargpt shapes train --out runs/quick --vae-steps 20 --vision-steps 10 --understanding-steps 10 --align-steps 10 --sft-steps 20 --dpo-steps 5 --ignore-gates");
         cmd.SetAction((p, ct) =>
         {
             set_num_threads(Math.Max(1, p.GetValue(threads)));
@@ -108,9 +111,14 @@ public static class ShapesCommand
             {
                 OutputDir = p.GetRequiredValue(output), Seed = p.GetValue(seed), TrainSamples = p.GetValue(train), VaeSteps = p.GetValue(vae),
                 VisionSteps = p.GetValue(vision), UnderstandingSteps = p.GetValue(und), AlignSteps = p.GetValue(align), SftSteps = p.GetValue(sft), DpoSteps = p.GetValue(dpo), BatchSize = p.GetValue(batch),
-                Output = p.InvocationConfiguration.Output,
+                StopAtFailedGate = !p.GetValue(ignoreGates), Output = p.InvocationConfiguration.Output,
             };
-            ShapesTraining.Run(o, cancellationToken: ct);
+            try { ShapesTraining.Run(o, cancellationToken: ct); }
+            catch (ShapesGateFailedException e)
+            {
+                p.InvocationConfiguration.Error.WriteLine($"stopped at a failed gate: {e.Message}");
+                return Task.FromResult(ExitCodes.Failed);
+            }
             return Task.FromResult(ExitCodes.Ok);
         });
         return cmd;
