@@ -25,12 +25,15 @@ public static class Program
             GenerateCommand.Create(),
             EditCommand.Create(),
             ShapesCommand.Create(),
+            ServeCommand.Create(),
+            DoctorCommand.Create(),
         };
         root.WithExamples(
             "vargpt info ~/models/VARGPT-v1.1          # what a checkpoint folder holds",
             "vargpt init --preset tiny --out /tmp/tiny # a random test-sized checkpoint",
             "vargpt bench machine                      # memory bandwidth, matmul FLOP/s",
             "vargpt fixtures check ../shared/golden    # numerical checks against the official code",
+            "vargpt doctor                             # CPU, libtorch/oneDNN versions, native kernel self-check",
             "vargpt train sft my_sft.yaml               # fine-tune (LLaMA-Factory style yaml)",
             "vargpt shapes data --out data/shapes      # the ShapesWorld toy dataset");
         return root;

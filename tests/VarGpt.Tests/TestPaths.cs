@@ -67,6 +67,7 @@ public static class TorchTestSetup
         if (Interlocked.Exchange(ref _done, 1) == 1) return;
         // Before any tensor math: MKL sgemm is alignment-dependent (1-ulp run-to-run noise in fp32) unless MKL_CBWR is set.
         VarGpt.Training.TrainerReproducibility.RequestStrictBlas();
+        VarGpt.Torch.LibTorchNative.DisableNnpack(); // as every VarGpt model does (ConvRouter): no NNPACK probe, no warning flood
         torch.set_num_threads(1);
     }
 }

@@ -20,6 +20,7 @@ public static class BenchCommand
             Machine(),
             BenchChatCommand.Create(),
             BenchGenerateCommand.Create(),
+            BenchServeCommand.Create(),
         };
         bench.WithExamples("vargpt bench machine", "vargpt bench machine --json");
         return bench;

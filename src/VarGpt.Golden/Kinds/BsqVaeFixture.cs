@@ -1,6 +1,7 @@
 using System.Text.Json;
 using VarGpt.Checkpoint;
 using VarGpt.Generation;
+using VarGpt.Torch;
 using static TorchSharp.torch;
 using VarGpt.Configuration;
 using VarGpt.Model;
@@ -15,13 +16,14 @@ public sealed class BsqVaeFixture : IFixtureKind
 {
     public string Kind => "bsq_vae";
 
-    /// <summary>Builds the VAE from the fixture config and loads its weights strictly (every key is a vae_local.* key and is used).</summary>
-    internal static BsqVae LoadVae(Fixture f)
+    /// <summary>Builds the VAE from the fixture config and loads its weights strictly (every key is a vae_local.* key and is used).
+    /// <paramref name="convRouting"/>: the VAE's convolution routing (null = from the environment, as in the product).</summary>
+    internal static BsqVae LoadVae(Fixture f, ConvRouterOptions? convRouting = null)
     {
         var cfg = ConfigJson.Parse<VaeConfig>(f.Config, System.IO.Path.Combine(f.Dir, "fixture.json") + ":config");
         if (f.Config.TryGetProperty("codebook_size", out var cs) && cs.GetInt64() != 1L << cfg.CodebookDim)
             throw new InvalidFileException($"{f.Id}: codebook_size {cs.GetInt64()} != 2^codebook_dim (projections are not supported)");
-        var vae = new BsqVae(cfg);
+        var vae = new BsqVae(cfg, convRouting: convRouting);
         var weights = f.LoadWeights();
         try
         {
@@ -36,10 +38,13 @@ public sealed class BsqVaeFixture : IFixtureKind
     internal static Scale[] ParseSchedule(JsonElement arr) =>
         arr.EnumerateArray().Select(s => { var v = s.EnumerateArray().Select(x => x.GetInt32()).ToArray(); return new Scale(v[0], v[1], v[2]); }).ToArray();
 
-    public void Run(Fixture f, FixtureComparer cmp)
+    public void Run(Fixture f, FixtureComparer cmp) => Run(f, cmp, null);
+
+    /// <summary>As <see cref="Run(Fixture, FixtureComparer)"/> with a given convolution routing (tests of the kernel fallbacks).</summary>
+    internal void Run(Fixture f, FixtureComparer cmp, ConvRouterOptions? convRouting)
     {
         double atol = f.Atol("atol"), rtol = f.Atol("rtol"), decAtol = f.Atol("decoded_atol", atol);
-        using var vae = LoadVae(f);
+        using var vae = LoadVae(f, convRouting);
         var schedule = ParseSchedule(f.Params.GetProperty("scale_schedule"));
 
         var raw = vae.Encode(f.In("image"));

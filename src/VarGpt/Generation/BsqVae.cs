@@ -1,6 +1,7 @@
 using TorchSharp;
 using TorchSharp.Modules;
 using VarGpt.Checkpoint;
+using VarGpt.Torch;
 using static TorchSharp.torch;
 using VarGpt.Configuration;
 
@@ -21,14 +22,21 @@ public sealed partial class BsqVae : nn.Module
     public VaeConfig Config { get; }
     public int CodebookDim => Config.CodebookDim;
 
-    public BsqVae(VaeConfig config, Device? device = null, ScalarType dtype = ScalarType.Float32) : base(nameof(BsqVae))
+    /// <summary>Computes every encoder/decoder convolution by a route checked on this CPU (<see cref="Torch.ConvRouter"/>).</summary>
+    public ConvRouter ConvRouter { get; }
+
+    /// <param name="convRouting">How convolutions are checked and routed; null = <see cref="ConvRouterOptions.FromEnvironment"/>
+    /// (self-checked unless the diagnostic variable VARGPT_CONV_ROUTE forces a route).</param>
+    public BsqVae(VaeConfig config, Device? device = null, ScalarType dtype = ScalarType.Float32, ConvRouterOptions? convRouting = null) : base(nameof(BsqVae))
     {
         Config = config;
+        ConvRouter = new ConvRouter(convRouting ?? ConvRouterOptions.FromEnvironment());
         if (config.PatchSize < 1) throw new ArgumentException($"vae_config.patch_size must be positive, got {config.PatchSize}");
         encoder = new Encoder(config.BaseCh, config.EncoderChMult, config.NumResBlocks, config.CodebookDim, config.PatchSize);
         decoder = new Decoder(config.BaseCh, config.DecoderChMult, config.NumResBlocks, config.CodebookDim, config.PatchSize);
         quantizer = new MultiScaleBSQ(config.CodebookDim);
         RegisterComponents();
+        foreach (var m in modules().OfType<Conv>()) m.Router = ConvRouter;
         // Module.to(dtype) only casts floating tensors, so the I64 lfq.mask buffer stays I64.
         if (device is not null) this.to(device);
         if (dtype != ScalarType.Float32) this.to(dtype);

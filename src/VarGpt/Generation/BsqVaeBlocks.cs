@@ -1,5 +1,6 @@
 using TorchSharp;
 using TorchSharp.Modules;
+using VarGpt.Torch;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
 
@@ -10,18 +11,29 @@ public sealed partial class BsqVae
     // Building blocks of the BSQ-VAE (official bsq_vae/conv.py and flux_vqgan.py, cnn_type '2d', no attention).
     // Every conv / norm sits one level down in a wrapper module, so the state-dict keys carry ".conv." / ".norm.".
 
-    /// <summary>Official conv.Conv with cnn_type '2d': a Conv2d stored as field <c>conv</c>.</summary>
+    /// <summary>
+    /// Official conv.Conv with cnn_type '2d': a Conv2d stored as field <c>conv</c> (its weight and bias are the
+    /// checkpoint's), computed by the VAE's <see cref="ConvRouter"/> so a wrong native kernel on some CPU is detected
+    /// and routed around (docs/notes/cpu-kernels.md); without a router, plain <c>Conv2d.forward</c>.
+    /// </summary>
     public sealed class Conv : Module<Tensor, Tensor>
     {
         public readonly Conv2d conv;
+        readonly long _stride, _padding;
+
+        /// <summary>Set once by the owning <see cref="BsqVae"/>.</summary>
+        internal ConvRouter? Router { get; set; }
 
         public Conv(long inChannels, long outChannels, long kernelSize, long stride = 1, long padding = 0) : base(nameof(Conv))
         {
             conv = Conv2d(inChannels, outChannels, kernelSize, stride: stride, padding: padding);
+            _stride = stride;
+            _padding = padding;
             RegisterComponents();
         }
 
-        public override Tensor forward(Tensor x) => conv.forward(x);
+        public override Tensor forward(Tensor x) =>
+            Router is null ? conv.forward(x) : Router.Conv2d(x, conv.weight!, conv.bias, _stride, _padding);
     }
 
     /// <summary>Official flux_vqgan.Normalize ('group', spatial axis): GroupNorm(32 groups if C%32==0 else 24 if C%24==0), eps 1e-6.</summary>

@@ -1,0 +1,89 @@
+using VarGpt.Inference;
+using VarGpt.Text;
+
+namespace VarGpt.Server.Backend;
+
+/// <summary>
+/// Continuous batching of chat decodes (what vLLM and llama.cpp's slots do): rows join a running batch after their own
+/// prefill and leave it as soon as they end, and every <see cref="Step"/> is one forward pass for all running rows.
+/// Driven by one thread (<see cref="Scheduling.ChatScheduler"/>).
+/// </summary>
+public interface IChatBatchEngine
+{
+    /// <summary>
+    /// Prepares the conversation (template, images, vision tower), prefills it alone and chooses its first token. The
+    /// row then runs in the batch until it ends; a row can end at once (first token EOS, max_new_tokens 1). Throws
+    /// <see cref="InvalidPromptException"/> / <see cref="ArgumentException"/> for inputs the model cannot take.
+    /// </summary>
+    ChatRow Admit(ChatJob job, CancellationToken cancellationToken);
+
+    /// <summary>One decode step for every running row admitted and not released (one forward pass); rows that end leave the batch.</summary>
+    void Step();
+
+    /// <summary>Removes a row from the batch (a cancelled request); ended rows leave by themselves.</summary>
+    void Release(ChatRow row);
+
+    /// <summary>Rows in the running batch.</summary>
+    int Running { get; }
+}
+
+/// <summary>
+/// One chat row: the text it produced so far (cut before a stop sequence), its ids and, once it ended, why. The engine
+/// writes; the scheduler thread reads between steps.
+/// </summary>
+public sealed class ChatRow
+{
+    readonly StreamingDecoder _decoder;
+    readonly StopSequenceFilter _stops;
+    readonly List<int> _ids = [];
+    readonly System.Text.StringBuilder _pending = new();
+
+    internal ChatRow(ChatJob job, int promptTokens, int maxNewTokens, StreamingDecoder decoder, IReadOnlyList<string> stops)
+    {
+        Job = job;
+        PromptTokens = promptTokens;
+        MaxNewTokens = maxNewTokens;
+        _decoder = decoder;
+        _stops = new StopSequenceFilter(stops);
+    }
+
+    public ChatJob Job { get; }
+    public int PromptTokens { get; }
+    public int MaxNewTokens { get; }
+    /// <summary>Generated ids (EOS included when emitted; &lt;|image_gen_start|&gt; included when the row started an image).</summary>
+    public IReadOnlyList<int> TokenIds => _ids;
+    public int CompletionTokens => _ids.Count;
+    public string Text => _stops.Text;
+    /// <summary>Null while running.</summary>
+    public VargptChatFinish? Finish { get; private set; }
+    /// <summary>Engine-private per-row state (KV slot, sampler).</summary>
+    internal object? State { get; set; }
+
+    /// <summary>The text completed since the last call.</summary>
+    public string TakeNewText()
+    {
+        var s = _pending.ToString();
+        _pending.Clear();
+        return s;
+    }
+
+    /// <summary>Adds one chosen token: EOS, image start and max_new_tokens end the row; stop sequences cut the text.</summary>
+    internal void Add(int id, long[] eos, int imageStartId)
+    {
+        _ids.Add(id);
+        if (Array.IndexOf(eos, (long)id) >= 0) { End(VargptChatFinish.EndOfTurn); return; }
+        // official vargpt_sample: no text follows <|image_gen_start|>; the image is drawn at batch size 1 (DrawChatImage)
+        if (imageStartId > 0 && id == imageStartId) { End(VargptChatFinish.Image); return; }
+        _pending.Append(_stops.Push(_decoder.Push(id), out bool stopped));
+        if (stopped) { Finish = VargptChatFinish.StopSequence; return; }
+        if (_ids.Count >= MaxNewTokens) End(VargptChatFinish.MaxNewTokens);
+    }
+
+    void End(VargptChatFinish finish)
+    {
+        var rest = _stops.Push(_decoder.Flush(), out bool stopped);
+        if (!stopped) rest += _stops.Flush();
+        _pending.Append(rest);
+        Finish = stopped ? VargptChatFinish.StopSequence : finish;
+    }
+}

@@ -1,0 +1,219 @@
+using VarGpt.Configuration;
+using VarGpt.Inference;
+using VarGpt.LanguageModel;
+using VarGpt.Model;
+using VarGpt.Torch;
+using static TorchSharp.torch;
+
+namespace VarGpt.Server.Backend;
+
+/// <summary>
+/// The continuous-batching decode engine over a loaded model: one shared KV cache whose rows are left-aligned to a
+/// common length (a row that joins is padded on the left; the padding is masked out of attention), per-row M-RoPE
+/// positions (each row continues at its own prefill's max position + 1, which is exactly where the official
+/// single-row loop puts it: cache_position + rope_deltas), per-row logits processors and samplers (a seeded row draws
+/// from its own generator, so it gets the tokens of a seeded single call). Rows are prefilled alone (their prompts differ in
+/// length and images), then merged; a row that ends is cut out of the cache and fully padded leading columns are trimmed.
+/// <para>Greedy rows give exactly the tokens of single decoding as long as the batch's linear layers run the same
+/// per-row kernel (DecodeLinear's GEMV, up to <see cref="DecodeLinear.MaxRows"/> rows); above that libtorch's GEMM sums in
+/// another order and a near-tie can flip (tested in ContinuousBatchTests).</para>
+/// Not thread safe: one scheduler thread drives it.
+/// </summary>
+public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
+{
+    readonly VargptModel _owner;
+    readonly VargptForConditionalGeneration _model;
+    readonly List<ChatRow> _rows = [];
+    KVCache? _cache;       // [B, Hkv, T, D] per layer, row b = _rows[b]
+    Tensor? _mask;         // [B, T] int64, 1 = token, 0 = left padding
+    bool _padded;          // some row has padding: pass the mask (no padding = no mask, as the single-row loop and HF's sdpa path do)
+
+    public ContinuousBatch(VargptModel model)
+    {
+        _owner = model;
+        _model = model.Module;
+    }
+
+    public int Running => _rows.Count;
+
+    sealed class RowState : IDisposable
+    {
+        public required GenerationConfig Generation { get; init; }
+        public required GrowableBuffer Sequence { get; init; }   // [1, len] prompt + generated ids (repetition penalty)
+        public Generator? Sampler { get; init; }
+        public long NextPosition { get; set; }                    // M-RoPE position of the next forwarded token (all three rows)
+        public long LastToken { get; set; }
+
+        public void Dispose() { Sequence.Dispose(); Sampler?.Dispose(); }
+    }
+
+    public ChatRow Admit(ChatJob job, CancellationToken cancellationToken)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        var generation = job.Options.Resolve(_owner.GenerationConfig);   // validates before any work
+        var (messages, images) = ChatMessages.SplitImages(job.Messages);
+        using var prompt = _owner.Prepare(messages, images);
+        int room = _owner.Config.MaxPositionEmbeddings - prompt.Length;
+        int maxNew = Math.Min(generation.MaxNewTokens ?? VargptChatOptions.DefaultMaxNewTokens, room);
+        generation = generation with { MaxNewTokens = maxNew };
+        var row = new ChatRow(job, prompt.Length, maxNew, _owner.Tokenizer.CreateStreamingDecoder(skipSpecialTokens: true), job.Options.StopSequences);
+        var state = new RowState
+        {
+            Generation = generation,
+            Sequence = new GrowableBuffer(1, prompt.Length + Math.Min(maxNew, 512) + 1),
+            Sampler = job.Options.Seed is long seed && generation.DoSample ? new Generator((ulong)seed, _model.Device) : null,
+        };
+        row.State = state;
+        var cache = new KVCache(_model.Config.NumHiddenLayers, prompt.Length + 64);
+        try
+        {
+            using var scope = NewDisposeScope();
+            using var noGrad = no_grad();
+            // the official prefill (TextGeneration.Prefill at batch 1): get_rope_index positions, all-ones mask
+            var ids = prompt.InputIds.to(ScalarType.Int64, _model.Device);
+            var mask = ones_like(ids);
+            var embeds = _model.EmbedInputs(ids, prompt.ImageEmbeds);
+            var (positions, deltas) = RopeIndex.GetRopeIndex(ids, prompt.ImageGridThw?.to(ScalarType.Int64, CPU), mask, _model.Config);
+            state.Sequence.Append(ids);
+            var logits = _model.Forward(embeds, positions, mask, cache, lastPositionOnly: true).Logits.select(1, 0);   // [1, V]
+            state.NextPosition = prompt.Length + deltas.cpu().item<long>();
+            Choose(row, state, logits);
+        }
+        catch
+        {
+            cache.Dispose(); state.Dispose();
+            throw;
+        }
+        if (row.Finish is not null) { cache.Dispose(); state.Dispose(); return row; }
+        Join(row, cache);
+        return row;
+    }
+
+    public void Step()
+    {
+        if (_rows.Count == 0) return;
+        using (var scope = NewDisposeScope())
+        using (var noGrad = no_grad())
+        {
+            int B = _rows.Count;
+            var states = _rows.Select(r => (RowState)r.State!).ToArray();
+            var tokens = tensor(states.Select(s => s.LastToken).ToArray(), ScalarType.Int64, _model.Device).view(B, 1);
+            var positions = tensor(states.Select(s => s.NextPosition).ToArray(), ScalarType.Int64, _model.Device).view(1, B, 1).expand(3, B, 1);
+            var grown = cat([_mask!, ones(B, 1, ScalarType.Int64, _mask!.device)], 1).DetachFromDisposeScope();
+            _mask!.Dispose();
+            _mask = grown;
+            var embeds = _model.EmbedInputs(tokens);
+            var logits = _model.Forward(embeds, positions, _padded ? _mask : null, _cache, lastPositionOnly: true).Logits.select(1, 0);   // [B, V]
+            for (int b = 0; b < B; b++)
+            {
+                states[b].NextPosition++;
+                states[b].Sequence.Append(tokens.narrow(0, b, 1));
+                Choose(_rows[b], states[b], logits.narrow(0, b, 1));
+            }
+        }
+        var ended = _rows.Where(r => r.Finish is not null).ToList();
+        if (ended.Count > 0) Remove(ended);
+    }
+
+    public void Release(ChatRow row)
+    {
+        if (_rows.Contains(row)) Remove([row]);
+        else (row.State as RowState)?.Dispose();
+    }
+
+    /// <summary>The row's logits processors and sampler on its logits [1, V] (TextGeneration.Choose at batch size 1); one host read.</summary>
+    void Choose(ChatRow row, RowState state, Tensor logits)
+    {
+        using var scope = NewDisposeScope();
+        var g = state.Generation;
+        var scores = LogitsProcessors.Apply(g, state.Sequence.View(), logits);
+        var next = g.DoSample ? scores.softmax(-1).multinomial(1, generator: state.Sampler).squeeze(1) : scores.argmax(-1);
+        long id = next.cpu().item<long>();
+        state.LastToken = id;
+        row.Add((int)id, row.Job.IgnoreEos ? [] : g.EosTokenIds, row.Job.IgnoreEos ? -1 : _owner.Config.ImageGen.StartId);
+    }
+
+    /// <summary>Merges a prefilled row (its own cache [1, Hkv, L, D]) into the batch, left-padding whichever side is shorter.</summary>
+    void Join(ChatRow row, KVCache rowCache)
+    {
+        using var scope = NewDisposeScope();
+        long L = rowCache.Length;
+        if (_cache is null)
+        {
+            _cache = rowCache;
+            _mask = ones(1, L, ScalarType.Int64, _model.Device).DetachFromDisposeScope();
+            _padded = false;
+            _rows.Add(row);
+            return;
+        }
+        long T = _cache.Length, target = Math.Max(T, L);
+        var merged = new KVCache(_cache.NumLayers, target + 64);
+        for (int layer = 0; layer < _cache.NumLayers; layer++)
+        {
+            var (kb, vb) = Contents(_cache, layer, _rows.Count);
+            var (kr, vr) = Contents(rowCache, layer, 1);
+            merged.Update(layer, cat([PadLeft(kb, target - T), PadLeft(kr, target - L)], 0), cat([PadLeft(vb, target - T), PadLeft(vr, target - L)], 0));
+        }
+        var mask = cat([
+            cat([zeros(_mask!.shape[0], target - T, ScalarType.Int64, _mask.device), _mask], 1),
+            cat([zeros(1, target - L, ScalarType.Int64, _mask.device), ones(1, L, ScalarType.Int64, _mask.device)], 1)], 0);
+        _cache.Dispose(); rowCache.Dispose(); _mask.Dispose();
+        _cache = merged;
+        _mask = mask.DetachFromDisposeScope();
+        _padded = _padded || T != L;
+        _rows.Add(row);
+    }
+
+    /// <summary>Cuts rows out of the batch cache and trims the leading columns that are padding for every remaining row.</summary>
+    void Remove(IReadOnlyList<ChatRow> rows)
+    {
+        foreach (var r in rows) (r.State as RowState)?.Dispose();
+        int before = _rows.Count;
+        var keep = Enumerable.Range(0, before).Where(b => !rows.Contains(_rows[b])).ToArray();
+        _rows.RemoveAll(rows.Contains);
+        if (keep.Length == 0)
+        {
+            _cache?.Dispose(); _mask?.Dispose();
+            _cache = null; _mask = null;
+            return;
+        }
+        using var scope = NewDisposeScope();
+        var index = tensor(keep.Select(k => (long)k).ToArray(), ScalarType.Int64, _model.Device);
+        var mask = _mask!.index_select(0, index);
+        // first column where some remaining row has a token: everything before it is padding for all
+        long start = mask.any(0).to(ScalarType.Int64).argmax().item<long>();
+        long T = mask.shape[1] - start;
+        var trimmed = new KVCache(_cache!.NumLayers, T + 64);
+        for (int layer = 0; layer < _cache.NumLayers; layer++)
+        {
+            var (k, v) = Contents(_cache, layer, before);
+            trimmed.Update(layer, k.index_select(0, index).narrow(2, start, T), v.index_select(0, index).narrow(2, start, T));
+        }
+        _cache.Dispose(); _mask!.Dispose();
+        _cache = trimmed;
+        _mask = mask.narrow(1, start, T).clone().DetachFromDisposeScope();
+        _padded = _mask.min().item<long>() == 0;
+    }
+
+    /// <summary>
+    /// The cached K/V of one layer [B, Hkv, T, D]. KVCache has no reader of its own yet: appending zero tokens returns the
+    /// whole view (KVCache.Update). TODO(issue 15, after the restructuring lands): row selection and merging move into
+    /// the library's KV cache, beside the turn loop.
+    /// </summary>
+    (Tensor K, Tensor V) Contents(KVCache cache, int layer, long rows)
+    {
+        var c = _model.Config;
+        using var empty = zeros(rows, c.NumKeyValueHeads, 0, c.HeadDim, _model.DType, _model.Device);
+        return cache.Update(layer, empty, empty);
+    }
+
+    static Tensor PadLeft(Tensor kv, long n) =>
+        n == 0 ? kv : cat([zeros(kv.shape[0], kv.shape[1], n, kv.shape[3], kv.dtype, kv.device), kv], 2);
+
+    public void Dispose()
+    {
+        foreach (var r in _rows) (r.State as RowState)?.Dispose();
+        _rows.Clear();
+        _cache?.Dispose(); _mask?.Dispose();
+    }
+}

@@ -1,0 +1,108 @@
+using VarGpt.Inference;
+using VarGpt.Model;
+using VarGpt.Server;
+using VarGpt.Server.Backend;
+using VarGpt.Server.Scheduling;
+using VarGpt.Text;
+
+namespace VarGpt.Tests.Server;
+
+/// <summary>
+/// The continuous-batching engine against single decoding on the shipped model: rows that join and leave a running
+/// batch at different times get exactly the tokens each conversation gets alone (greedy, and seeded sampling).
+/// </summary>
+[Collection(nameof(TorchDefaultsCollection))]
+public class ContinuousBatchTests
+{
+    static readonly string[] Questions =
+    [
+        "What colour is the circle?",
+        "How many shapes are there in the picture? Answer with one word.",
+        "Is there a square?",
+        "Draw a blue star at the top.",
+        "What shape is on the left side of the image, and what colour is it?",
+    ];
+
+    static ChatJob Job(int i, VargptChatOptions options, bool withImage = false) =>
+        new([withImage
+            ? new ChatMessage("user", [ContentPart.FromImage(VarGpt.Vision.RgbImage.Decode(ServedModel.ScenePng())), ContentPart.FromText(Questions[i])])
+            : ChatMessage.User(Questions[i])], options, DrawImages: false);
+
+    [Fact]
+    public void Rows_joining_and_leaving_a_running_batch_decode_exactly_as_alone()
+    {
+        using var model = VargptModel.Load(ShippedModel.Resolve());
+        var greedy = new VargptChatOptions { MaxNewTokens = 20, GenerateImages = false };
+        var sampled = new VargptChatOptions { MaxNewTokens = 20, GenerateImages = false, Temperature = 1.0, Seed = 5 };
+        var jobs = new[] { Job(0, greedy, withImage: true), Job(1, greedy), Job(2, sampled), Job(3, greedy), Job(4, greedy, withImage: true) };
+        var alone = jobs.Select(j => model.Chat(j.Messages, j.Options, TestContext.Current.CancellationToken).TokenIds.ToArray()).ToArray();
+
+        using var batch = new ContinuousBatch(model);
+        var rows = new List<ChatRow>();
+        // staggered arrivals: two rows, a step, one more, two steps, two more; at most 4 run together (DecodeLinear's per-row kernel)
+        rows.Add(batch.Admit(jobs[0], TestContext.Current.CancellationToken));
+        rows.Add(batch.Admit(jobs[1], TestContext.Current.CancellationToken));
+        batch.Step();
+        rows.Add(batch.Admit(jobs[2], TestContext.Current.CancellationToken));
+        batch.Step(); batch.Step();
+        while (batch.Running >= 4) batch.Step();
+        rows.Add(batch.Admit(jobs[3], TestContext.Current.CancellationToken));
+        while (batch.Running >= 4) batch.Step();
+        rows.Add(batch.Admit(jobs[4], TestContext.Current.CancellationToken));
+        while (batch.Running > 0) batch.Step();
+        for (int i = 0; i < jobs.Length; i++)
+        {
+            Assert.Equal(alone[i], rows[i].TokenIds.ToArray());
+            Assert.NotNull(rows[i].Finish);
+        }
+    }
+
+    /// <summary>An engine whose rows never end on their own: only cancellation removes them.</summary>
+    sealed class EndlessEngine : IChatBatchEngine
+    {
+        readonly List<ChatRow> _rows = [];
+        public int Steps;
+        public List<int> StepsAtRelease { get; } = [];
+        public int Running => _rows.Count;
+        public ChatRow Admit(ChatJob job, CancellationToken cancellationToken)
+        {
+            var row = new ChatRow(job, 3, int.MaxValue, Tokenizer.Value.CreateStreamingDecoder(skipSpecialTokens: true), []);
+            _rows.Add(row);
+            return row;
+        }
+        public void Step() { Steps++; Thread.Sleep(2); }
+        public void Release(ChatRow row) { _rows.Remove(row); StepsAtRelease.Add(Steps); }
+    }
+
+    static readonly Lazy<QwenTokenizer> Tokenizer = new(() => QwenTokenizer.FromDirectory(ShippedModel.Resolve()));
+
+    [Fact]
+    public async Task A_cancelled_request_leaves_the_batch_before_the_next_step()
+    {
+        var engine = new EndlessEngine();
+        using var scheduler = new ChatScheduler(engine, maxBatch: 4, maxQueue: 1, new ServerMetrics());
+        using var cts = new CancellationTokenSource();
+        var ticket = scheduler.TryEnqueue(new ChatJob([ChatMessage.User("hi")], new VargptChatOptions()), cts.Token)!;
+        Assert.NotNull(ticket);
+        while (engine.Steps < 5) await Task.Delay(1, TestContext.Current.CancellationToken);
+        int stepsAtCancel = engine.Steps;
+        cts.Cancel();
+        var events = new List<ChatEvent>();
+        await foreach (var e in ticket.Events.ReadAllAsync(TestContext.Current.CancellationToken)) events.Add(e);
+        Assert.IsAssignableFrom<OperationCanceledException>(events[^1].Error);
+        Assert.InRange(Assert.Single(engine.StepsAtRelease) - stepsAtCancel, 0, 1);
+        Assert.Equal(0, engine.Running);
+    }
+
+    [Fact]
+    public void The_queue_refuses_requests_beyond_free_rows_plus_its_capacity()
+    {
+        var engine = new EndlessEngine();
+        using var scheduler = new ChatScheduler(engine, maxBatch: 1, maxQueue: 1, new ServerMetrics());
+        var job = new ChatJob([ChatMessage.User("hi")], new VargptChatOptions());
+        Assert.NotNull(scheduler.TryEnqueue(job, TestContext.Current.CancellationToken));
+        Assert.True(SpinWait.SpinUntil(() => scheduler.Running == 1, 2000));
+        Assert.NotNull(scheduler.TryEnqueue(job, TestContext.Current.CancellationToken));   // waits for the row
+        Assert.Null(scheduler.TryEnqueue(job, TestContext.Current.CancellationToken));      // the queue is full
+    }
+}
