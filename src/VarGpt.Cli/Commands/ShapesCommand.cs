@@ -6,6 +6,7 @@ using VarGpt.ShapesWorld;
 using VarGpt.Training;
 using static TorchSharp.torch;
 using VarGpt.Inference;
+using VarGpt.Configuration;
 
 using VarGpt.Cli.Runner;
 
@@ -179,12 +180,23 @@ public static class ShapesCommand
             var path = Path.GetFullPath(p.GetRequiredValue(weights));
             if (Directory.Exists(path)) path = Path.Combine(path, TrainerCheckpoint.ModelFile);
             if (!File.Exists(path)) throw new VargptInputException($"weights not found: {path}");
+            // weights inside a model folder (the shipped model's model.safetensors) are read with that folder's VAE
+            // config and schedule; bare VAE weights with the recipe's (ShapesModelConfig) sizes
             var sizes = new ShapesModelConfig();
             var cfg = VaeTraining.VaeConfigOf(sizes);
+            IReadOnlyList<Scale> schedule = sizes.Scales.Select(s => s with { T = 1 }).ToArray();
+            int side = sizes.ImageSize;
+            var folder = Path.GetDirectoryName(path)!;
+            if (File.Exists(Path.Combine(folder, "config.json")))
+            {
+                var model = VargptConfig.Load(folder);
+                var sched = model.Schedules.Get(ShapesModelConfig.Template, model.Pn);
+                (cfg, schedule, side) = (model.Vae, sched.Scales, sched.Pixels.H);
+                o.WriteLine($"VAE config and {side}×{side} schedule from {Path.Combine(folder, "config.json")}");
+            }
             using var f = VarGpt.Checkpoint.SafeTensorsFile.Open(path);
             var sd = f.Tensors.Keys.Where(k => k.StartsWith(ModelComponents.Vae.Prefix, StringComparison.Ordinal)).ToDictionary(k => k, k => f.Load(k));
-            var schedule = sizes.Scales.Select(s => s with { T = 1 }).ToArray();
-            var world = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = p.GetValue(seed), ImageSize = sizes.ImageSize });
+            var world = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = p.GetValue(seed), ImageSize = side });
             foreach (var dt in new[] { ScalarType.Float32, ScalarType.BFloat16 })
             {
                 using var vae = new VarGpt.Generation.BsqVae(cfg, dtype: dt);
