@@ -18,21 +18,23 @@ namespace VarGpt.ShapesWorld;
 public sealed record ShapesModelConfig
 {
     // ---- images ----
-    /// <summary>Side of generated images and of the dataset renders (BSQ-VAE patch 16 → an 8×8 latent).</summary>
-    public int ImageSize { get; init; } = 128;
-    /// <summary>Name of the generation resolution entry (template 1.0); 128×128 = 0.016 Mpx, in the style of the official names.</summary>
-    public string Pn { get; init; } = "0.016M";
-    /// <summary>Next-scale schedule on the 8×8 latent: the first five entries of the official 1:1 table (121 tokens,
-    /// padded to 128 &lt;|image_gen_pad|&gt; rows), the same schedule as the golden fixtures' fx5. t as in the official
-    /// table (images use t = 1).</summary>
+    /// <summary>Side of generated images and of the dataset renders (BSQ-VAE patch 8 → an 8×8 latent). 64 px is a quarter
+    /// of the convolution cost of 128 px, and the scorer reads 64 px renders at 100%.</summary>
+    public int ImageSize { get; init; } = 64;
+    /// <summary>Name of the generation resolution entry (template 1.0); 64×64 = 0.004 Mpx, in the style of the official names.</summary>
+    public string Pn { get; init; } = "0.004M";
+    /// <summary>Next-scale schedule on the 8×8 latent: the first five entries of the official 1:1 table (121 tokens), the
+    /// same schedule as the golden fixtures' fx5. t as in the official table (images use t = 1).</summary>
     public IReadOnlyList<Scale> Scales { get; init; } = [new(1, 1, 1), new(2, 2, 2), new(3, 4, 4), new(4, 6, 6), new(5, 8, 8)];
-    /// <summary>Understanding images are resized to this side (smart_resize with max_pixels = <see cref="MaxPixels"/>):
-    /// 112×112 = 8×8 patches of 14 px → 16 merged tokens.</summary>
-    public int UnderstandingSide { get; init; } = 112;
-    /// <summary>max_pixels of the image processor: 128² renders shrink to 112² (chosen between 112² and 140² so the
-    /// floor in smart_resize is not on a rounding edge).</summary>
-    public int MaxPixels { get; init; } = 14000;
-    public int MinPixels { get; init; } = 56 * 56;
+    /// <summary>Understanding images are resized to this side (smart_resize): 84×84 = 6×6 patches of 14 px → 3×3 merged
+    /// tokens, one per third of the image, so each of the five positions (left, right, top, bottom, centre) falls in
+    /// exactly one token (an object's box stays inside its third: anchors 0.21/0.5/0.79, half side ≤ 0.12).</summary>
+    public int UnderstandingSide { get; init; } = 84;
+    /// <summary>max_pixels of the image processor: larger images shrink to 84² (7100 is just above 84² = 7056, away from
+    /// the rounding edge of smart_resize's floor).</summary>
+    public int MaxPixels { get; init; } = 7100;
+    /// <summary>min_pixels: 64² renders grow to 84² (smart_resize's ceil branch; 7000 keeps it off the rounding edge).</summary>
+    public int MinPixels { get; init; } = 7000;
 
     // ---- language model (Qwen2 with M-RoPE) ----
     public int HiddenSize { get; init; } = 256;
@@ -65,12 +67,13 @@ public sealed record ShapesModelConfig
     /// with 32 (one channel per group) the decoder's last norm turns each channel into a per-image z-score, so an object's
     /// colour depended on how much of the white image was foreground (measured: reconstructions collapsed to 3–4 hues).</summary>
     public int VaeBaseCh { get; init; } = 48;
-    public int[] VaeChMult { get; init; } = [1, 1, 2, 2, 2];
+    public int[] VaeChMult { get; init; } = [1, 1, 2, 2];
     public int VaeNumResBlocks { get; init; } = 1;
     /// <summary>Bits per latent cell (BSQ codebook_dim): Infinity emits 2 logits per bit.</summary>
     public int CodebookDim { get; init; } = 16;
 
-    public const int VaePatchSize = 16;
+    /// <summary>Pixels per latent cell (BSQ-VAE spatial stride, official patch_size); the VAE has log2 of it downsampling levels.</summary>
+    public int VaePatchSize { get; init; } = 8;
     public const double Template = 1.0;
 
     /// <summary>Vocabulary rows: the tokenizer's size rounded up to a multiple of 64 (as Qwen2 pads its vocabulary).</summary>
@@ -78,6 +81,11 @@ public sealed record ShapesModelConfig
 
     /// <summary>Latent side of a generated image.</summary>
     public int LatentSide => ImageSize / VaePatchSize;
+
+    /// <summary>Infinity's pad_to_multiplier: the VAR sequence (and the &lt;|image_gen_pad|&gt; block) is padded to a
+    /// multiple of it (official 128, for flash-attention tiles). Padding rows cost language-model and Infinity time
+    /// without carrying anything, so the small model uses 1.</summary>
+    public int InfinityPadToMultiplier { get; init; } = 1;
 
     /// <summary>config.json of the model for <paramref name="tokenizer"/> (token ids are read from it, never hard-coded).</summary>
     public JsonObject ConfigJson(ByteLevelBpeTokenizer tokenizer)
@@ -90,6 +98,7 @@ public sealed record ShapesModelConfig
         {
             Depth = InfinityDepth, EmbedDim = InfinityEmbedDim, NumHeads = InfinityHeads, MlpRatio = InfinityMlpRatio,
             BlockChunks = InfinityBlockChunks, TextChannels = InfinityEmbedDim, TextMaxLen = TextMaxLen, CodebookDim = CodebookDim,
+            PadToMultiplier = InfinityPadToMultiplier,
         };
         var vae = new VaeConfig
         {

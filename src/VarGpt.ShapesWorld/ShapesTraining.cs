@@ -28,7 +28,10 @@ public sealed record ShapesTrainingOptions
     /// <summary>Samples of the understanding stage (three quarters questions, one quarter descriptions).</summary>
     public int UnderstandingSamples { get; init; } = 24000;
     public int EvalSamples { get; init; } = 400;
-    public int VaeSteps { get; init; } = 1000;
+    /// <summary>VAE steps (of <see cref="VaeTrainingOptions.BatchSize"/> renders). The 64² VAE is sample-limited: its gate
+    /// figure rose 14 → 21 → 31 → 35% at 300/600/900/1200 steps of 8, to 59.5% at 1800 and 77% at 2400 (docs/shapesworld-notes.md,
+    /// "Issue 16"); 1,200 steps took 30 min on one loaded core.</summary>
+    public int VaeSteps { get; init; } = 2400;
     public int VaeEvalImages { get; init; } = 200;
     public int LoggingSteps { get; init; } = 10;
     public int VisionSteps { get; init; } = 300;
@@ -63,6 +66,18 @@ public sealed record ShapesTrainingOptions
     public double DpoLearningRate { get; init; } = 5e-4;
     public double DpoBeta { get; init; } = 0.1;
     public int LoraRank { get; init; } = 16;
+    /// <summary>Gates (issue 16): each is measured on held-out data after its stage, printed and written to OUT/gates.json.
+    /// VAE: scorer on round trips, every colour distinct; vision: the token probe per attribute; understanding: held-out
+    /// questions; text-to-image before DPO: at least the bottom of the band where DPO finds pairs.</summary>
+    public double VaeGate { get; init; } = 0.99;
+    public double VisionGate { get; init; } = 0.99;
+    public double UnderstandingGate { get; init; } = 0.95;
+    public double TextToImageGate { get; init; } = 0.20;
+    /// <summary>Held-out samples each understanding / text-to-image gate evaluates.</summary>
+    public int GateSamples { get; init; } = 200;
+    /// <summary>false: a failed gate is recorded and the recipe goes on (smoke runs with a few steps per stage); true (default):
+    /// the recipe stops with <see cref="ShapesGateFailedException"/> before any stage that would build on the failed one.</summary>
+    public bool StopAtFailedGate { get; init; } = true;
     public TextWriter Output { get; init; } = TextWriter.Null;
 }
 
@@ -125,6 +140,7 @@ public static class ShapesTraining
             if (!vae.Training.Completed) throw Stopped(VaeDir, vae.Training);
             WriteInitialWeights(Path.Combine(root, BaseDir), Path.Combine(root, VaeDir, VaeTraining.WeightsFile), o.Seed);
         }, create: true);
+        Gate(root, o, "vae", () => ShapesGates.Vae(VaeTraining.ReadEvaluation(Path.Combine(root, VaeDir)), o.VaeGate));
 
         // ---- B. the vision tower: a per-token probe teaches its tokens what is where (VARGPT starts from a pretrained ViT)
         Stage(root, VisionDir, log, () =>
@@ -134,21 +150,28 @@ public static class ShapesTraining
                 ModelDir = Path.Combine(root, BaseDir), OutputDir = Path.Combine(root, VisionDir), Seed = o.Seed, Steps = o.VisionSteps,
                 LoggingSteps = o.LoggingSteps, Output = log, Cancel = cancellationToken,
             });
-            if (!r.Completed) throw Stopped(VisionDir, r);
+            if (!r.Training.Completed) throw Stopped(VisionDir, r.Training);
         }, create: true);
+        Gate(root, o, "vision", () => ShapesGates.Vision(VisionPretraining.ReadEvaluation(Path.Combine(root, VisionDir)), o.VisionGate));
 
         // ---- C. understanding: questions and descriptions only (short sequences, so a larger batch), everything but the VAE
         // and (FreezeVisionTower) the pretrained tower
         var lmStage = o.FreezeVisionTower ? new Dictionary<string, string> { ["vargpt_freeze"] = "vision_tower" } : null;
-        Stage(root, UnderstandingDir, log, () => RunYaml(root, UnderstandingDir, StageYaml(o, TrainingStage.Sft, VisionDir, [UnderstandingName], UnderstandingDir,
+        Stage(root, UnderstandingDir, log, () => RunYaml(root, UnderstandingDir, StageYaml(o, sizes, TrainingStage.Sft, VisionDir, [UnderstandingName], UnderstandingDir,
             o.UnderstandingSteps, o.UnderstandingBatchSize, o.LearningRate, lmStage), log, cancellationToken));
+        Gate(root, o, "understanding", () => ShapesGates.Task("understanding",
+            GateEvaluation(root, UnderstandingDir, o, ShapesEvaluationOptions.PerTask(0) with { Understanding = o.GateSamples }, cancellationToken).Understanding,
+            o.UnderstandingGate, "exact answers to held-out questions"));
 
         // ---- D. alignment: caption pairs in both directions (descriptions, text-to-image), everything but the VAE (and the tower)
-        Stage(root, AlignDir, log, () => RunYaml(root, AlignDir, StageYaml(o, TrainingStage.Sft, UnderstandingDir, [AlignName], AlignDir, o.AlignSteps, o.BatchSize, o.LearningRate, lmStage), log, cancellationToken));
+        Stage(root, AlignDir, log, () => RunYaml(root, AlignDir, StageYaml(o, sizes, TrainingStage.Sft, UnderstandingDir, [AlignName], AlignDir, o.AlignSteps, o.BatchSize, o.LearningRate, lmStage), log, cancellationToken));
 
         // ---- E. SFT on all tasks
         var sftStage = new Dictionary<string, string>(lmStage ?? []) { ["vargpt_gen_text_loss"] = TrainingConfig.YamlName(o.SftGenTextLoss) };
-        Stage(root, SftDir, log, () => RunYaml(root, SftDir, StageYaml(o, TrainingStage.Sft, AlignDir, [ShapesDataset.TrainName], SftDir, o.SftSteps, o.BatchSize, o.LearningRate, sftStage), log, cancellationToken));
+        Stage(root, SftDir, log, () => RunYaml(root, SftDir, StageYaml(o, sizes, TrainingStage.Sft, AlignDir, [ShapesDataset.TrainName], SftDir, o.SftSteps, o.BatchSize, o.LearningRate, sftStage), log, cancellationToken));
+        Gate(root, o, "text_to_image", () => ShapesGates.Task("text_to_image",
+            GateEvaluation(root, SftDir, o, ShapesEvaluationOptions.PerTask(0) with { TextToImage = o.GateSamples }, cancellationToken).Generation,
+            o.TextToImageGate, "held-out images with every requested attribute right, before DPO"));
 
         // ---- F. DPO on text-to-image pairs sampled from the SFT model (chosen = scorer-correct, rejected = wrong),
         // trained as a LoRA adapter on the language model with everything else frozen, so the adapter holds all of it
@@ -169,7 +192,7 @@ public static class ShapesTraining
         });
         if (File.Exists(Path.Combine(root, DpoDataDir, ShapesDpoPairs.DatasetName + ".json")))
         {
-            Stage(root, DpoDir, log, () => RunYaml(root, DpoDir, StageYaml(o, TrainingStage.Dpo, SftDir, [ShapesDpoPairs.DatasetName], DpoDir,
+            Stage(root, DpoDir, log, () => RunYaml(root, DpoDir, StageYaml(o, sizes, TrainingStage.Dpo, SftDir, [ShapesDpoPairs.DatasetName], DpoDir,
                 DpoStepsFor(o, MinedPairs(Path.Combine(root, DpoDataDir))), o.DpoBatchSize, o.DpoLearningRate,
                 new Dictionary<string, string>
                 {
@@ -258,6 +281,27 @@ public static class ShapesTraining
         catch (JsonException e) { throw new InvalidFileException($"{path}: {e.Message}", e); }
     }
 
+    /// <summary>
+    /// The gate <paramref name="name"/>: measured once (then read back from OUT/gates.json, so a rerun does not measure it
+    /// again), printed, and — when it failed and <see cref="ShapesTrainingOptions.StopAtFailedGate"/> — the end of the run.
+    /// </summary>
+    static void Gate(string root, ShapesTrainingOptions o, string name, Func<ShapesGate> measure)
+    {
+        var gate = ShapesGates.Read(root).FirstOrDefault(g => g.Name == name) ?? measure();
+        ShapesGates.Record(root, gate, o.Output, o.StopAtFailedGate);
+    }
+
+    /// <summary>A held-out evaluation of a stage's model folder for a gate (kept as STAGE/gate_eval.json).</summary>
+    static ShapesEvaluationResult GateEvaluation(string root, string stageDir, ShapesTrainingOptions o, ShapesEvaluationOptions options, CancellationToken ct)
+    {
+        var dir = Path.Combine(root, stageDir);
+        var r = ShapesEvaluation.Run(dir, options with { Examples = 0, MeasureBeforeDpo = false }, o.Output, ct);
+        File.WriteAllText(Path.Combine(dir, GateEvalFile), r.ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        return r;
+    }
+
+    public const string GateEvalFile = "gate_eval.json";
+
     /// <summary>OUT/name.done: the marker of a finished stage (its wall time).</summary>
     public static string DoneMarker(string root, string name) => Path.Combine(root, name + ".done");
 
@@ -329,9 +373,14 @@ public static class ShapesTraining
     }
 
     /// <summary>A LLaMA-Factory yaml for one stage (official keys; paths relative to the run folder).</summary>
-    static string StageYaml(ShapesTrainingOptions o, TrainingStage stage, string model, IReadOnlyList<string> datasets, string output, int steps, int batch, double lr,
+    static string StageYaml(ShapesTrainingOptions o, ShapesModelConfig sizes, TrainingStage stage, string model, IReadOnlyList<string> datasets, string output, int steps, int batch, double lr,
         IReadOnlyDictionary<string, string>? extra = null)
     {
+        // absolute paths: a relative one would be looked up in the working directory first, so `shapes train` run from a
+        // folder with its own data/ or sft/ would read the wrong files
+        var root = Path.GetFullPath(o.OutputDir);
+        model = Path.Combine(root, model);
+        output = Path.Combine(root, output);
         var sb = new StringBuilder();
         void Kv(string k, object v) => sb.Append(k).Append(": ").Append(Convert.ToString(v, CultureInfo.InvariantCulture)).Append('\n');
         sb.Append("# ShapesWorld stage '").Append(output).Append("' (written by vargpt shapes train; rerun: vargpt train ").Append(TrainingConfig.YamlName(stage)).Append(" THIS_FILE)\n");
@@ -341,11 +390,11 @@ public static class ShapesTraining
         Kv("finetuning_type", extra is not null && extra.ContainsKey("finetuning_type") ? extra["finetuning_type"] : "full");
         Kv("vargpt_train_stage", 5);
         Kv("dataset", string.Join(",", datasets));
-        Kv("dataset_dir", stage == TrainingStage.Dpo ? DpoDataDir : DataDir);
+        Kv("dataset_dir", Path.Combine(root, stage == TrainingStage.Dpo ? DpoDataDir : DataDir));
         Kv("template", "vargpt_qwen2_vl");
         Kv("cutoff_len", 512);
-        Kv("image_resolution", 128 * 128);
-        Kv("image_gen_resolution", 128);
+        Kv("image_resolution", sizes.ImageSize * sizes.ImageSize);
+        Kv("image_gen_resolution", sizes.ImageSize);
         Kv("vargpt_gen_augment", "false");
         Kv("output_dir", output);
         Kv("per_device_train_batch_size", batch);

@@ -18,15 +18,18 @@ public sealed record VaeTrainingOptions
     public required string OutputDir { get; init; }
     public int Seed { get; init; }
     public int Steps { get; init; } = 800;
-    /// <summary>Images per full-size (128²) step.</summary>
-    public int BatchSize { get; init; } = 4;
+    /// <summary>Images per full-size step. 8 at 64²: per rendered image, batch 8 lowers the loss faster than 16
+    /// (measured: 0.36 after 1,000 renders vs 1,600; docs/shapesworld-notes.md).</summary>
+    public int BatchSize { get; init; } = 8;
     /// <summary>The first CropFraction of the steps train on random 16-aligned CropSize² crops of the renders (a conv
     /// VAE is translation-equivariant, so crops teach the same local coding at a quarter of the cost per crop); the rest
     /// on whole images with the real scale schedule. 0 disables cropping.</summary>
     public double CropFraction { get; init; } = 0.85;
     public int CropSize { get; init; } = 64;
     public int CropBatchSize { get; init; } = 8;
-    public double LearningRate { get; init; } = 3e-3;
+    /// <summary>1e-3: at 3e-3 the hues collapse (red/yellow → orange, purple → blue: 121 colour errors in 200 scenes at
+    /// 250 steps of 16 at 64², 9 at 1e-3; docs/shapesworld-notes.md).</summary>
+    public double LearningRate { get; init; } = 1e-3;
     public double MaxGradNorm { get; init; } = 2.0;
     public double WarmupRatio { get; init; } = 0.05;
     public LrScheduler LrScheduler { get; init; } = LrScheduler.Cosine;
@@ -77,14 +80,18 @@ public sealed record VaeTrainingOptions
 /// <param name="ScorerAccuracy">fraction of reconstructions the ShapesScorer reads completely right (count, shape, colour, size, position)</param>
 /// <param name="BitStability">fraction of bit labels (all scales) unchanged when Gaussian noise σ = NoiseSigma is added to the input</param>
 /// <param name="ScorerAccuracyWithFlips">scorer accuracy when a fraction FlipRate of all bits is flipped at random (decoder robustness to generation errors)</param>
+/// <param name="ColorsReadRight">colours (of 7) that every one of their round trips in the colour check reads right: one
+/// large object of each shape in the centre, so 7 means every colour comes back distinct from the others</param>
 public sealed record VaeEvaluation(int Images, double Psnr, double ScorerAccuracy, double BitStability, double NoiseSigma,
-    double ScorerAccuracyWithFlips, double FlipRate, double[] BitStabilityPerScale, string DType, int DistinctFinestCodes)
+    double ScorerAccuracyWithFlips, double FlipRate, double[] BitStabilityPerScale, string DType, int DistinctFinestCodes, int ColorsReadRight)
 {
     public override string ToString() => string.Create(CultureInfo.InvariantCulture,
-        $"{Images} held-out renders ({DType} weights): PSNR {Psnr:F2} dB | scorer {ScorerAccuracy:P1} | bits stable under noise σ={NoiseSigma:G3}: {BitStability:P2} (per scale {string.Join(" ", BitStabilityPerScale.Select(x => x.ToString("P1", CultureInfo.InvariantCulture)))}) | scorer with {FlipRate:P0} bits flipped: {ScorerAccuracyWithFlips:P1} | {DistinctFinestCodes} distinct codes at the last scale");
+        $"{Images} held-out renders ({DType}): PSNR {Psnr:F2} dB | scorer {ScorerAccuracy:P1} | colours read right {ColorsReadRight}/{ShapesPalette.Colors.Length} | bits stable under noise σ={NoiseSigma:G3}: {BitStability:P2} (per scale {string.Join(" ", BitStabilityPerScale.Select(x => x.ToString("P1", CultureInfo.InvariantCulture)))}) | scorer with {FlipRate:P0} bits flipped: {ScorerAccuracyWithFlips:P1} | {DistinctFinestCodes} distinct codes at the last scale");
 }
 
-public sealed record VaeTrainingResult(TrainingResult Training, string WeightsPath, VaeEvaluation Fp32, VaeEvaluation Bf16, double WallSeconds, double CpuSeconds);
+/// <param name="Shipped">the evaluation with the weights rounded to bf16 (how the model folder stores them) and float32
+/// compute (the default inference dtype): what the VAE gate reads</param>
+public sealed record VaeTrainingResult(TrainingResult Training, string WeightsPath, VaeEvaluation Fp32, VaeEvaluation Shipped, double WallSeconds, double CpuSeconds);
 
 /// <summary>
 /// Trains the ShapesWorld BSQ-VAE (<see cref="BsqVae"/>: conv encoder/decoder + multi-scale BSQ) from scratch on
@@ -115,7 +122,7 @@ public static class VaeTraining
             $"BSQ-VAE base_ch {vaeCfg.BaseCh} ch_mult [{string.Join(",", vaeCfg.EncoderChMult)}] res_blocks {vaeCfg.NumResBlocks} codebook_dim {vaeCfg.CodebookDim}: {nParams:N0} parameters; {sizes.ImageSize}² images, scales {string.Join(",", schedule.Select(s => s.H))}; {o.Steps} steps: {ShapesVaeData.CropSteps(o)} × {o.CropBatchSize} crops of {o.CropSize}², then batch {o.BatchSize}; {torch.get_num_threads()} threads"));
 
         var world = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = o.Seed, ImageSize = sizes.ImageSize, PositionJitter = o.PositionJitter });
-        var data = new ShapesVaeData(world, o, ShapesModelConfig.VaePatchSize);
+        var data = new ShapesVaeData(world, o, sizes.VaePatchSize);
         using var probe = o.ProbeWeight != 0 ? new VaeCodeProbe(vaeCfg.CodebookDim) : null;
         using var trained = probe is null ? null : new VaeWithProbe(vae, probe);
         var objective = new VaeReconstructionObjective(vae, schedule, o, probe);
@@ -138,31 +145,46 @@ public static class VaeTraining
         SafeTensorsWriter.Save(weights, Prefixed(vae), meta);
 
         var evalWorld = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = o.Seed, ImageSize = sizes.ImageSize });
-        var fp32 = Evaluate(vae, schedule, evalWorld, o.EvalImages, o.Seed);
+        var fp32 = Evaluate(vae, schedule, evalWorld, o.EvalImages, o.Seed, label: "float32 weights");
         log.WriteLine("eval " + fp32);
-        VaeEvaluation bf16;
-        using (var v16 = new BsqVae(vaeCfg, dtype: ScalarType.BFloat16))
+        VaeEvaluation shipped;
+        using (var rounded = new BsqVae(vaeCfg))
         {
-            StateDict.Load(v16, Prefixed(vae).ToDictionary(kv => kv.Key, kv => kv.Value), new StateDictOptions { Prefix = ModelComponents.Vae.Prefix });
-            bf16 = Evaluate(v16, schedule, evalWorld, o.EvalImages, o.Seed);
+            var source = vae.state_dict();
+            using (no_grad())
+                foreach (var (name, t) in rounded.state_dict())
+                    if (t.is_floating_point()) t.copy_(source[name].to(ScalarType.BFloat16).to(ScalarType.Float32));
+            rounded.eval();
+            shipped = Evaluate(rounded, schedule, evalWorld, o.EvalImages, o.Seed, label: "bf16-rounded weights, float32 compute");
         }
-        log.WriteLine("eval " + bf16);
+        log.WriteLine("eval " + shipped);
         double cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
-        var res = new VaeTrainingResult(result, weights, fp32, bf16, wall.Elapsed.TotalSeconds, cpu);
+        var res = new VaeTrainingResult(result, weights, fp32, shipped, wall.Elapsed.TotalSeconds, cpu);
         File.WriteAllText(Path.Combine(o.OutputDir, EvalFile), JsonSerializer.Serialize(new
         {
             steps = result.GlobalStep, completed = result.Completed, wall_seconds = res.WallSeconds, cpu_seconds = cpu,
             threads = torch.get_num_threads(), parameters = nParams, vae_config = JsonNode.Parse(vaeCfg.ToJson().ToJsonString()),
-            final_loss = result.Steps.Count > 0 ? result.Steps[^1].Loss : double.NaN, fp32, bf16,
+            final_loss = result.Steps.Count > 0 ? result.Steps[^1].Loss : double.NaN, fp32, shipped,
         }, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower }));
         log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"VAE done in {res.WallSeconds:F0} s wall, {cpu:F0} s CPU; weights {weights}"));
         return res;
     }
 
+    /// <summary>The "shipped" evaluation (bf16-rounded weights, float32 compute) from DIR/vae_eval.json.</summary>
+    public static VaeEvaluation ReadEvaluation(string dir)
+    {
+        var path = Path.Combine(dir, EvalFile);
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path} not found: the VAE stage writes it at its end (delete {dir}.done to redo the stage)", path);
+        var node = JsonNode.Parse(File.ReadAllText(path))?["shipped"]
+            ?? throw new InvalidDataException($"{path}: no 'shipped' evaluation (written by an older recipe; delete {dir}.done to redo the VAE stage)");
+        return node.Deserialize<VaeEvaluation>(new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower })
+            ?? throw new InvalidDataException($"{path}: empty 'shipped' evaluation");
+    }
+
     public static VaeConfig VaeConfigOf(ShapesModelConfig s) => new()
     {
         BaseCh = s.VaeBaseCh, CodebookDim = s.CodebookDim, EncoderChMult = s.VaeChMult, DecoderChMult = s.VaeChMult,
-        NumResBlocks = s.VaeNumResBlocks, PatchSize = ShapesModelConfig.VaePatchSize,
+        NumResBlocks = s.VaeNumResBlocks, PatchSize = s.VaePatchSize,
     };
 
     /// <summary>The VAE's state dict under the official top-level prefix (vae_local.*).</summary>
@@ -214,12 +236,12 @@ public static class VaeTraining
     /// encode → multi-scale BSQ → bits → decode (BsqVae.DecodeFromBits, the generation path).
     /// </summary>
     public static VaeEvaluation Evaluate(BsqVae vae, IReadOnlyList<Scale> schedule, ShapesWorldGenerator world, int count, int seed,
-        double noiseSigma = 0.02, double flipRate = 0.02, int batch = 16)
+        double noiseSigma = 0.02, double flipRate = 0.02, int batch = 16, string? label = null)
     {
         using var noGrad = no_grad();
         int side = world.Options.ImageSize;
-        var rng = new ShapesRng(ShapesRng.Mix((ulong)seed ^ 0x5641455F4556414CUL));
-        var scenes = Enumerable.Range(0, count).Select(_ => world.RandomScene(rng)).ToList();
+        // held-out scenes: those of the Eval split's descriptions, each showing a shape×colour×position the VAE never saw
+        var scenes = world.Samples(ShapesSplit.Eval, count, ShapesTaskKind.Description).Select(s => s.Images[0]).ToList();
         var gen = new Generator((ulong)seed + 17);
         double psnrSum = 0; int correct = 0, correctFlip = 0;
         var stableBits = new double[schedule.Count]; var totalBits = new double[schedule.Count];
@@ -260,7 +282,29 @@ public static class VaeTraining
         }
         var perScale = stableBits.Zip(totalBits, (a, b) => a / b).ToArray();
         return new VaeEvaluation(count, psnrSum / count, (double)correct / count, stableBits.Sum() / totalBits.Sum(), noiseSigma,
-            (double)correctFlip / count, flipRate, perScale, vae.DType.ToString(), codes.Count);
+            (double)correctFlip / count, flipRate, perScale, label ?? vae.DType.ToString(), codes.Count, ColorsReadRight(vae, schedule, side));
+    }
+
+    /// <summary>The colour check: one large object of every shape in the centre, in every colour, through the round trip;
+    /// a colour counts when all its objects come back read in that colour (so a VAE that renders two colours alike fails both).</summary>
+    public static int ColorsReadRight(BsqVae vae, IReadOnlyList<Scale> schedule, int side)
+    {
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        var scenes = ShapesPalette.Colors.SelectMany(c => ShapesPalette.Shapes.Select(sh =>
+            new Scene([new ShapeObject(sh, c, ObjectSize.Large, Position.Center)]))).ToList();
+        var rgb = scenes.Select(sc => ShapesRenderer.RenderRgb(sc, side)).ToList();
+        var (_, q) = vae.EncodeMultiScale(ToPixels(rgb, side), schedule);
+        var (_, img) = vae.DecodeFromBits(q.Bits, schedule);
+        var u8 = ImageOutput.ToUInt8Rgb(img).cpu().contiguous();
+        var right = new HashSet<ShapeColor>(ShapesPalette.Colors);
+        for (int i = 0; i < scenes.Count; i++)
+        {
+            var a = ShapesScorer.Analyze(u8[i].data<byte>().ToArray(), side, side);
+            var o = scenes[i].Objects[0];
+            if (a.Objects.Count != 1 || a.Objects[0].Color != o.Color) right.Remove(o.Color);
+        }
+        return right.Count;
     }
 }
 
@@ -336,7 +380,7 @@ public sealed class VaeReconstructionObjective(BsqVae vae, IReadOnlyList<Scale> 
         if (o.EdgeWeight != 0) loss = loss + EdgeLoss(rec, x) * o.EdgeWeight;
         if (probe is not null) // then the data carries the labels (ShapesVaeData with ProbeWeight ≠ 0)
         {
-            int p = ShapesModelConfig.VaePatchSize;
+            int p = vae.Config.PatchSize;
             // one label per latent cell (constant inside the cell): [B,2,h,w] → colour, shape
             var labels = batch.narrow(1, 3, 2).slice(2, 0, batch.shape[2], p).slice(3, 0, batch.shape[3], p).to(ScalarType.Int64);
             loss = loss + probe.Loss(z.to(ScalarType.Float32), labels) * o.ProbeWeight;

@@ -23,9 +23,22 @@ public sealed record VisionPretrainingOptions
     /// <summary>Also train the probe to name the covering object's position (left/right/top/bottom/centre).</summary>
     public bool ProbePosition { get; init; } = true;
     public int LoggingSteps { get; init; } = 10;
+    /// <summary>Held-out scenes (Eval split, each with a held-out shape×colour×position) the trained probe is scored on.</summary>
+    public int EvalScenes { get; init; } = 200;
     public TextWriter? Output { get; init; }
     /// <summary>Stops the run at the next step boundary with a checkpoint saved (Ctrl-C / SIGTERM); the output folder is then not written.</summary>
     public CancellationToken Cancel { get; init; }
+}
+
+/// <summary>The probe read on held-out scenes: per attribute, the share of object-covered tokens named right, and the
+/// share of tokens whose object/background verdict is right (<see cref="VisionPretraining.EvaluateProbe"/>).</summary>
+public sealed record VisionProbeEvaluation(int Scenes, int ObjectTokens, double Color, double Shape, double Size, double Position, double Occupancy)
+{
+    /// <summary>The lowest of the per-attribute accuracies (the gate compares it with its threshold).</summary>
+    public double Min => new[] { Color, Shape, Size, Position, Occupancy }.Min();
+
+    public override string ToString() => string.Create(CultureInfo.InvariantCulture,
+        $"{Scenes} held-out scenes, {ObjectTokens} object tokens: colour {Color:P1}, shape {Shape:P1}, size {Size:P1}, position {Position:P1}, object/background {Occupancy:P1}");
 }
 
 /// <summary>
@@ -39,7 +52,11 @@ public sealed record VisionPretrainingOptions
 /// </summary>
 public static class VisionPretraining
 {
-    public static TrainingResult Run(VisionPretrainingOptions o)
+    public const string EvalFile = "probe_eval.json";
+
+    /// <summary>Trains the tower and its probe, writes the output model folder and the probe's held-out reading (OUT/probe_eval.json);
+    /// an interrupted run (<see cref="VisionPretrainingOptions.Cancel"/>) returns with no evaluation and writes neither.</summary>
+    public static (TrainingResult Training, VisionProbeEvaluation? Eval) Run(VisionPretrainingOptions o)
     {
         var config = VargptConfig.Load(o.ModelDir);
         var processor = new ImageProcessor(PreprocessorConfig.Load(o.ModelDir));
@@ -66,7 +83,11 @@ public static class VisionPretraining
         TrainingResult result;
         using (var trainer = new Trainer<IReadOnlyList<Scene>>(model, objective, data, options))
             result = trainer.Train(TrainerCheckpoint.Latest(o.OutputDir) is not null ? "latest" : null, o.Cancel);
-        if (!result.Completed) return result;
+        if (!result.Completed) return (result, null); // interrupted: no evaluation, no output folder
+        var eval = EvaluateProbe(visual, probe, processor, world, side, grid, o.EvalScenes);
+        o.Output?.WriteLine("vision probe: " + eval);
+        AtomicFile.WriteAllText(Path.Combine(o.OutputDir, EvalFile), System.Text.Json.JsonSerializer.Serialize(eval,
+            new System.Text.Json.JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = System.Text.Json.JsonNamingPolicy.SnakeCaseLower }) + "\n");
 
         // the output model folder: every file of the input, visual.* replaced
         foreach (var f in Directory.GetFiles(o.ModelDir).Where(f => Path.GetFileName(f) != TrainerCheckpoint.ModelFile))
@@ -79,10 +100,63 @@ public static class VisionPretraining
             try { SafeTensorsWriter.Save(Path.Combine(o.OutputDir, TrainerCheckpoint.ModelFile), tensors, new Dictionary<string, string> { ["format"] = "pt" }); }
             finally { foreach (var t in tensors) t.Value.Dispose(); }
         }
-        return result;
+        return (result, eval);
     }
 
     static readonly string Prefix = ModelComponents.VisionTower.Prefix;
+
+    /// <summary>The probe's held-out reading from DIR/probe_eval.json.</summary>
+    public static VisionProbeEvaluation ReadEvaluation(string dir)
+    {
+        var path = Path.Combine(dir, EvalFile);
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path} not found: the vision stage writes it at its end (delete {dir}.done to redo the stage)", path);
+        return System.Text.Json.JsonSerializer.Deserialize<VisionProbeEvaluation>(File.ReadAllText(path),
+            new System.Text.Json.JsonSerializerOptions { PropertyNamingPolicy = System.Text.Json.JsonNamingPolicy.SnakeCaseLower })
+            ?? throw new InvalidDataException($"{path}: empty");
+    }
+
+    /// <summary>
+    /// Scores the probe on the scenes of <paramref name="count"/> held-out (Eval split) description samples, rendered as the
+    /// dataset renders them (no jitter): every token covered by an object must name its colour, shape, size and position,
+    /// and every token must say object or background right.
+    /// </summary>
+    static VisionProbeEvaluation EvaluateProbe(Qwen2VisionTransformerPretrainedModel visual, TokenProbe probe, ImageProcessor processor,
+        ShapesWorldGenerator world, int side, int grid, int count)
+    {
+        using var ng = no_grad();
+        visual.eval();
+        var scenes = world.Samples(ShapesSplit.Eval, count, ShapesTaskKind.Description).Select(s => s.Images[0]).ToList();
+        int objects = 0, color = 0, shape = 0, size = 0, position = 0, occupancy = 0, tokens = 0;
+        for (int start = 0; start < scenes.Count; start += 16)
+        {
+            using var scope = NewDisposeScope();
+            var part = scenes.Skip(start).Take(16).ToList();
+            var labels = part.SelectMany(s => ShapesRenderer.CellLabels(s, LabelSide(processor, grid), grid)).ToList();
+            using var pi = processor.Preprocess(part.Select(s => new RgbImage(side, side, ShapesRenderer.RenderRgb(s, side))).ToList());
+            var f = visual.forward(pi.PixelValues, pi.ImageGridThw);
+            long[] Arg(TorchSharp.Modules.Linear head) => head.forward(f).argmax(1).data<long>().ToArray();
+            var c = Arg(probe.color); var sh = Arg(probe.shape); var sz = Arg(probe.size);
+            var ps = probe.position is { } head ? Arg(head) : null;
+            for (int i = 0; i < labels.Count; i++)
+            {
+                var l = labels[i];
+                tokens++;
+                if ((l.Color == 0) == (c[i] == 0)) occupancy++;
+                if (l.Color == 0) continue;
+                objects++;
+                if (c[i] == l.Color) color++;
+                if (sh[i] == l.Shape) shape++;
+                if (sz[i] == l.Size) size++;
+                if (ps is null || ps[i] == l.Position) position++;
+            }
+        }
+        double Frac(int k) => objects == 0 ? 0 : (double)k / objects;
+        return new VisionProbeEvaluation(scenes.Count, objects, Frac(color), Frac(shape), Frac(size), Frac(position), tokens == 0 ? 0 : (double)occupancy / tokens);
+    }
+
+    /// <summary>Cell labels are computed on the processor's resized side (grid × patch × merge px), where every merged
+    /// token covers exactly one cell (the render's own side need not be a multiple of the grid: 64 px → 84 px, 3×3).</summary>
+    static int LabelSide(ImageProcessor processor, int grid) => grid * processor.Settings.PatchSize * processor.Settings.MergeSize;
 
     /// <summary>Merged-token grid side of a side×side render after the processor's smart_resize (128 → 112 → 4).</summary>
     static int MergedGrid(ImageProcessor processor, int side)
@@ -113,7 +187,7 @@ public static class VisionPretraining
         {
             var images = scenes.Select(s => new RgbImage(side, side, ShapesRenderer.RenderRgb(s, side))).ToList();
             // merged tokens come in window raster order = the label grid's row-major order
-            var labels = scenes.SelectMany(s => ShapesRenderer.CellLabels(s, side, grid)).ToList();
+            var labels = scenes.SelectMany(s => ShapesRenderer.CellLabels(s, LabelSide(processor, grid), grid)).ToList();
             using var pi = processor.Preprocess(images);
             var features = visual.forward(pi.PixelValues, pi.ImageGridThw); // [B·grid², hidden]
             using var c = tensor(labels.Select(l => (long)l.Color).ToArray());

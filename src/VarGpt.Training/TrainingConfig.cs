@@ -28,6 +28,16 @@ public enum GenTextLoss
     Labels,
 }
 
+/// <summary>`vargpt_train_positions` (this port's key): the position ids of the training forward.</summary>
+public enum TrainPositions
+{
+    /// <summary>None passed, so every token gets its 1-D index: the official forward never calls get_rope_index in training.</summary>
+    Official,
+    /// <summary>The positions inference uses: get_rope_index over the prompt (an image's tokens take (t, row, column), the
+    /// text after it resumes at max + 1) and the raw cache index for the image-generation rows (autoregressive_infer_cfg).</summary>
+    Mrope,
+}
+
 /// <summary>
 /// The training yaml of the official fork (LLaMA-Factory keys; examples/train_vargpt_qwen2vl_1_1/*.yaml), restricted to
 /// keys that mean something to this port, read by YamlDotNet's deserializer onto this record: a key is the snake_case
@@ -65,6 +75,9 @@ public sealed record TrainingConfig
     /// <summary>vargpt_gen_text_loss (VarGpt.NET key; see <see cref="Training.GenTextLoss"/>). Not an official option: a small
     /// model trained with "official" learns to continue user turns after the assistant's first token (docs/shapesworld-notes.md).</summary>
     [YamlMember(Alias = "vargpt_gen_text_loss")] public GenTextLoss GenTextLoss { get; init; } = GenTextLoss.Official;
+    /// <summary>vargpt_train_positions (VarGpt.NET key; see <see cref="Training.TrainPositions"/>). Not an official option: a model
+    /// trained from scratch with 1-D positions meets M-RoPE positions for the first time at inference (docs/shapesworld-notes.md).</summary>
+    [YamlMember(Alias = "vargpt_train_positions")] public TrainPositions TrainPositions { get; init; } = TrainPositions.Official;
 
     // optimisation (HF TrainingArguments defaults; TrainerOptions takes its defaults from here)
     public int PerDeviceTrainBatchSize { get; init; } = 8;

@@ -95,7 +95,7 @@ public static class VargptFineTuning
                 $"(vargpt_train_stage {cfg.VargptTrainStage}, finetuning_type {cfg.FinetuningType}), so a batch of them has no trainable parameter (the official trainer fails on such a batch too); " +
                 "remove them or use a stage that trains the language model (2, 4 or 5)");
 
-        var fwd = new VargptTrainingOptions { Seed = cfg.Seed };
+        var fwd = new VargptTrainingOptions { Seed = cfg.Seed, MropePositions = cfg.TrainPositions == TrainPositions.Mrope };
         ITrainingObjective<VargptBatch> objective;
         VargptModel? reference = null;
         try

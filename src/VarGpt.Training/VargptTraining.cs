@@ -1,5 +1,6 @@
 using TorchSharp;
 using VarGpt.Generation;
+using VarGpt.LanguageModel;
 using VarGpt.Model;
 using static TorchSharp.torch;
 using VarGpt.Configuration;
@@ -22,6 +23,9 @@ public sealed record VargptTrainingOptions
     public double NoiseApplyStrength { get; init; } = 0.3;
     /// <summary>Seed of the bit-flip noise and of Infinity's cond dropout (one forward = one seed, so a resumed run replays it).</summary>
     public long Seed { get; init; }
+    /// <summary>vargpt_train_positions: mrope. Position ids as inference gives them (get_rope_index over the prompt, the
+    /// raw index for image-generation rows) instead of the official 1-D positions (<see cref="VargptTraining.InferencePositions"/>).</summary>
+    public bool MropePositions { get; init; }
     /// <summary>Keep the intermediate tensors in <see cref="VargptTrainingOutput.Debug"/> (fixtures, debugging).</summary>
     public bool KeepDebug { get; init; }
 }
@@ -157,9 +161,10 @@ public static class VargptTraining
             embeds = embeds.masked_scatter(mask, xSH.to(embeds.dtype));
         }
 
-        // ---- LLM: causal + padding mask, positions 0..T-1 (the official forward passes position_ids = None)
+        // ---- LLM: causal + padding mask, positions 0..T-1 (the official forward passes position_ids = None; MropePositions: as inference)
         var mask2d = x.AttentionMask?.to(ScalarType.Int64, device);
-        var h = m.model.forward(embeds, null, mask2d);
+        var positions = o.MropePositions ? InferencePositions(ids, x.ImageGridThw, x.AttentionMask, cfg, firstPad).to(device) : null;
+        var h = m.model.forward(embeds, positions, mask2d);
         var logits = m.lm_head.forward(h);
 
         if (!gen)
@@ -194,6 +199,29 @@ public static class VargptTraining
             Logits = logits.MoveToOuterDisposeScope(), GenLogits = genLogits.MoveToOuterDisposeScope(),
             ImageGenLabels = gtBL!.MoveToOuterDisposeScope(), Schedule = schedule, Debug = debug,
         };
+    }
+
+    /// <summary>
+    /// Position ids [3, B, T] the inference path gives a training row (vargpt_train_positions: mrope): get_rope_index over
+    /// the row (as the prefill and decoding of the prompt and the text before &lt;|image_gen_start|&gt; see them), then, from
+    /// the first &lt;|image_gen_pad|&gt; of a generation row on, the raw index t: autoregressive_infer_cfg runs the image
+    /// tokens with position_ids None, i.e. at their KV-cache index, and that row's cache holds exactly the t tokens before
+    /// it (right padding). Rows without images get plain cumulative positions, the same as the official 1-D ones.
+    /// </summary>
+    public static Tensor InferencePositions(Tensor inputIds, Tensor? imageGridThw, Tensor? attentionMask, VargptConfig config, IReadOnlyList<int> firstPad)
+    {
+        var (pos, deltas) = RopeIndex.GetRopeIndex(inputIds.cpu(), imageGridThw?.cpu(), attentionMask?.cpu(), config);
+        deltas.Dispose();
+        int B = (int)inputIds.shape[0], T = (int)inputIds.shape[1];
+        using (pos)
+        {
+            var host = pos.contiguous().data<long>().ToArray();
+            for (int b = 0; b < B; b++)
+                if (firstPad[b] >= 0)
+                    for (int r = 0; r < 3; r++)
+                        for (int t = firstPad[b]; t < T; t++) host[(r * B + b) * T + t] = t;
+            return tensor(host, [3, B, T], ScalarType.Int64);
+        }
     }
 
     /// <summary>

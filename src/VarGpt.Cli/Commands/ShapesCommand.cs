@@ -6,6 +6,7 @@ using VarGpt.ShapesWorld;
 using VarGpt.Training;
 using static TorchSharp.torch;
 using VarGpt.Inference;
+using VarGpt.Configuration;
 
 using VarGpt.Cli.Runner;
 
@@ -89,6 +90,7 @@ public static class ShapesCommand
         var sft = new Option<int>("--sft-steps") { Description = "SFT steps (all tasks).", DefaultValueFactory = _ => d.SftSteps };
         var dpo = new Option<int>("--dpo-steps") { Description = $"DPO steps at most: fewer when {d.DpoMaxEpochs:0.#} passes over the mined pairs take fewer.", DefaultValueFactory = _ => d.DpoSteps };
         var batch = new Option<int>("--batch") { Description = "Samples per alignment/SFT step.", DefaultValueFactory = _ => d.BatchSize };
+        var ignoreGates = new Option<bool>("--ignore-gates") { Description = "Measure and record every gate (OUT/gates.json) but go on when one fails (for short smoke runs); by default the run stops at a failed gate." };
         var cmd = new Command("train",
             """
             Train the ShapesWorld VARGPT from scratch, end to end: data + BPE tokenizer, the BSQ-VAE, the vision
@@ -96,10 +98,12 @@ public static class ShapesCommand
             alignment on caption pairs, SFT on all tasks, DPO on sampled text-to-image pairs as a LoRA adapter), each from a yaml written into the run folder (rerun one with
             `vargpt train sft|dpo FILE`). Finished stages are skipped and an interrupted one resumes from its last
             checkpoint when the command is run again. The result is OUT/model, a model folder every command takes
-            with --model.
+            with --model. After the VAE, vision, understanding and SFT stages a gate measures the stage on held-out
+            data (VAE round trips read right by the scorer, the vision tower's token probe, held-out questions,
+            text-to-image before DPO), prints it and writes it to OUT/gates.json; the run stops at a failed gate.
             """)
-        { output, seed, threads, train, vae, vision, und, align, sft, dpo, batch };
-        cmd.WithExamples("vargpt shapes train --out runs/shapes --seed 0", "vargpt shapes train --out runs/quick --vae-steps 20 --vision-steps 10 --understanding-steps 10 --align-steps 10 --sft-steps 20 --dpo-steps 5");
+        { output, seed, threads, train, vae, vision, und, align, sft, dpo, batch, ignoreGates };
+        cmd.WithExamples("vargpt shapes train --out runs/shapes --seed 0", "vargpt shapes train --out runs/quick --vae-steps 20 --vision-steps 10 --understanding-steps 10 --align-steps 10 --sft-steps 20 --dpo-steps 5 --ignore-gates");
         cmd.SetAction(p =>
         {
             set_num_threads(Math.Max(1, p.GetValue(threads)));
@@ -109,7 +113,7 @@ public static class ShapesCommand
             {
                 OutputDir = p.GetRequiredValue(output), Seed = p.GetValue(seed), TrainSamples = p.GetValue(train), VaeSteps = p.GetValue(vae),
                 VisionSteps = p.GetValue(vision), UnderstandingSteps = p.GetValue(und), AlignSteps = p.GetValue(align), SftSteps = p.GetValue(sft), DpoSteps = p.GetValue(dpo), BatchSize = p.GetValue(batch),
-                Output = p.InvocationConfiguration.Output,
+                StopAtFailedGate = !p.GetValue(ignoreGates), Output = p.InvocationConfiguration.Output,
             };
             using var stop = new GracefulStop(p.InvocationConfiguration.Output);
             try { ShapesTraining.Run(o, cancellationToken: stop.Token); }
@@ -117,6 +121,11 @@ public static class ShapesCommand
             {
                 p.InvocationConfiguration.Output.WriteLine(e.Message);
                 return stop.ExitCode;
+            }
+            catch (ShapesGateFailedException e)
+            {
+                p.InvocationConfiguration.Error.WriteLine($"stopped at a failed gate: {e.Message}");
+                return ExitCodes.Failed;
             }
             return ExitCodes.Ok;
         });
@@ -178,12 +187,23 @@ public static class ShapesCommand
             var path = Path.GetFullPath(p.GetRequiredValue(weights));
             if (Directory.Exists(path)) path = Path.Combine(path, TrainerCheckpoint.ModelFile);
             if (!File.Exists(path)) throw new VargptInputException($"weights not found: {path}");
+            // weights inside a model folder (the shipped model's model.safetensors) are read with that folder's VAE
+            // config and schedule; bare VAE weights with the recipe's (ShapesModelConfig) sizes
             var sizes = new ShapesModelConfig();
             var cfg = VaeTraining.VaeConfigOf(sizes);
+            IReadOnlyList<Scale> schedule = sizes.Scales.Select(s => s with { T = 1 }).ToArray();
+            int side = sizes.ImageSize;
+            var folder = Path.GetDirectoryName(path)!;
+            if (File.Exists(Path.Combine(folder, "config.json")))
+            {
+                var model = VargptConfig.Load(folder);
+                var sched = model.Schedules.Get(ShapesModelConfig.Template, model.Pn);
+                (cfg, schedule, side) = (model.Vae, sched.Scales, sched.Pixels.H);
+                o.WriteLine($"VAE config and {side}×{side} schedule from {Path.Combine(folder, "config.json")}");
+            }
             using var f = VarGpt.Checkpoint.SafeTensorsFile.Open(path);
             var sd = f.Tensors.Keys.Where(k => k.StartsWith(ModelComponents.Vae.Prefix, StringComparison.Ordinal)).ToDictionary(k => k, k => f.Load(k));
-            var schedule = sizes.Scales.Select(s => s with { T = 1 }).ToArray();
-            var world = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = p.GetValue(seed), ImageSize = sizes.ImageSize });
+            var world = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = p.GetValue(seed), ImageSize = side });
             foreach (var dt in new[] { ScalarType.Float32, ScalarType.BFloat16 })
             {
                 using var vae = new VarGpt.Generation.BsqVae(cfg, dtype: dt);

@@ -53,4 +53,16 @@ public class ShapesCliTests
         Assert.Contains("shapesworld.json", e);
         Assert.DoesNotContain("   at ", e);
     }
+
+    [Fact]
+    public void Eval_vae_of_a_model_folders_weights_uses_that_folders_vae_config_and_schedule()
+    {
+        TorchTestSetup.Init();
+        // the tiny model keeps the shipped 128² layout (patch 16, five levels), not the recipe's 64² default
+        var weights = Path.Combine(VarGpt.Tests.TestModels.TinyShapesModel.Dir, "model.safetensors");
+        var (code, o, e) = Run("shapes", "eval-vae", weights, "--eval-images", "2", "--threads", "1");
+        Assert.True(code == 0, e);
+        Assert.Contains("128×128 schedule from", o);
+        Assert.Contains("2 held-out renders (Float32)", o);
+    }
 }

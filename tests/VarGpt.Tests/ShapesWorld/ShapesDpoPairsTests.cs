@@ -12,6 +12,7 @@ using VarGpt.Inference;
 using VarGpt.Presets;
 
 using VarGpt;
+using VarGpt.Tests.TestModels;
 
 namespace VarGpt.Tests.ShapesWorld;
 
@@ -24,7 +25,7 @@ public class ShapesDpoPairsTests(ITestOutputHelper output)
     static readonly Lazy<string> ModelDir = new(() =>
     {
         var dir = TestPaths.ProcessTemp("shapes-dpo-model");
-        var sizes = new ShapesModelConfig
+        var sizes = TinyShapesModel.ShippedLayout with
         {
             HiddenSize = 64, NumHiddenLayers = 1, NumAttentionHeads = 2, NumKeyValueHeads = 1, IntermediateSize = 128, MropeSection = [4, 6, 6],
             VisionDepth = 1, VisionEmbedDim = 32, VisionHeads = 2, InfinityDepth = 2, InfinityEmbedDim = 128, InfinityHeads = 2, InfinityBlockChunks = 1,

@@ -29,16 +29,20 @@ public class ShapesModelConfigTests(ITestOutputHelper output)
         Assert.Equal(tok.SpecialTokenIds["<|image_pad|>"], cfg.ImageTokenId);
         Assert.Equal(sizes.Pn, cfg.Pn);
         var sched = cfg.Schedules.Get(1.0, cfg.Pn);
-        Assert.Equal((128, 128), sched.Pixels);
+        Assert.Equal((64, 64), sched.Pixels);
         Assert.Equal(121, sched.SequenceLength);
-        Assert.Equal(128, sched.PaddedLength(cfg.Infinity.PadToMultiplier));
+        Assert.Equal(121, sched.PaddedLength(cfg.Infinity.PadToMultiplier)); // pad_to_multiplier 1: no padding rows
         Assert.Equal(sizes.CodebookDim, cfg.Vae.CodebookDim);
         Assert.Equal(cfg.Infinity.EmbedDim, cfg.Infinity.TextChannels);
 
-        // The processor turns a 128² render into 112² = 8×8 patches = 16 merged tokens.
+        // The processor turns a 64² render into 84² = 6×6 patches = 3×3 merged tokens, one per position; larger images shrink to it.
         var pre = PreprocessorConfig.Load(Path.Combine(dir.Path, PreprocessorConfig.FileName));
-        var (h, w, _) = ImageProcessor.SmartResize(128, 128, pre.Factor, pre.MinPixels, pre.MaxPixels);
-        Assert.Equal((sizes.UnderstandingSide, sizes.UnderstandingSide), (h, w));
+        foreach (int side in new[] { 64, 128, 512 })
+        {
+            var (h, w, _) = ImageProcessor.SmartResize(side, side, pre.Factor, pre.MinPixels, pre.MaxPixels);
+            Assert.Equal((sizes.UnderstandingSide, sizes.UnderstandingSide), (h, w));
+        }
+        Assert.Equal(84, sizes.UnderstandingSide);
 
         // Parameter count on the meta device (no memory): bf16 weights ≤ 40 MB.
         using var model = new VargptForConditionalGeneration(cfg, META, ScalarType.BFloat16);

@@ -52,6 +52,8 @@ public class ShapesTrainingTests(ITestOutputHelper output)
             AlignSteps = 6, SftSteps = 8, BatchSize = 4, LoggingSteps = 1, Output = log,
             // a few prompts: an 8-step model may already start images, and 300 × 4 of them take minutes
             DpoPrompts = 4, DpoSamplesPerPrompt = 2, DpoSteps = 4, DpoBatchSize = 2,
+            // a few steps per stage cannot pass the gates: measure and record them, and go on
+            GateSamples = 4, StopAtFailedGate = false,
         };
         var model = ShapesTraining.Run(o, cancellationToken: TestContext.Current.CancellationToken);
         output.WriteLine(log.ToString());
@@ -66,6 +68,12 @@ public class ShapesTrainingTests(ITestOutputHelper output)
             Assert.True(File.Exists(ShapesTraining.DoneMarker(dir.Path, stage)));
         }
         Assert.True(File.Exists(Path.Combine(dir.Path, "sft.yaml")), "each stage leaves its yaml");
+        // every gate measured, in recipe order, and printed
+        Assert.Equal(["vae", "vision", "understanding", "text_to_image"], ShapesGates.Read(dir.Path).Select(g => g.Name));
+        Assert.Contains("[gate understanding]", log.ToString());
+        // stage yamls name their files by absolute path: the run does not depend on the working directory
+        var sftYaml = TrainingConfig.Load(Path.Combine(dir.Path, "sft.yaml"));
+        Assert.True(Path.IsPathRooted(sftYaml.ModelNameOrPath) && Path.IsPathRooted(sftYaml.DatasetDir) && Path.IsPathRooted(sftYaml.OutputDir));
         Assert.Equal(GenTextLoss.Labels, TrainingConfig.Load(Path.Combine(dir.Path, "sft.yaml")).GenTextLoss);
         Assert.Equal(GenTextLoss.Official, TrainingConfig.Load(Path.Combine(dir.Path, "align.yaml")).GenTextLoss);
 
@@ -99,7 +107,7 @@ public class ShapesTrainingTests(ITestOutputHelper output)
         using (var images = VargptModel.Load(model))
         {
             var r = images.GenerateImage("Draw a red circle on the left.", new ImageOptions { Seed = 1, ForceImageStart = true }, cancellationToken: TestContext.Current.CancellationToken);
-            Assert.Equal(128, r.Images[0].Image.Width);
+            Assert.Equal(64, r.Images[0].Image.Width);
         }
 
         // a second run finds every stage done and changes nothing

@@ -14,7 +14,7 @@ public class VaeTrainingTests(ITestOutputHelper output)
     static readonly ShapesModelConfig Tiny = new()
     {
         ImageSize = 64, Pn = "vae-test-64", Scales = [new(1, 1, 1), new(2, 2, 2), new(3, 4, 4)],
-        VaeBaseCh = 24, VaeChMult = [1, 1, 1, 1, 1], CodebookDim = 8,
+        VaeBaseCh = 24, VaeChMult = [1, 1, 1, 1, 1], CodebookDim = 8, VaePatchSize = 16,
     };
 
     static VaeTrainingOptions Options(string dir) => new()

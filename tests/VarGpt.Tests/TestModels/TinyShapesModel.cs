@@ -17,7 +17,15 @@ namespace VarGpt.Tests.TestModels;
 /// </summary>
 public static class TinyShapesModel
 {
-    public static readonly ShapesModelConfig Sizes = new()
+    /// <summary>The shipped model's image layout (r4L): 128² renders, VAE patch 16 (five levels), pn 0.016M padded to 128
+    /// rows, understanding images at 112². The recipe's defaults moved to 64² (issue 16); tests of the shipped layout pin it.</summary>
+    public static readonly ShapesModelConfig ShippedLayout = new()
+    {
+        ImageSize = 128, Pn = "0.016M", VaePatchSize = 16, VaeChMult = [1, 1, 2, 2, 2], InfinityPadToMultiplier = 128,
+        UnderstandingSide = 112, MaxPixels = 14000, MinPixels = 56 * 56,
+    };
+
+    public static readonly ShapesModelConfig Sizes = ShippedLayout with
     {
         HiddenSize = 64, NumHiddenLayers = 1, NumAttentionHeads = 2, NumKeyValueHeads = 1, IntermediateSize = 128, MropeSection = [4, 6, 6],
         VisionDepth = 1, VisionEmbedDim = 32, VisionHeads = 2, VisionMlpRatio = 2,

@@ -114,6 +114,7 @@ public class TrainingConfigTests
             vargpt_freeze: vision_tower,projectors
             vargpt_freeze_modules: [lm_head, sos_embedding]
             vargpt_gen_text_loss: labels
+            vargpt_train_positions: mrope
             """);
         Assert.Equal(["p1", "p2"], cfg.Dataset);
         Assert.Equal(8.0, cfg.LoraAlpha); // default lora_rank * 2
@@ -126,6 +127,8 @@ public class TrainingConfigTests
         Assert.Equal(["lm_head", "sos_embedding"], cfg.FreezeModules);
         Assert.Equal(GenTextLoss.Labels, cfg.GenTextLoss);
         Assert.Equal(GenTextLoss.Official, TrainingConfig.Parse("model_name_or_path: m\ndataset: d\noutput_dir: o").GenTextLoss);
+        Assert.Equal(TrainPositions.Mrope, cfg.TrainPositions);
+        Assert.Equal(TrainPositions.Official, TrainingConfig.Parse("model_name_or_path: m\ndataset: d\noutput_dir: o").TrainPositions);
         Assert.Equal(FinetuningType.Lora, TrainingConfig.Parse("model_name_or_path: m\ndataset: d\noutput_dir: o").FinetuningType); // LLaMA-Factory default
     }
 
@@ -139,6 +142,7 @@ public class TrainingConfigTests
     [InlineData("stage: dpo\npref_loss: hinge\ndpo_label_smoothing: 0.2", "dpo_label_smoothing is only valid")]
     [InlineData("vargpt_freeze: eyes", "unknown component 'eyes'")]
     [InlineData("vargpt_gen_text_loss: answers", "'vargpt_gen_text_loss' must be one of official, labels")]
+    [InlineData("vargpt_train_positions: 2d", "'vargpt_train_positions' must be one of official, mrope")]
     public void Bad_values_are_rejected_naming_the_key(string extra, string expected)
     {
         var ex = Assert.Throws<InvalidFileException>(() => TrainingConfig.Parse("model_name_or_path: m\ndataset: d\noutput_dir: o\n" + extra));

@@ -78,6 +78,44 @@ public class VargptTrainingTests(ITestOutputHelper output)
         Assert.True(isTarget.sum().item<long>() < officialTargets.sum().item<long>() / 2, "labels should leave the prompts out");
     }
 
+    [Fact]
+    public void Train_positions_mrope_gives_the_rows_the_positions_inference_gives_them()
+    {
+        TorchTestSetup.Init();
+        using var tmp = TestPaths.Temp();
+        var cfg = TinyVargpt.Config();
+        var collator = TinyVargpt.Collator(cfg);
+        var ds = collator.EncodeAll(TinyVargpt.MixedRecords(tmp.Path), TrainingStage.Sft);
+        using var b = collator.Collate(ds.Items, 0, 0);
+        long B = b.InputIds.shape[0], T = b.InputIds.shape[1];
+        var ids = b.InputIds.data<long>().ToArray();
+        var firstPad = Enumerable.Range(0, (int)B).Select(r => Array.IndexOf(ids, (long)cfg.ImageGen.PadId, r * (int)T, (int)T) is var i and >= 0 ? i - r * (int)T : -1).ToArray();
+        Assert.Contains(firstPad, f => f >= 0);
+        using var pos = VargptTraining.InferencePositions(b.InputIds, b.ImageGridThw, b.AttentionMask, cfg, firstPad);
+        var (rope, deltas) = VarGpt.LanguageModel.RopeIndex.GetRopeIndex(b.InputIds, b.ImageGridThw, b.AttentionMask, cfg);
+        using var _r = rope; using var _d = deltas;
+        var p = pos.data<long>().ToArray();
+        var q = rope.data<long>().ToArray();
+        bool anyImageRowDiffersFrom1D = false;
+        for (int r = 0; r < B; r++)
+            for (int t = 0; t < T; t++)
+                for (int k = 0; k < 3; k++)
+                {
+                    long got = p[(k * B + r) * T + t];
+                    // before the generation block: get_rope_index; from its first pad on: the raw (cache) index
+                    Assert.Equal(firstPad[r] >= 0 && t >= firstPad[r] ? t : q[(k * B + r) * T + t], got);
+                    if (b.AttentionMask.data<long>()[r * T + t] == 1 && got != t) anyImageRowDiffersFrom1D = true;
+                }
+        Assert.True(anyImageRowDiffersFrom1D, "a row with an understanding image should get M-RoPE positions, not its 1-D index");
+
+        // and the forward uses them: the text logits change, the generation rows' positions are what inference uses
+        using var model = TinyVargpt.Model(cfg, 1);
+        using var ng = no_grad();
+        using var official = VargptTraining.Forward(model, b.Inputs, new VargptTrainingOptions { NoiseApplyStrength = 0 });
+        using var mrope = VargptTraining.Forward(model, b.Inputs, new VargptTrainingOptions { NoiseApplyStrength = 0, MropePositions = true });
+        Assert.False(official.Logits.allclose(mrope.Logits, 1e-4, 1e-4), "mrope positions must change the forward of rows with images");
+    }
+
     /// <summary>
     /// The smallest mean text CE any model can reach on a generation batch (targets = input_ids, gen pads ignored):
     /// rows that share a prefix (here: the same input image too) but continue differently cannot all be predicted.
