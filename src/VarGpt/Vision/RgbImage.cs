@@ -62,25 +62,64 @@ public sealed class RgbImage
     }
 
     /// <summary>
+    /// Images above this many pixels are refused before decoding: PIL's Image.MAX_IMAGE_PIXELS (89,478,485, where PIL
+    /// starts warning about decompression bombs). The vision processor shrinks every image to max_pixels anyway.
+    /// </summary>
+    public const long DefaultMaxPixels = 89_478_485;
+
+    /// <summary>
+    /// The most pixels one byte of a supported file can describe: deflate expands at most 1032:1 and a 1-bit PNG holds 8
+    /// pixels per byte (8256); JPEG needs at least a bit per 8x8 block and component, GIF's LZW 12 bits per 4096 pixels.
+    /// A header claiming more pixels than the file's size allows (a truncated file or a decompression bomb) is refused
+    /// before any pixel memory is allocated. (BMP run-length and WebP-lossless files of one flat colour can go further;
+    /// such images are refused as bombs.)
+    /// </summary>
+    public const long MaxPixelsPerFileByte = 8 * 1032;
+
+    /// <summary>
     /// Decodes a PNG, JPEG, WebP, BMP or GIF (first frame) file to RGB like PIL's Image.open(path).convert("RGB"):
     /// no colour management and no EXIF rotation (PIL applies neither), grayscale and palette images are expanded,
     /// and an alpha channel is dropped without compositing (the unpremultiplied colour is kept).
+    /// Images above <paramref name="maxPixels"/> (default <see cref="DefaultMaxPixels"/>) are refused before decoding.
     /// </summary>
-    public static RgbImage Load(string path)
+    public static RgbImage Load(string path, long maxPixels = DefaultMaxPixels)
     {
         if (!File.Exists(path))
             throw new InputNotFoundException(Directory.Exists(path) ? $"{path}: is a directory, not an image file" : $"image file not found: {path}", path);
         byte[] bytes;
-        try { bytes = File.ReadAllBytes(path); }
+        try { bytes = ReadBounded(path, MaxFileBytes(maxPixels), maxPixels); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new ImageLoadException(path, $"cannot read file ({e.Message})");
+            throw new ImageLoadException(path, $"cannot read file ({AtomicFile.Cause(e)})");
         }
-        return Decode(bytes, path);
+        return Decode(bytes, path, maxPixels);
+    }
+
+    /// <summary>The largest image file worth reading for a pixel limit: uncompressed 32-bit BMP plus headers.</summary>
+    static long MaxFileBytes(long maxPixels) => Math.Min(int.MaxValue - 64, 4 * maxPixels + (1 << 20));
+
+    /// <summary>Reads at most <paramref name="limit"/> bytes (a device or pipe that never ends, or a huge file, is refused without reading it all).</summary>
+    static byte[] ReadBounded(string path, long limit, long maxPixels)
+    {
+        using var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.SequentialScan);
+        if (fs.CanSeek && fs.Length > limit)
+            throw new ImageLoadException(path, $"file is {fs.Length} bytes; image files above {limit} bytes are refused (the pixel limit is {maxPixels} pixels)");
+        var buffer = new MemoryStream();
+        var chunk = new byte[1 << 16];
+        int n;
+        while ((n = fs.Read(chunk)) > 0)
+        {
+            // a device or pipe streaming something else (/dev/zero) is refused at its first bytes
+            if (buffer.Length == 0 && n >= 16 && Sniff(chunk.AsSpan(0, 16)) is null)
+                throw new ImageLoadException(path, "unsupported or unrecognised image format (supported: PNG, JPEG, WebP, BMP, GIF)");
+            if (buffer.Length + n > limit) throw new ImageLoadException(path, $"more than {limit} bytes; not an image file of a size this program decodes");
+            buffer.Write(chunk, 0, n);
+        }
+        return buffer.ToArray();
     }
 
     /// <summary>Decodes an encoded image held in memory; <paramref name="name"/> is used in error messages.</summary>
-    public static RgbImage Decode(byte[] bytes, string name = "<memory>")
+    public static RgbImage Decode(byte[] bytes, string name = "<memory>", long maxPixels = DefaultMaxPixels)
     {
         if (bytes.Length == 0) throw new ImageLoadException(name, "file is empty");
         string? format = Sniff(bytes.AsSpan(0, Math.Min(bytes.Length, 16)));
@@ -94,7 +133,14 @@ public sealed class RgbImage
         var src = codec.Info;
         if (src.Width <= 0 || src.Height <= 0)
             throw new ImageLoadException(name, $"corrupt {format} data: image size {src.Width}x{src.Height}");
-        if ((long)src.Width * src.Height > int.MaxValue / 4)
+        // limits from the header, before any pixel memory exists
+        long pixels = (long)src.Width * src.Height;
+        if (pixels > maxPixels)
+            throw new ImageLoadException(name, $"image of {src.Width}x{src.Height} = {pixels} pixels is above the limit of {maxPixels} pixels");
+        if (pixels > MaxPixelsPerFileByte * bytes.Length)
+            throw new ImageLoadException(name, $"corrupt {format} data: the header says {src.Width}x{src.Height} pixels but the file has only {bytes.Length} bytes " +
+                $"(at most {MaxPixelsPerFileByte * bytes.Length} pixels at the best compression of any supported format): truncated, or a decompression bomb");
+        if (pixels > int.MaxValue / 4)
             throw new ImageLoadException(name, $"image of {src.Width}x{src.Height} pixels is too large to decode");
 
         // Unpremultiplied RGBA without a colour space: Skia then performs no colour conversion and keeps the
@@ -197,26 +243,9 @@ public sealed class RgbImage
         finally { handle.Free(); }
     }
 
-    /// <summary>Writes a PNG atomically: a temporary file in the same folder is renamed over the target, so a reader
-    /// never sees a half-written image. Creates the folder if needed.</summary>
-    public void SavePng(string path)
-    {
-        var full = Path.GetFullPath(path);
-        var dir = Path.GetDirectoryName(full)!;
-        Directory.CreateDirectory(dir);
-        var bytes = EncodePng();
-        var tmp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
-        try
-        {
-            File.WriteAllBytes(tmp, bytes);
-            File.Move(tmp, full, overwrite: true);
-        }
-        catch
-        {
-            try { File.Delete(tmp); } catch (IOException) { }
-            throw;
-        }
-    }
+    /// <summary>Writes a PNG atomically (<see cref="AtomicFile"/>): a temporary file in the same folder is renamed over
+    /// the target, so a reader never sees a half-written image. Creates the folder if needed.</summary>
+    public void SavePng(string path) => AtomicFile.WriteAllBytes(path, EncodePng());
 
     // ---------------------------------------------------------------- tensors
 

@@ -118,6 +118,52 @@ public class RgbImageTests
     }
 
     [Fact]
+    public void A_tiny_file_claiming_a_huge_image_is_refused_before_pixel_memory_is_allocated()
+    {
+        // issue 18 finding 6: a 74-byte PNG claiming 23000x23000 (under the old 536M-pixel cap) took 2.1 GB before
+        // "truncated"; it is now over the pixel limit, and one claiming 9000x9000 (under it) is over what 74 bytes justify
+        using var tmp = TestPaths.Temp();
+        foreach (var (side, expected) in new[] { (23000, "above the limit of 89478485 pixels"), (9000, "only 74 bytes") })
+        {
+            var bomb = TestImages.PngHeaderOnly(side, side, idat: new byte[17]);
+            Assert.Equal(74, bomb.Length);
+            File.WriteAllBytes(tmp["bomb.png"], bomb);
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            var e = Assert.Throws<ImageLoadException>(() => RgbImage.Load(tmp["bomb.png"]));
+            long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+            Assert.True(allocated < 4 << 20, $"{allocated} bytes allocated");
+            Assert.Contains("bomb.png", e.Message);
+            Assert.Contains($"{side}x{side}", e.Message);
+            Assert.Contains(expected, e.Message);
+        }
+    }
+
+    [Fact]
+    public void Images_above_the_pixel_limit_are_refused_from_the_header_and_well_compressed_ones_decode()
+    {
+        using var tmp = TestPaths.Temp();
+        // a flat 1500x1500 image compresses ~1000:1 and is still within what its bytes justify
+        var flat = new RgbImage(1500, 1500);
+        var png = flat.EncodePng();
+        Assert.True(png.Length < 1500L * 1500 * 3 / 300, $"{png.Length} bytes");
+        File.WriteAllBytes(tmp["flat.png"], png);
+        Assert.Equal((1500, 1500), (RgbImage.Load(tmp["flat.png"]).Width, RgbImage.Load(tmp["flat.png"]).Height));
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        var e = Assert.Throws<ImageLoadException>(() => RgbImage.Load(tmp["flat.png"], maxPixels: 1_000_000));
+        Assert.True(GC.GetAllocatedBytesForCurrentThread() - before < 1 << 20);
+        Assert.Contains("1500x1500 = 2250000 pixels is above the limit of 1000000 pixels", e.Message);
+        Assert.Equal(89_478_485, RgbImage.DefaultMaxPixels);   // PIL's MAX_IMAGE_PIXELS
+    }
+
+    [Fact]
+    public void A_device_that_streams_forever_is_refused_at_its_first_bytes()
+    {
+        if (!File.Exists("/dev/zero")) return;
+        var e = Assert.Throws<ImageLoadException>(() => RgbImage.Load("/dev/zero"));
+        Assert.Contains("unsupported", e.Message);
+    }
+
+    [Fact]
     public void Unsupported_format_is_reported_with_the_file_name()
     {
         using var tmp = TestPaths.Temp();

@@ -145,4 +145,34 @@ static class TestImages
         o.Add(0x3B);
         return o.ToArray();
     }
+
+    /// <summary>A PNG whose IHDR claims <paramref name="w"/>x<paramref name="h"/> 8-bit RGB pixels, followed by an empty IDAT and IEND (valid CRCs; 57 bytes + <paramref name="idat"/>).</summary>
+    public static byte[] PngHeaderOnly(int w, int h, byte[]? idat = null)
+    {
+        var o = new List<byte> { 0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A };
+        void Chunk(string type, byte[] data)
+        {
+            o.AddRange(BigEndian((uint)data.Length));
+            var body = System.Text.Encoding.ASCII.GetBytes(type).Concat(data).ToArray();
+            o.AddRange(body);
+            o.AddRange(BigEndian(Crc32(body)));
+        }
+        Chunk("IHDR", [.. BigEndian((uint)w), .. BigEndian((uint)h), 8, 2, 0, 0, 0]);
+        Chunk("IDAT", idat ?? []);
+        Chunk("IEND", []);
+        return o.ToArray();
+    }
+
+    static byte[] BigEndian(uint v) => [(byte)(v >> 24), (byte)(v >> 16), (byte)(v >> 8), (byte)v];
+
+    static uint Crc32(byte[] data)
+    {
+        uint c = 0xFFFFFFFF;
+        foreach (var b in data)
+        {
+            c ^= b;
+            for (int k = 0; k < 8; k++) c = (c & 1) != 0 ? 0xEDB88320 ^ (c >> 1) : c >> 1;
+        }
+        return ~c;
+    }
 }
