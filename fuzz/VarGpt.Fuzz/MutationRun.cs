@@ -14,13 +14,17 @@ public static class MutationRun
 {
     static readonly byte[] Interesting = [0, 1, 0x7F, 0x80, 0xFF, (byte)'-', (byte)'9', (byte)'"', (byte)'{', (byte)'}', (byte)'[', (byte)']', (byte)',', (byte)':', (byte)'\n', (byte)'e'];
 
-    public static MutationRunResult Run(FuzzTarget target, IReadOnlyList<byte[]> seeds, TimeSpan budget, int seed = 1, int maxLength = 1 << 20)
+    /// <summary>
+    /// Runs up to <paramref name="maxExecutions"/> mutated inputs (the same sequence for the same <paramref name="seed"/>, so a
+    /// CI failure reproduces), stopping early at <paramref name="budget"/> on a slow or loaded machine.
+    /// </summary>
+    public static MutationRunResult Run(FuzzTarget target, IReadOnlyList<byte[]> seeds, TimeSpan budget, int seed = 1, int maxLength = 1 << 20, long maxExecutions = long.MaxValue)
     {
         if (seeds.Count == 0) throw new ArgumentException("no seeds", nameof(seeds));
         var rng = new Random(seed);
         var clock = Stopwatch.StartNew();
         long runs = 0, accepted = 0, rejected = 0;
-        while (clock.Elapsed < budget)
+        while (runs < maxExecutions && clock.Elapsed < budget)
         {
             var input = Mutate(seeds[rng.Next(seeds.Count)], seeds, rng, maxLength);
             runs++;
