@@ -270,8 +270,11 @@ public static class FuzzTargets
         var img = RgbImage.Decode(input, "fuzz.img");
         Check(img.Width > 0 && img.Height > 0 && img.Data.LongLength == 3L * img.Width * img.Height, $"decoded {img.Width}x{img.Height} with {img.Data.Length} bytes");
         var p = new PreprocessorConfig();
-        if (img.Width < p.Factor || img.Height < p.Factor || Math.Max(img.Width, img.Height) > 200 * Math.Min(img.Width, img.Height)) return;
-        var (h, w, _) = ImageProcessor.SmartResize(img.Height, img.Width, p.Factor, p.MinPixels, 64 * 64 * 4);
+        int h, w;
+        // a shape smart_resize cannot serve (too small, too elongated) is the user's image problem: the façade answers the
+        // ArgumentException with an InvalidPromptException (VargptModel), the collator with an InvalidFileException
+        try { (h, w, _) = ImageProcessor.SmartResize(img.Height, img.Width, p.Factor, p.MinPixels, 64 * 64 * 4); }
+        catch (ArgumentException e) { throw new InvalidPromptException($"fuzz.img: {e.Message}", e); }
         var resized = PilResize.Resize(img, w, h, (PilFilter)p.Resample);
         Check(resized.Width == w && resized.Height == h, "resize size");
     }
