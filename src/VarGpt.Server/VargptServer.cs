@@ -235,8 +235,8 @@ public sealed class VargptServer : IAsyncDisposable
         await api.WriteAsync(context).ConfigureAwait(false);
     }
 
-    /// <summary>Maps library and framework exceptions to OpenAI-style errors (the library's messages name the problem).</summary>
-    static ApiException ToApiError(Exception e, HttpContext? context) => e switch
+    /// <summary>Maps library and framework exceptions to OpenAI-style errors (the library's messages name the problem); a 5xx means a bug (the fuzz targets check this).</summary>
+    public static ApiException ToApiError(Exception e, HttpContext? context) => e switch
     {
         ApiException a => a,
         BadHttpRequestException { StatusCode: 413 } => ApiException.TooLarge($"The request body is larger than this server's limit of {context?.Features.Get<IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize} bytes."),
@@ -259,8 +259,7 @@ public sealed class VargptServer : IAsyncDisposable
         var type = context.Request.ContentType ?? "";
         if (!type.StartsWith("application/json", StringComparison.OrdinalIgnoreCase))
             throw ApiException.BadRequest($"Invalid Content-Type header ({(type.Length == 0 ? "none" : type)}); expected application/json.", null, "invalid_content_type");
-        try { return await JsonDocument.ParseAsync(context.Request.Body, new JsonDocumentOptions { MaxDepth = 32 }, context.RequestAborted).ConfigureAwait(false); }
-        catch (JsonException e) { throw ApiException.BadRequest($"We could not parse the JSON body of your request. ({e.Message})", null, "invalid_json"); }
+        return await Requests.ParseJsonBodyAsync(context.Request.Body, context.RequestAborted).ConfigureAwait(false);
     }
 
     CancellationTokenSource RequestCancellation(HttpContext context)
@@ -406,25 +405,8 @@ public sealed class VargptServer : IAsyncDisposable
     {
         if (!context.Request.HasFormContentType)
             throw ApiException.BadRequest($"Invalid Content-Type header ({context.Request.ContentType ?? "none"}); /v1/images/edits takes multipart/form-data with an 'image' file and a 'prompt'.", null, "invalid_content_type");
-        var form = await context.Request.ReadFormAsync(context.RequestAborted).ConfigureAwait(false);
-        if (form.Files.GetFile("mask") is not null)
-            throw ApiException.BadRequest("'mask' is not supported: VARGPT edits the whole image by instruction.", "mask", "unsupported_parameter");
-        var files = form.Files.Where(f => f.Name is "image" or "image[]").ToList();
-        if (files.Count == 0) throw ApiException.BadRequest("Missing required parameter: 'image' (a PNG or JPEG file).", "image", "missing_required_parameter");
-        if (files.Count > 1) throw ApiException.BadRequest($"Invalid 'image': VARGPT edits one image at a time, got {files.Count}.", "image", "too_many_images");
-        var unknownFiles = form.Files.Where(f => f.Name is not ("image" or "image[]")).Select(f => f.Name).FirstOrDefault();
-        if (unknownFiles is not null) throw ApiException.BadRequest($"Unrecognized request argument supplied: {unknownFiles}", unknownFiles, "unknown_parameter");
-        if (files[0].Length > _options.MaxImageBytes)
-            throw ApiException.BadRequest($"Invalid 'image': the image has {files[0].Length} bytes; the limit is {_options.MaxImageBytes} bytes.", "image", "image_too_large");
-        byte[] bytes;
-        using (var ms = new MemoryStream())
-        {
-            await files[0].CopyToAsync(ms, context.RequestAborted).ConfigureAwait(false);
-            bytes = ms.ToArray();
-        }
-        var source = InputImages.FromBytes(bytes, "image", _options);
-        using var doc = Requests.FormToJson(form.Select(kv => new KeyValuePair<string, string>(kv.Key, kv.Value.ToString())));
-        var call = Requests.ParseImage(RequestFields.Root(doc), _backend!.Model, _options, source);
+        var form = await Requests.ReadFormAsync(context.Request, context.RequestAborted).ConfigureAwait(false);
+        var call = await Requests.ParseEditFormAsync(form, _backend!.Model, _options, context.RequestAborted).ConfigureAwait(false);
         await DrawAsync(context, call).ConfigureAwait(false);
     }
 

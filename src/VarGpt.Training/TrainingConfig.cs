@@ -217,6 +217,8 @@ public sealed record TrainingConfig
         var stream = new YamlStream();
         try { stream.Load(new StringReader(yaml)); }
         catch (YamlException e) { throw new InvalidFileException($"{source}: invalid yaml at line {e.Start.Line}: {e.Message}"); }
+        // YamlDotNet's scanner and node loader throw these for some malformed documents too (found by fuzzing: fuzz/regressions/yaml)
+        catch (Exception e) when (e is InvalidOperationException or ArgumentException) { throw new InvalidFileException($"{source}: invalid yaml ({e.Message})"); }
         if (stream.Documents.Count == 0) throw new InvalidFileException($"{source}: empty config");
         if (stream.Documents[0].RootNode is not YamlMappingNode root) throw new InvalidFileException($"{source}: the config must be a mapping of key: value");
 
@@ -227,8 +229,9 @@ public sealed record TrainingConfig
         var notes = new List<string>();
         foreach (var (k, v) in root.Children)
         {
-            string key = ((YamlScalarNode)k).Value ?? "";
             int line = (int)k.Start.Line;
+            if (k is not YamlScalarNode keyNode) throw new InvalidFileException($"{source}:{line}: a key must be a plain name, found a {(k is YamlMappingNode ? "mapping" : "list")}");
+            string key = keyNode.Value ?? "";
             if (values.ContainsKey(key)) throw new InvalidFileException($"{source}:{line}: key '{key}' appears twice");
             values[key] = (v is YamlScalarNode s ? s.Value ?? "" : "", line);
             if (KnownKeys.ContainsKey(key)) continue;
@@ -263,6 +266,10 @@ public sealed record TrainingConfig
             if (at.Key is null || !KnownKeys.TryGetValue(at.Key, out var prop)) throw new InvalidFileException($"{source}:{e.Start.Line}: {e.Message}", e);
             throw new InvalidFileException($"{source}:{at.Value.Line}: '{at.Key}' must be {Kind(prop.PropertyType)}, found '{at.Value.Value}'", e);
         }
+        // "key:" / "key: ~" / "key: null" make YamlDotNet store null even where the record has no null (found by fuzzing)
+        foreach (var (key, prop) in KnownKeys)
+            if (values.ContainsKey(key) && prop.GetValue(cfg) is null && new NullabilityInfoContext().Create(prop).ReadState == NullabilityState.NotNull)
+                throw new InvalidFileException($"{source}:{values[key].Line}: '{key}' has no value; give {Kind(prop.PropertyType)} or remove the key");
         cfg = cfg with
         {
             Notes = notes, ImageDir = string.IsNullOrEmpty(cfg.ImageDir) ? null : cfg.ImageDir,

@@ -40,7 +40,7 @@ public sealed class ModelBackend : IServingBackend
     public IChatBatchEngine Chat => _chat;
 
     /// <summary>The sizes of the model's own pixel budget in every aspect template of its schedule table (square first).</summary>
-    static IReadOnlyList<ImageSize> SizesOf(VargptConfig config) =>
+    public static IReadOnlyList<ImageSize> SizesOf(VargptConfig config) =>
         ScaleSchedules.Templates
             .Where(t => config.Schedules.PnsOf(t).Contains(config.Pn))
             .Select(t => config.Schedules.Get(t, config.Pn))

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using Microsoft.AspNetCore.Http;
 using VarGpt.Inference;
 using VarGpt.Model;
 using VarGpt.Server.Backend;
@@ -201,6 +202,54 @@ public static class Requests
         if (size is null || size == "auto") return model.DefaultImageSize;
         return model.ImageSizes.FirstOrDefault(s => s.Name == size)
             ?? throw ApiException.BadRequest($"Invalid 'size': '{size}'. This model draws {string.Join(", ", model.ImageSizes.Select(s => $"'{s.Name}'"))} (its scale schedule table) or 'auto'.", "size", "invalid_value");
+    }
+
+    /// <summary>A JSON request body (depth at most 32) → the document, or the OpenAI-style 400 naming the syntax error.</summary>
+    public static async Task<JsonDocument> ParseJsonBodyAsync(Stream body, CancellationToken cancellationToken)
+    {
+        // read whole (Kestrel bounds it by MaxBodyBytes) to check UTF-8 first: JsonDocument checks it only when a string
+        // is read, so a bad byte in a key or value would surface mid-request as an InvalidOperationException (a 500;
+        // found by fuzzing: fuzz/regressions/server-chat)
+        using var buffer = new MemoryStream();
+        await body.CopyToAsync(buffer, cancellationToken).ConfigureAwait(false);
+        var bytes = buffer.GetBuffer().AsMemory(0, (int)buffer.Length);
+        if (!System.Text.Unicode.Utf8.IsValid(bytes.Span))
+            throw ApiException.BadRequest("We could not parse the JSON body of your request: it is not valid UTF-8.", null, "invalid_json");
+        try { return JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 32 }); }
+        catch (JsonException e) { throw ApiException.BadRequest($"We could not parse the JSON body of your request. ({e.Message})", null, "invalid_json"); }
+    }
+
+    /// <summary>The multipart form of a request; a malformed body (bad boundary, section header, length) is the client's 400, not a 500 (found by fuzzing: fuzz/regressions/server-images).</summary>
+    public static async Task<IFormCollection> ReadFormAsync(HttpRequest request, CancellationToken cancellationToken)
+    {
+        try { return await request.ReadFormAsync(cancellationToken).ConfigureAwait(false); }
+        catch (Exception e) when (e is InvalidDataException or IOException)   // IOException: the body ends before the closing boundary
+        {
+            throw ApiException.BadRequest($"The multipart/form-data body is malformed: {e.Message}", null, "invalid_multipart");
+        }
+    }
+
+    /// <summary>POST /v1/images/edits: the multipart form (one 'image' file, no mask, text fields) → the image call, the image decoded within the limits.</summary>
+    public static async Task<ImageCall> ParseEditFormAsync(IFormCollection form, ServedModel model, ServerOptions limits, CancellationToken cancellationToken)
+    {
+        if (form.Files.GetFile("mask") is not null)
+            throw ApiException.BadRequest("'mask' is not supported: VARGPT edits the whole image by instruction.", "mask", "unsupported_parameter");
+        var files = form.Files.Where(f => f.Name is "image" or "image[]").ToList();
+        if (files.Count == 0) throw ApiException.BadRequest("Missing required parameter: 'image' (a PNG or JPEG file).", "image", "missing_required_parameter");
+        if (files.Count > 1) throw ApiException.BadRequest($"Invalid 'image': VARGPT edits one image at a time, got {files.Count}.", "image", "too_many_images");
+        var unknownFiles = form.Files.Where(f => f.Name is not ("image" or "image[]")).Select(f => f.Name).FirstOrDefault();
+        if (unknownFiles is not null) throw ApiException.BadRequest($"Unrecognized request argument supplied: {unknownFiles}", unknownFiles, "unknown_parameter");
+        if (files[0].Length > limits.MaxImageBytes)
+            throw ApiException.BadRequest($"Invalid 'image': the image has {files[0].Length} bytes; the limit is {limits.MaxImageBytes} bytes.", "image", "image_too_large");
+        byte[] bytes;
+        using (var ms = new MemoryStream())
+        {
+            await files[0].CopyToAsync(ms, cancellationToken).ConfigureAwait(false);
+            bytes = ms.ToArray();
+        }
+        var source = InputImages.FromBytes(bytes, "image", limits);
+        using var doc = FormToJson(form.Select(kv => new KeyValuePair<string, string>(kv.Key, kv.Value.ToString())));
+        return ParseImage(RequestFields.Root(doc), model, limits, source);
     }
 
     /// <summary>A multipart form's text fields as the JSON object <see cref="ParseImage"/> reads (numbers and booleans typed).</summary>

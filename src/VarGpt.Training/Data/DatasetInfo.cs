@@ -48,8 +48,11 @@ public static class DatasetInfo
     {
         var path = Path.Combine(datasetDir, FileName);
         if (!File.Exists(path)) throw new InputNotFoundException($"{path} not found (dataset_dir must contain {FileName})", path);
+        var bytes = File.ReadAllBytes(path);
+        // JsonDocument checks UTF-8 only when a string is read (found by fuzzing: fuzz/regressions/dataset)
+        if (!System.Text.Unicode.Utf8.IsValid(bytes)) throw new InvalidFileException($"{path}: not valid UTF-8");
         JsonDocument doc;
-        try { doc = JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { AllowTrailingCommas = true }); }
+        try { doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { AllowTrailingCommas = true }); }
         catch (JsonException e) { throw new InvalidFileException($"{path}: not valid JSON ({e.Message})"); }
         using var _ = doc;
         if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new InvalidFileException($"{path}: the root must be an object of dataset entries");
@@ -79,8 +82,8 @@ public static class DatasetInfo
         foreach (var k in new[] { "subset", "folder" })
             if (e.TryGetProperty(k, out var v) && v.ValueKind != JsonValueKind.Null)
                 throw new InvalidFileException($"{where}: '{k}' only applies to hub datasets and is not supported");
-        if (e.TryGetProperty("split", out var split) && split.GetString() != "train")
-            throw new InvalidFileException($"{where}: split '{split.GetString()}' is not supported for local files (only 'train')");
+        if (Str(e, "split", where) is { } split && split != "train")   // Str: a non-string split is an error naming it, not an InvalidOperationException (found by fuzzing)
+            throw new InvalidFileException($"{where}: split '{split}' is not supported for local files (only 'train')");
 
         bool ranking = false;
         if (e.TryGetProperty("ranking", out var r))
@@ -91,7 +94,8 @@ public static class DatasetInfo
         int? numSamples = null;
         if (e.TryGetProperty("num_samples", out var ns) && ns.ValueKind != JsonValueKind.Null)
         {
-            if (!ns.TryGetInt32(out int n) || n <= 0) throw new InvalidFileException($"{where}: 'num_samples' must be a positive integer");
+            // TryGetInt32 throws for a non-number (found by fuzzing: fuzz/regressions/dataset)
+            if (ns.ValueKind != JsonValueKind.Number || !ns.TryGetInt32(out int n) || n <= 0) throw new InvalidFileException($"{where}: 'num_samples' must be a positive integer, found {ns.GetRawText()}");
             numSamples = n;
         }
 

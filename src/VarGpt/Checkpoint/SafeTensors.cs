@@ -118,6 +118,9 @@ public sealed class SafeTensorsFile : IDisposable
 
     void ParseHeader(byte[] header)
     {
+        // JsonDocument checks UTF-8 only when a string is read: without this an invalid byte in a name surfaces later
+        // as an InvalidOperationException (found by fuzzing: fuzz/regressions/safetensors)
+        if (!System.Text.Unicode.Utf8.IsValid(header)) throw Bad("header is not valid UTF-8");
         JsonDocument doc;
         try { doc = JsonDocument.Parse(header); }
         catch (Exception e) when (e is JsonException or ArgumentException) { throw Bad($"header is not valid JSON ({e.Message})"); }
@@ -142,6 +145,9 @@ public sealed class SafeTensorsFile : IDisposable
             string dtype = dt.GetString()!;
             int size = DTypeSize(dtype);
             if (size < 0) throw Bad($"tensor '{prop.Name}': unknown dtype '{dtype}'");
+            // U16/U32/U64 are valid safetensors but have no TorchSharp type: refuse them here, naming the tensor, rather
+            // than with a NotSupportedException when the tensor is loaded (found by fuzzing)
+            if (dtype is "U16" or "U32" or "U64") throw Bad($"tensor '{prop.Name}': dtype {dtype} is not supported (TorchSharp has no unsigned {8 * size}-bit type)");
             long[] shape;
             long begin, end;
             try
@@ -155,6 +161,10 @@ public sealed class SafeTensorsFile : IDisposable
                 throw Bad($"tensor '{prop.Name}': shape and data_offsets must be non-negative integers");
             }
             if (shape.Any(d => d < 0)) throw Bad($"tensor '{prop.Name}': negative dimension in shape [{string.Join(", ", shape)}]");
+            // An empty tensor's other dimensions still make strides: [0, 2^62, 2^62] passes the byte-length check (0 bytes)
+            // and then overflows libtorch's stride computation in a native error (found by fuzzing)
+            try { shape.Where(d => d > 0).Aggregate((long)size, (a, d) => checked(a * d)); }
+            catch (OverflowException) { throw Bad($"tensor '{prop.Name}': shape [{string.Join(", ", shape)}] is too large"); }
             if (begin < 0 || end < begin) throw Bad($"tensor '{prop.Name}': data_offsets [{begin}, {end}] are not an increasing pair");
             if (end > dataLength)
                 throw Bad($"tensor '{prop.Name}': data_offsets [{begin}, {end}] run beyond the data section ({dataLength} bytes; truncated?)");

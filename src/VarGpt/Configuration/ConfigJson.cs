@@ -113,7 +113,9 @@ public static class ConfigJson
     /// </summary>
     public sealed class IntOrIntList : JsonConverter<int[]>
     {
-        public override int[] Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) => ReadLongs(ref reader).Select(x => checked((int)x)).ToArray();
+        public override int[] Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) =>
+            ReadLongs(ref reader).Select(x => x is >= int.MinValue and <= int.MaxValue ? (int)x
+                : throw new FieldException($"eos_token_id {x} does not fit in 32 bits")).ToArray();   // was an OverflowException (found by fuzzing)
         public override void Write(Utf8JsonWriter writer, int[] value, JsonSerializerOptions options) => JsonSerializer.Serialize(writer, value);
     }
 
@@ -126,14 +128,10 @@ public static class ConfigJson
 
     static long[] ReadLongs(ref Utf8JsonReader reader)
     {
-        if (reader.TokenType == JsonTokenType.Number) return [reader.GetInt64()];
-        if (reader.TokenType != JsonTokenType.StartArray) throw new JsonException();
+        static long One(ref Utf8JsonReader reader) => reader.TokenType == JsonTokenType.Number && reader.TryGetInt64(out long v) ? v : throw new JsonException();
+        if (reader.TokenType != JsonTokenType.StartArray) return [One(ref reader)];
         var list = new List<long>();
-        while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
-        {
-            if (reader.TokenType != JsonTokenType.Number) throw new JsonException();
-            list.Add(reader.GetInt64());
-        }
+        while (reader.Read() && reader.TokenType != JsonTokenType.EndArray) list.Add(One(ref reader));
         return list.ToArray();
     }
 }

@@ -49,6 +49,9 @@ public sealed record GenerationConfig
         if (cfg.Temperature < 0) throw new InvalidFileException($"{source}: temperature must be >= 0, found {cfg.Temperature}");
         if (cfg.TopP is <= 0 or > 1) throw new InvalidFileException($"{source}: top_p must be in (0, 1], found {cfg.TopP}");
         if (cfg.RepetitionPenalty <= 0) throw new InvalidFileException($"{source}: repetition_penalty must be > 0, found {cfg.RepetitionPenalty}");
+        // what generate would refuse later (e.g. do_sample with temperature 0) is the file's error, named now
+        // (was an ArgumentException at the first generate call; found by the config fuzz target: fuzz/regressions/config)
+        if (cfg.Problem() is { } problem) throw new InvalidFileException($"{source}: {problem}");
         return cfg;
     }
 
@@ -64,14 +67,21 @@ public sealed record GenerationConfig
     /// <summary>Rejects values transformers rejects (temperature and penalty must be positive, top_p in [0, 1], ...).</summary>
     public void Validate(string source = "generation config")
     {
-        if (RepetitionPenalty <= 0) throw new ArgumentException($"{source}: repetition_penalty must be > 0, got {RepetitionPenalty}");
-        if (MaxNewTokens is <= 0) throw new ArgumentException($"{source}: max_new_tokens must be > 0, got {MaxNewTokens}");
-        if (MaxLength <= 0) throw new ArgumentException($"{source}: max_length must be > 0, got {MaxLength}");
+        if (Problem() is { } problem) throw new ArgumentException($"{source}: {problem}");
+    }
+
+    /// <summary>The first value generate cannot run with, or null.</summary>
+    string? Problem()
+    {
+        if (RepetitionPenalty <= 0) return $"repetition_penalty must be > 0, got {RepetitionPenalty}";
+        if (MaxNewTokens is <= 0) return $"max_new_tokens must be > 0, got {MaxNewTokens}";
+        if (MaxLength <= 0) return $"max_length must be > 0, got {MaxLength}";
         if (DoSample)
         {
-            if (Temperature <= 0) throw new ArgumentException($"{source}: temperature must be > 0 when sampling, got {Temperature}");
-            if (TopK < 0) throw new ArgumentException($"{source}: top_k must be >= 0, got {TopK}");
-            if (TopP < 0 || TopP > 1) throw new ArgumentException($"{source}: top_p must be in [0, 1], got {TopP}");
+            if (Temperature <= 0) return $"temperature must be > 0 when sampling (do_sample), got {Temperature}";
+            if (TopK < 0) return $"top_k must be >= 0, got {TopK}";
+            if (TopP < 0 || TopP > 1) return $"top_p must be in [0, 1], got {TopP}";
         }
+        return null;
     }
 }

@@ -32,7 +32,8 @@ public sealed class QwenTokenizer
     readonly Dictionary<string, int> _vocab;
     readonly Dictionary<string, AddedToken> _addedByContent;
     readonly Dictionary<int, AddedToken> _addedById;
-    readonly string?[] _idToToken;
+    /// <summary>id → token; a dictionary, not an array indexed by id: the ids are the file's word (one claiming 2^31-1 must not cost 16 GB).</summary>
+    readonly Dictionary<int, string> _idToToken;
     readonly Regex? _addedSplit;
 
     /// <summary>Folder or file the tokenizer was read from (for error messages).</summary>
@@ -57,7 +58,11 @@ public sealed class QwenTokenizer
         _vocab = vocab;
         _nfc = nfc;
         _addedByContent = new(StringComparer.Ordinal);
-        foreach (var a in added) _addedByContent[a.Content] = a;
+        foreach (var a in added)
+        {
+            if (a.Content.Length == 0) throw new InvalidFileException($"{source}: added token {a.Id} has empty content");
+            _addedByContent[a.Content] = a;
+        }
         // tokens named by special_tokens_map.json / tokenizer_config.json (eos, pad, additional_special_tokens) are special
         var namedSpecial = new HashSet<string>(StringComparer.Ordinal);
         string? Named(string key)
@@ -80,14 +85,17 @@ public sealed class QwenTokenizer
         _addedById = _addedByContent.Values.ToDictionary(a => a.Id);
         AddedTokens = _addedById.Values.OrderBy(a => a.Id).ToList();
 
-        int maxId = Math.Max(vocab.Count == 0 ? -1 : vocab.Values.Max(), _addedById.Count == 0 ? -1 : _addedById.Keys.Max());
-        _idToToken = new string?[maxId + 1];
+        _idToToken = new Dictionary<int, string>(vocab.Count + AddedTokens.Count);
         foreach (var (tok, id) in vocab)
         {
             if (id < 0) throw new InvalidFileException($"{source}: token '{tok}' has negative id {id}");
             _idToToken[id] = tok;
         }
-        foreach (var a in AddedTokens) _idToToken[a.Id] = a.Content;
+        foreach (var a in AddedTokens)
+        {
+            if (a.Id < 0) throw new InvalidFileException($"{source}: added token '{a.Content}' has negative id {a.Id}");
+            _idToToken[a.Id] = a.Content;
+        }
         VocabularySize = vocab.Values.Concat(_addedById.Keys).Distinct().Count();
         ChatTemplateSource = config is { } c && c.Has("chat_template") && c.Element.GetProperty("chat_template").ValueKind == JsonValueKind.String
             ? c.Str("chat_template") : null;
@@ -106,12 +114,25 @@ public sealed class QwenTokenizer
         var options = new BpeOptions(vocab)
         {
             Merges = merges,
-            PreTokenizer = new CodePointRegexPreTokenizer(new Regex(splitPattern, RegexOptions.CultureInvariant)),
+            PreTokenizer = new CodePointRegexPreTokenizer(SplitRegex(splitPattern, source)),
             Normalizer = null, // NFC is applied here per piece, after added-token splitting, as HF does
             ByteLevel = true,
             UnknownToken = unkToken,
         };
-        _bpe = BpeTokenizer.Create(options);
+        try { _bpe = BpeTokenizer.Create(options); }
+        catch (Exception e) when (e is InvalidOperationException or ArgumentException)
+        {
+            throw new InvalidFileException($"{source}: the vocabulary and merges do not form a BPE model ({e.Message})", e);
+        }
+    }
+
+    /// <summary>How long one pre-tokenizer match may take: the pattern is the file's, and a catastrophic one must end in an error, not a hang.</summary>
+    static readonly TimeSpan SplitTimeout = TimeSpan.FromSeconds(2);
+
+    static Regex SplitRegex(string pattern, string source)
+    {
+        try { return new Regex(pattern, RegexOptions.CultureInvariant, SplitTimeout); }
+        catch (ArgumentException e) { throw new InvalidFileException($"{source}: the pre_tokenizer Split regex is not a valid .NET regular expression ({e.Message})", e); }
     }
 
     static string TokenContent(JsonElement e, string source, string key) => e.ValueKind switch
@@ -130,9 +151,16 @@ public sealed class QwenTokenizer
         string P(string f) => Path.Combine(dir, f);
         var config = ReadJsonIfExists(P("tokenizer_config.json"));
         var specialMap = ReadJsonIfExists(P("special_tokens_map.json"));
-        if (File.Exists(P("tokenizer.json"))) return FromTokenizerJson(P("tokenizer.json"), config, specialMap);
-        if (File.Exists(P("vocab.json")) && File.Exists(P("merges.txt"))) return FromVocabAndMerges(dir, config, specialMap);
-        throw new InputNotFoundException($"{dir}: no tokenizer.json and no vocab.json + merges.txt pair");
+        bool json = File.Exists(P("tokenizer.json"));
+        if (!json && !(File.Exists(P("vocab.json")) && File.Exists(P("merges.txt"))))
+            throw new InputNotFoundException($"{dir}: no tokenizer.json and no vocab.json + merges.txt pair");
+        try { return json ? FromTokenizerJson(P("tokenizer.json"), config, specialMap) : FromVocabAndMerges(dir, config, specialMap); }
+        // JsonElement's accessors for a value of another kind, a missing key, a number out of range (found by fuzzing:
+        // fuzz/regressions/tokenizer); the files' own checks name the key where they can
+        catch (Exception e) when (e is InvalidOperationException or KeyNotFoundException or FormatException or OverflowException or JsonException)
+        {
+            throw new InvalidFileException($"{(json ? P("tokenizer.json") : dir)}: the tokenizer files do not have the expected structure ({e.Message})", e);
+        }
     }
 
     static JsonFields? ReadJsonIfExists(string path)
@@ -150,23 +178,27 @@ public sealed class QwenTokenizer
         var j = new JsonFields(root, path);
         var model = j.Obj("model");
         string type = model.Str("type", "BPE");
-        if (type != "BPE") throw new NotSupportedException($"{path}: model.type '{type}' is not supported (byte-level BPE only)");
-        if (model.Bool("byte_fallback", false)) throw new NotSupportedException($"{path}: model.byte_fallback=true is not supported");
-        if (model.Bool("ignore_merges", false)) throw new NotSupportedException($"{path}: model.ignore_merges=true is not supported");
-        if (model.Has("dropout")) throw new NotSupportedException($"{path}: BPE dropout is not supported");
+        if (type != "BPE") throw new InvalidFileException($"{path}: model.type '{type}' is not supported (byte-level BPE only)");
+        if (model.Bool("byte_fallback", false)) throw new InvalidFileException($"{path}: model.byte_fallback=true is not supported");
+        if (model.Bool("ignore_merges", false)) throw new InvalidFileException($"{path}: model.ignore_merges=true is not supported");
+        if (model.Has("dropout")) throw new InvalidFileException($"{path}: BPE dropout is not supported");
         foreach (var k in new[] { "continuing_subword_prefix", "end_of_word_suffix" })
-            if (model.Str(k, "") != "") throw new NotSupportedException($"{path}: model.{k} must be empty for byte-level BPE");
+            if (model.Str(k, "") != "") throw new InvalidFileException($"{path}: model.{k} must be empty for byte-level BPE");
 
         var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
         foreach (var p in model.Obj("vocab").Element.EnumerateObject()) vocab[p.Name] = p.Value.GetInt32();
         var merges = new List<string>();
         foreach (var m in model.Element.GetProperty("merges").EnumerateArray())
+        {
+            if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() != 2)
+                throw new InvalidFileException($"{path}: model.merges entry {m.GetRawText()} must be a pair [left, right] or a \"left right\" string");
             merges.Add(m.ValueKind == JsonValueKind.Array ? $"{m[0].GetString()} {m[1].GetString()}" : m.GetString()!);
+        }
 
         bool nfc = ParseNormalizer(root.TryGetProperty("normalizer", out var n) ? n : default, path);
         string split = ParsePreTokenizer(root.TryGetProperty("pre_tokenizer", out var pt) ? pt : default, path);
         if (root.TryGetProperty("decoder", out var dec) && dec.ValueKind == JsonValueKind.Object && dec.GetProperty("type").GetString() != "ByteLevel")
-            throw new NotSupportedException($"{path}: decoder type '{dec.GetProperty("type").GetString()}' is not supported (ByteLevel only)");
+            throw new InvalidFileException($"{path}: decoder type '{dec.GetProperty("type").GetString()}' is not supported (ByteLevel only)");
 
         var added = new List<AddedToken>();
         if (root.TryGetProperty("added_tokens", out var at) && at.ValueKind == JsonValueKind.Array)
@@ -214,7 +246,7 @@ public sealed class QwenTokenizer
     static AddedToken ParseAddedToken(JsonElement e, int id, string source)
     {
         var f = new JsonFields(e, $"{source} -> added token {id}");
-        if (f.Bool("single_word", false)) throw new NotSupportedException($"{f.Source}: single_word added tokens are not supported");
+        if (f.Bool("single_word", false)) throw new InvalidFileException($"{f.Source}: single_word added tokens are not supported");
         return new AddedToken(id, f.Str("content"), f.Bool("special", false), f.Bool("lstrip", false), f.Bool("rstrip", false));
     }
 
@@ -230,13 +262,13 @@ public sealed class QwenTokenizer
             if (parts.Count == 0) return false;
             if (parts.Count == 1) return ParseNormalizer(parts[0], path);
         }
-        throw new NotSupportedException($"{path}: normalizer {n.GetRawText()} is not supported (NFC or none)");
+        throw new InvalidFileException($"{path}: normalizer {n.GetRawText()} is not supported (NFC or none)");
     }
 
     /// <summary>The split regex: Sequence[Split(regex, Isolated), ByteLevel(use_regex=false)] (Qwen2) or ByteLevel(use_regex=true) (GPT-2).</summary>
     static string ParsePreTokenizer(JsonElement p, string path)
     {
-        NotSupportedException Bad() => new($"{path}: pre_tokenizer {p.GetRawText()} is not supported (expected Split(regex, Isolated) + ByteLevel, or ByteLevel with use_regex)");
+        InvalidFileException Bad() => new($"{path}: pre_tokenizer {p.GetRawText()} is not supported (expected Split(regex, Isolated) + ByteLevel, or ByteLevel with use_regex)");
         if (p.ValueKind != JsonValueKind.Object) throw Bad();
         var list = p.GetProperty("type").GetString() == "Sequence" ? p.GetProperty("pretokenizers").EnumerateArray().ToList() : [p];
         string? pattern = null;
@@ -252,7 +284,7 @@ public sealed class QwenTokenizer
                     break;
                 case "ByteLevel" when !byteLevel:
                     if (e.TryGetProperty("add_prefix_space", out var aps) && aps.GetBoolean())
-                        throw new NotSupportedException($"{path}: ByteLevel add_prefix_space=true is not supported");
+                        throw new InvalidFileException($"{path}: ByteLevel add_prefix_space=true is not supported");
                     bool useRegex = !e.TryGetProperty("use_regex", out var ur) || ur.GetBoolean();
                     if (useRegex) { if (pattern != null) throw Bad(); pattern = Gpt2SplitPattern; }
                     byteLevel = true;
@@ -274,7 +306,7 @@ public sealed class QwenTokenizer
         _addedByContent.TryGetValue(token, out var a) ? a.Id : _vocab.TryGetValue(token, out var id) ? id : null;
 
     /// <summary>The token string of an id (byte-level characters for BPE tokens), or null if the id has no token.</summary>
-    public string? IdToToken(int id) => id >= 0 && id < _idToToken.Length ? _idToToken[id] : null;
+    public string? IdToToken(int id) => _idToToken.GetValueOrDefault(id);
 
     public bool IsSpecial(int id) => _addedById.TryGetValue(id, out var a) && a.Special;
 
@@ -302,7 +334,8 @@ public sealed class QwenTokenizer
     {
         if (piece.Length == 0) return;
         if (_nfc) piece = piece.Normalize(NormalizationForm.FormC);
-        ids.AddRange(_bpe.EncodeToIds(piece, considerPreTokenization: true, considerNormalization: false));
+        try { ids.AddRange(_bpe.EncodeToIds(piece, considerPreTokenization: true, considerNormalization: false)); }
+        catch (RegexMatchTimeoutException e) { throw new InvalidFileException($"{Source}: the pre_tokenizer regex took over {e.MatchTimeout.TotalSeconds:0} s on one piece of text (a pattern with catastrophic backtracking?)", e); }
     }
 
     /// <summary>Rust strings cannot hold lone surrogates; UTF-8 encoding turns them into U+FFFD, so do the same here.</summary>

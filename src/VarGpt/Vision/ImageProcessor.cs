@@ -52,7 +52,8 @@ public sealed class ImageProcessor(PreprocessorConfig settings)
 
     /// <summary>
     /// Official smart_resize: both sides a multiple of factor, area within [minPixels, maxPixels], aspect kept
-    /// (Python round = half to even). Errors for a side shorter than factor or an aspect ratio above 200.
+    /// (Python round = half to even). Errors (ArgumentException, which the callers turn into input errors) for a side shorter
+    /// than factor, an aspect ratio above 200, or a side that max_pixels would floor to 0.
     /// </summary>
     public static (int Height, int Width, bool ShrunkForMaxPixels) SmartResize(int height, int width, int factor = 28,
         long minPixels = 56 * 56, long maxPixels = 14 * 14 * 4 * 1280)
@@ -72,6 +73,10 @@ public sealed class ImageProcessor(PreprocessorConfig settings)
             hBar = (long)Math.Floor(height / beta / factor) * factor;
             wBar = (long)Math.Floor(width / beta / factor) * factor;
             shrunk = true;
+            // The official formula floors a side to 0 when max_pixels is below factor² × aspect ratio (a 4000x30 image
+            // under the shipped max_pixels 14000 became 1344x0); refuse like the other impossible shapes.
+            if (hBar < factor || wBar < factor)
+                throw new ArgumentException($"a {width}x{height} image cannot be shrunk under max_pixels {maxPixels} with both sides multiples of {factor} (aspect ratio too extreme for this model's processor)");
         }
         else if (hBar * wBar < minPixels)
         {

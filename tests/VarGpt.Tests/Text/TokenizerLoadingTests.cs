@@ -38,7 +38,7 @@ public class TokenizerLoadingTests
         var e = Assert.Throws<InputNotFoundException>(() => QwenTokenizer.FromDirectory(tmp.Path));
         Assert.Contains("tokenizer.json", e.Message);
         File.WriteAllText(tmp["tokenizer.json"], """{"model": {"type": "Unigram", "vocab": []}}""");
-        var u = Assert.Throws<NotSupportedException>(() => QwenTokenizer.FromDirectory(tmp.Path));
+        var u = Assert.Throws<InvalidFileException>(() => QwenTokenizer.FromDirectory(tmp.Path));
         Assert.Contains("Unigram", u.Message);
     }
 
