@@ -79,3 +79,19 @@ public class MklDispatchTests(ITestOutputHelper log)
         Assert.True(worst <= ConvRoutes.Tolerance(ScalarType.Float32), $"fp32 linear off by {worst:G3} (relative to Σ|x||w|) on x[{rows},{inF}] w[{outF},{inF}]; oneMKL {MklDispatch.Describe()}");
     }
 }
+
+/// <summary>In-process malloc settings (<see cref="MallocTuning"/>, issue 17): applied on glibc Linux unless the user chose otherwise, and reported.</summary>
+public class MallocTuningTests
+{
+    [Fact]
+    public void Freed_memory_is_kept_in_process_on_glibc_linux_unless_the_user_set_malloc_tunables()
+    {
+        var state = MallocTuning.KeepFreedMemory();
+        bool userChose = Environment.GetEnvironmentVariable(MallocTuning.Variable) is not null
+            || (Environment.GetEnvironmentVariable("GLIBC_TUNABLES") ?? "").Contains("glibc.malloc.", StringComparison.Ordinal);
+        if (OperatingSystem.IsLinux() && !userChose && File.Exists("/lib/x86_64-linux-gnu/libc.so.6") | File.Exists("/lib/aarch64-linux-gnu/libc.so.6"))
+            Assert.StartsWith("kept in process", state);
+        Assert.Equal(state, MallocTuning.KeepFreedMemory());   // idempotent
+        Assert.Equal(state, MallocTuning.State);
+    }
+}
