@@ -10,7 +10,10 @@ namespace VarGpt.Benchmarks;
 public sealed record BenchMetric(string Name, double Value, string Unit, string? Note = null);
 
 /// <summary>The machine a benchmark ran on (recorded with every result so figures can be compared).</summary>
-public sealed record MachineInfo(string Os, string Cpu, int LogicalCores, long? TotalMemoryBytes, int TorchThreads, string TorchSharp, string Runtime)
+/// MklKernels: the oneMKL kernel set fp32 GEMM dispatches to; Malloc: whether freed memory stays in the process
+/// (both move the figures by tens of percent, issue 17).
+public sealed record MachineInfo(string Os, string Cpu, int LogicalCores, long? TotalMemoryBytes, int TorchThreads, string TorchSharp, string Runtime,
+    string? MklKernels = null, string? Malloc = null)
 {
     public static MachineInfo Current() => new(
         RuntimeInformation.OSDescription,
@@ -19,7 +22,9 @@ public sealed record MachineInfo(string Os, string Cpu, int LogicalCores, long? 
         MemTotal(),
         get_num_threads(),
         typeof(TorchSharp.torch).Assembly.GetName().Version?.ToString() ?? "?",
-        RuntimeInformation.FrameworkDescription);
+        RuntimeInformation.FrameworkDescription,
+        VarGpt.Torch.MklDispatch.Describe(),
+        VarGpt.Torch.MallocTuning.State);
 
     static string? CpuModel()
     {
@@ -94,6 +99,7 @@ public sealed class BenchRecord(string benchmark)
     public void WriteText(TextWriter o)
     {
         o.WriteLine($"{Benchmark}: {Machine.Cpu}, {Machine.LogicalCores} logical cores, {FormatBytes(Machine.TotalMemoryBytes)} RAM, torch threads {Machine.TorchThreads}, TorchSharp {Machine.TorchSharp}");
+        if (Machine.MklKernels is not null) o.WriteLine($"  oneMKL kernels: {Machine.MklKernels}; malloc: freed memory {Machine.Malloc}");
         if (Settings.Count > 0) o.WriteLine("  settings: " + string.Join(", ", Settings.Select(kv => $"{kv.Key}={Convert.ToString(kv.Value, CultureInfo.InvariantCulture)}")));
         int w = Metrics.Count == 0 ? 0 : Metrics.Max(m => m.Name.Length);
         foreach (var m in Metrics)

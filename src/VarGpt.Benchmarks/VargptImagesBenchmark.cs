@@ -55,6 +55,8 @@ public static class VargptImagesBenchmark
         ImageResult? last = null;
         using (var mem = MemoryPhase.Start())
         {
+            var proc = System.Diagnostics.Process.GetCurrentProcess();
+            var (user0, sys0) = (proc.UserProcessorTime, proc.PrivilegedProcessorTime);
             for (int i = 0; i < options.Images; i++)
             {
                 double prev = 0;
@@ -70,6 +72,9 @@ public static class VargptImagesBenchmark
                 loops.Add(prev);
             }
             mem.Stop();
+            proc.Refresh();
+            double userPerImage = (proc.UserProcessorTime - user0).TotalSeconds / options.Images;
+            double sysPerImage = (proc.PrivilegedProcessorTime - sys0).TotalSeconds / options.Images;
             var r = new BenchRecord("generate")
                 .Set("dtype", model.DType.ToString()).Set("device", model.Device.type.ToString().ToLowerInvariant())
                 .Set("threads", get_num_threads()).Set("pn", schedule.Pn).Set("pixels", $"{schedule.Pixels.W}x{schedule.Pixels.H}")
@@ -79,6 +84,10 @@ public static class VargptImagesBenchmark
             double perImage = totals.Average();
             double bound = flop / flops;
             r.Add("seconds_per_image", perImage, "s", "GenerateImage wall time: prompt prefill + image loop + VAE decode");
+            // CPU time moves far less than wall time when other processes share the cores; kernel time is mostly
+            // page faults on fresh memory (MallocTuning)
+            r.Add("cpu_seconds_per_image", userPerImage + sysPerImage, "s", "process CPU time (all threads, user + kernel) per image");
+            r.Add("kernel_seconds_per_image", sysPerImage, "s", "of which in the kernel (page faults on fresh memory, ...)");
             r.Add("image_loop", loops.Average(), "s", "all scales (LLM + Infinity + sampling), without prefill and VAE decode");
             r.Add("prefill_and_decode", perImage - loops.Average(), "s", "prompt prefill + VAE decode + uint8 conversion");
             for (int s = 0; s < perScale.Length; s++)

@@ -42,6 +42,7 @@ public static class Program
     public static int Main(string[] args)
     {
         VarGpt.Torch.TorchRuntime.RequestPassiveThreadWait();   // before libtorch loads (see its doc comment)
+        VarGpt.Torch.MallocTuning.KeepFreedMemory();             // before the first tensor (see its doc comment)
         return CliRunner.Run(BuildRoot(), args, Console.Out, Console.Error);
     }
 }

@@ -67,18 +67,62 @@ public static class DecodeLinear
             fixed (byte* pw = weight.bytes, px = xf.bytes, py = y.bytes, pb = bc is null ? default : bc.bytes)
             {
                 var job = new Job(pw, (float*)px, py, pb, weight.dtype == ScalarType.BFloat16, rows, O, I);
-                // n contiguous chunks of whole blocks of rows (cache-line multiples of the output), one per thread
                 long blocks = (O + RowsPerBlock - 1) / RowsPerBlock;
                 int n = (int)Math.Min(threads, blocks);
                 if (n == 1) job.Run(0, O);
-                else Parallel.For(0, n, new ParallelOptions { MaxDegreeOfParallelism = n },
-                    k => job.Run(blocks * k / n * RowsPerBlock, Math.Min(O, blocks * (k + 1) / n * RowsPerBlock)));
+                else
+                {
+                    // ChunksPerThread contiguous chunks of whole blocks of rows (cache-line multiples of the output),
+                    // claimed by the caller and n - 1 pool helpers (ForkJoin)
+                    int chunks = (int)Math.Min(blocks, (long)n * ChunksPerThread);
+                    ForkJoin.Run(chunks, n - 1, k => job.Run(blocks * k / chunks * RowsPerBlock, Math.Min(O, blocks * (k + 1) / chunks * RowsPerBlock)));
+                }
             }
         }
         return y;
     }
 
     const int RowsPerBlock = 16;
+
+    /// <summary>Chunks per participating thread: lets the caller take over the share of a helper that starts late.</summary>
+    const int ChunksPerThread = 4;
+
+    /// <summary>
+    /// Runs body(0..chunks-1) on the calling thread and up to <c>helpers</c> thread-pool threads, each claiming the next
+    /// chunk with an atomic counter. The caller waits only for chunks a helper has claimed, never for a helper that has
+    /// not started: Parallel.For waits for its queued replica task to run even when the caller has done all the work,
+    /// and on the shared 2-core box (load ~25) that wait, the OS waking a pool thread, cost ~2 ms per call — 2-thread
+    /// GEMVs of 0.25–17 MB took 1.7–2.9 ms against 0.02–1.1 ms on one thread, and a decode step of the shipped model
+    /// (29 linears) ~60 ms (docs/performance.md, "Serving"). Results do not depend on the split: every output element
+    /// is one Dot over its whole weight row.
+    /// </summary>
+    sealed class ForkJoin
+    {
+        readonly Action<int> _body;
+        readonly int _chunks;
+        int _next = -1, _done;
+
+        ForkJoin(int chunks, Action<int> body) { _chunks = chunks; _body = body; }
+
+        public static void Run(int chunks, int helpers, Action<int> body)
+        {
+            var f = new ForkJoin(chunks, body);
+            for (int h = 0; h < helpers; h++) ThreadPool.UnsafeQueueUserWorkItem(static o => ((ForkJoin)o!).Work(), f);
+            f.Work();
+            var spin = new SpinWait();
+            while (Volatile.Read(ref f._done) < chunks) spin.SpinOnce();   // only chunks already running elsewhere remain
+        }
+
+        void Work()
+        {
+            int k;
+            while ((k = Interlocked.Increment(ref _next)) < _chunks)
+            {
+                try { _body(k); }
+                finally { Interlocked.Increment(ref _done); }
+            }
+        }
+    }
 
     /// <summary>Pointers and sizes of one call; Run computes output columns [s, e) of every row.</summary>
     readonly unsafe struct Job(byte* w, float* x, byte* y, byte* b, bool bf16, int rows, long o, long i)

@@ -49,6 +49,9 @@ public static unsafe class LibTorchNative
     /// <summary>oneDNN's version string as libtorch reports it (<c>at::get_mkldnn_version()</c>); null when unavailable.</summary>
     public static string? OneDnnVersion() => _exports.Value is { } e ? CallStringFunction(e.GetMkldnnVersion) : null;
 
+    /// <summary>oneMKL's dispatch code (<c>mkl_serv_cpu_detect()</c>; the first call decides it); null when unavailable. See <see cref="MklDispatch"/>.</summary>
+    public static int? MklCpuType() => _exports.Value is { MklCpuDetect: not null } e ? e.MklCpuDetect() : null;
+
     /// <summary>
     /// Sets oneDNN's verbose level at run time (<c>torch::verbose::_mkldnn_set_verbose</c>; 1 = one line per primitive
     /// execution on stdout, naming the implementation). Process-wide; used only by <see cref="OneDnnVerbose.Capture"/>.
@@ -80,6 +83,7 @@ public static unsafe class LibTorchNative
         public delegate* unmanaged<byte*, byte*> ShowConfig;
         public delegate* unmanaged<byte*, byte*> GetMkldnnVersion;
         public delegate* unmanaged<int, int> MkldnnSetVerbose;
+        public delegate* unmanaged<int> MklCpuDetect;   // optional: libtorch builds without MKL lack it
     }
 
     static Exports? Load()
@@ -110,6 +114,7 @@ public static unsafe class LibTorchNative
             ShowConfig = (delegate* unmanaged<byte*, byte*>)p[4],
             GetMkldnnVersion = (delegate* unmanaged<byte*, byte*>)p[5],
             MkldnnSetVerbose = (delegate* unmanaged<int, int>)p[6],
+            MklCpuDetect = (delegate* unmanaged<int>)Get("mkl_serv_cpu_detect"),
         };
     }
 }

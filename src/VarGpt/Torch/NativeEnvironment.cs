@@ -6,10 +6,11 @@ namespace VarGpt.Torch;
 /// <summary>
 /// The facts a native-kernel problem report needs: the CPU (<see cref="CpuInfo"/>), the TorchSharp / libtorch /
 /// oneDNN versions, the CPU capability libtorch dispatches its own kernels to, intra-op threads, and the libtorch
-/// backend switches. Read-only; <see cref="Read"/> costs a few milliseconds.
+/// backend switches, and the oneMKL kernel set fp32 GEMM dispatches to (<see cref="MklDispatch"/>). Read-only;
+/// <see cref="Read"/> costs a few milliseconds.
 /// </summary>
 public sealed record NativeEnvironment(CpuInfo Cpu, string TorchSharpVersion, string? LibTorchVersion, string? OneDnnVersion,
-    string? CpuCapability, int Threads, bool? MkldnnEnabled, bool? NnpackEnabled, string? BuildConfig)
+    string? CpuCapability, int Threads, bool? MkldnnEnabled, bool? NnpackEnabled, string? BuildConfig, string MklKernels)
 {
     public static NativeEnvironment Read()
     {
@@ -24,6 +25,7 @@ public sealed record NativeEnvironment(CpuInfo Cpu, string TorchSharpVersion, st
             get_num_threads(),
             LibTorchNative.MkldnnEnabled,
             LibTorchNative.NnpackEnabled,
-            config);
+            config,
+            MklDispatch.Describe());
     }
 }
