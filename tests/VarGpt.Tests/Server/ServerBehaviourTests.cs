@@ -162,7 +162,11 @@ public class ServerLifecycleTests
         using var http = new HttpClient { BaseAddress = server.Url };
         var running = http.PostAsync("v1/images/generations", new StringContent(
             JsonSerializer.Serialize(new { prompt = "Draw a red circle on the left.", n = 2, force_image_start = true }), Encoding.UTF8, "application/json"), Ct);
-        await Task.Delay(100, Ct);
+        // stop once the request is inside the image gate (a fixed delay lost the race on a loaded machine)
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        while (server.Metrics.RunningImages.Value < 1 && !running.IsCompleted && DateTime.UtcNow < deadline)
+            await Task.Delay(5, Ct);
+        Assert.True(server.Metrics.RunningImages.Value >= 1 || running.IsCompleted, "the image request never started");
         var stopping = server.StopAsync(Ct);
         var r = await running;
         Assert.Equal(HttpStatusCode.OK, r.StatusCode);
