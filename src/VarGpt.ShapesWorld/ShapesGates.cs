@@ -49,9 +49,7 @@ public static class ShapesGates
     {
         var gates = Read(root).Where(g => g.Name != gate.Name).Append(gate).ToList();
         var path = Path.Combine(root, FileName);
-        var tmp = path + ".tmp";
-        File.WriteAllText(tmp, JsonSerializer.Serialize(gates, Json) + "\n");
-        File.Move(tmp, path, overwrite: true);
+        AtomicFile.WriteAllText(path, JsonSerializer.Serialize(gates, Json) + "\n");
         log.WriteLine(gate.ToString());
         if (!gate.Passed && stop) throw new ShapesGateFailedException(gate, path);
     }

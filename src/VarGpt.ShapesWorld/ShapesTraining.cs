@@ -220,43 +220,41 @@ public static class ShapesTraining
     static void Assemble(string root, string? adapterDir)
     {
         var sft = Path.Combine(root, SftDir);
-        var dir = Path.Combine(root, ModelDir);
-        var tmp = dir + ".tmp";
-        if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
-        Directory.CreateDirectory(tmp);
-        TrainerCheckpoint.CopyDescriptiveFiles(sft, tmp);
-        using (var st = SafeTensorsFile.Open(Path.Combine(sft, TrainerCheckpoint.ModelFile)))
+        // built beside OUT/model and renamed over it as a whole (AtomicFile.WriteFolder): a reader never sees half a model
+        AtomicFile.WriteFolder(Path.Combine(root, ModelDir), tmp =>
         {
-            var tensors = st.Tensors.Keys.Select(k => new KeyValuePair<string, Tensor>(k, st.Load(k))).ToList();
-            try
+            TrainerCheckpoint.CopyDescriptiveFiles(sft, tmp);
+            using (var st = SafeTensorsFile.Open(Path.Combine(sft, TrainerCheckpoint.ModelFile)))
             {
-                SafeTensorsWriter.Save(Path.Combine(tmp, TrainerCheckpoint.ModelFile), tensors, new Dictionary<string, string> { ["format"] = "pt" },
-                    floatDType: ScalarType.BFloat16);
+                var tensors = st.Tensors.Keys.Select(k => new KeyValuePair<string, Tensor>(k, st.Load(k))).ToList();
+                try
+                {
+                    SafeTensorsWriter.Save(Path.Combine(tmp, TrainerCheckpoint.ModelFile), tensors, new Dictionary<string, string> { ["format"] = "pt" },
+                        floatDType: ScalarType.BFloat16);
+                }
+                finally { foreach (var t in tensors) t.Value.Dispose(); }
             }
-            finally { foreach (var t in tensors) t.Value.Dispose(); }
-        }
-        TrainerCheckpoint.WriteConfig(tmp, sft, ScalarType.BFloat16);
-        if (adapterDir is not null)
-        {
-            Directory.CreateDirectory(Path.Combine(tmp, "adapter"));
-            foreach (var f in Directory.GetFiles(adapterDir)) File.Copy(f, Path.Combine(tmp, "adapter", Path.GetFileName(f)));
-            // the base model is the folder the adapter sits in (not the run's sft/ path on the training machine)
-            var cfgPath = Path.Combine(tmp, "adapter", "adapter_config.json");
-            var node = JsonNode.Parse(File.ReadAllText(cfgPath))!.AsObject();
-            node["base_model_name_or_path"] = "..";
-            File.WriteAllText(cfgPath, node.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        }
-        var training = Path.Combine(tmp, "training");
-        Directory.CreateDirectory(training);
-        foreach (var (stage, name) in new[] { (VaeDir, "vae"), (VisionDir, "vision"), (UnderstandingDir, "understanding"), (AlignDir, "align"), (SftDir, "sft"), (DpoDir, "dpo") })
-        {
-            var jsonl = Path.Combine(root, stage, TrainerLog.JsonlFile);
-            if (File.Exists(jsonl)) File.Copy(jsonl, Path.Combine(training, name + ".jsonl"));
-        }
-        var vaeEval = Path.Combine(root, VaeDir, VaeTraining.EvalFile);
-        if (File.Exists(vaeEval)) File.Copy(vaeEval, Path.Combine(training, VaeTraining.EvalFile));
-        if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
-        Directory.Move(tmp, dir);
+            TrainerCheckpoint.WriteConfig(tmp, sft, ScalarType.BFloat16);
+            if (adapterDir is not null)
+            {
+                Directory.CreateDirectory(Path.Combine(tmp, "adapter"));
+                foreach (var f in Directory.GetFiles(adapterDir)) File.Copy(f, Path.Combine(tmp, "adapter", Path.GetFileName(f)));
+                // the base model is the folder the adapter sits in (not the run's sft/ path on the training machine)
+                var cfgPath = Path.Combine(tmp, "adapter", "adapter_config.json");
+                var node = JsonNode.Parse(File.ReadAllText(cfgPath))!.AsObject();
+                node["base_model_name_or_path"] = "..";
+                File.WriteAllText(cfgPath, node.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            }
+            var training = Path.Combine(tmp, "training");
+            Directory.CreateDirectory(training);
+            foreach (var (stage, name) in new[] { (VaeDir, "vae"), (VisionDir, "vision"), (UnderstandingDir, "understanding"), (AlignDir, "align"), (SftDir, "sft"), (DpoDir, "dpo") })
+            {
+                var jsonl = Path.Combine(root, stage, TrainerLog.JsonlFile);
+                if (File.Exists(jsonl)) File.Copy(jsonl, Path.Combine(training, name + ".jsonl"));
+            }
+            var vaeEval = Path.Combine(root, VaeDir, VaeTraining.EvalFile);
+            if (File.Exists(vaeEval)) File.Copy(vaeEval, Path.Combine(training, VaeTraining.EvalFile));
+        }, replace: true);
     }
 
     public static ShapesWorldOptions WorldOptions(int seed, ShapesModelConfig sizes) => new() { Seed = seed, ImageSize = sizes.ImageSize };

@@ -160,7 +160,7 @@ public static class VaeTraining
         log.WriteLine("eval " + shipped);
         double cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
         var res = new VaeTrainingResult(result, weights, fp32, shipped, wall.Elapsed.TotalSeconds, cpu);
-        File.WriteAllText(Path.Combine(o.OutputDir, EvalFile), JsonSerializer.Serialize(new
+        AtomicFile.WriteAllText(Path.Combine(o.OutputDir, EvalFile), JsonSerializer.Serialize(new
         {
             steps = result.GlobalStep, completed = result.Completed, wall_seconds = res.WallSeconds, cpu_seconds = cpu,
             threads = torch.get_num_threads(), parameters = nParams, vae_config = JsonNode.Parse(vaeCfg.ToJson().ToJsonString()),
