@@ -148,6 +148,12 @@ public sealed class CheckpointReader : IDisposable
     /// <summary>Copies one tensor into an existing tensor of the same shape, converting dtype/device.</summary>
     public void LoadInto(string name, Tensor target) => Owner(name).LoadInto(name, target);
 
+    /// <summary>
+    /// The guards of the files' memory mappings (<see cref="SafeTensorsFile.DetachLease"/>): whoever keeps the mapped
+    /// views after the reader is disposed disposes these when done with them.
+    /// </summary>
+    public IReadOnlyList<MappedFileLease> DetachLeases() => _files.Select(f => f.DetachLease()).OfType<MappedFileLease>().ToList();
+
     /// <summary>Zero-copy memory-mapped CPU view of one tensor in its stored dtype, or null if it is not aligned (see <see cref="SafeTensorsFile.MapView"/>).</summary>
     public Tensor? MapView(string name) => Owner(name).MapView(name);
 

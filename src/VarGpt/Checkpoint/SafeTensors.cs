@@ -34,7 +34,7 @@ public sealed class SafeTensorsFile : IDisposable
     readonly Dictionary<string, SafeTensorInfo> _tensors = new(StringComparer.Ordinal);
     readonly Dictionary<string, string> _metadata = new(StringComparer.Ordinal);
     readonly FileStream _stream;
-    /// <summary>Private (copy-on-write) mappings of the whole file, one per element type viewed through it.</summary>
+    /// <summary>Private (copy-on-write) mappings of the whole file, one per element type viewed through it; owned by <see cref="_lease"/>.</summary>
     readonly Dictionary<ScalarType, Tensor> _maps = new();
 
     /// <summary>Staging buffer size when converting dtype/device (bounds the extra memory of a load).</summary>
@@ -250,7 +250,8 @@ public sealed class SafeTensorsFile : IDisposable
     /// pages stay file-backed (read on first touch, evictable under memory pressure), and a write into the view copies
     /// that page privately, never reaching the file. The mapping lives as long as any view of it. Null when the
     /// tensor's absolute offset is not a multiple of its element size (the format does not require alignment; files
-    /// of the official writer and ours are aligned) or when it is empty: the caller then copies instead.
+    /// of the official writer and ours are aligned), when it is empty, or when the file cannot be leased against
+    /// in-place writers (<see cref="MappedFileLease"/>): the caller then copies instead.
     /// </summary>
     public Tensor? MapView(string name)
     {
@@ -263,13 +264,42 @@ public sealed class SafeTensorsFile : IDisposable
         {
             if (!_maps.TryGetValue(dtype, out var map))
             {
-                map = torch.from_file(Path, shared: false, size: FileLength / size, dtype: dtype).DetachFromDisposeScope();
+                if (_mapRefused is not null) return null;
+                // without a lease a writer that truncates the file in place would SIGBUS us: copy instead
+                _lease ??= MappedFileLease.TryTake(Path, out _mapRefused);
+                if (_lease is null) return null;
+                map = _lease.Map(() => torch.from_file(Path, shared: false, size: FileLength / size, dtype: dtype).DetachFromDisposeScope())
+                    ?? throw ChangedWhileLoading();
                 _maps[dtype] = map;
             }
+            if (_lease!.Broken) throw ChangedWhileLoading();
             using var flat = map.narrow(0, offset / size, info.ElementCount);
             return flat.view(info.Shape).DetachFromDisposeScope();
         }
     }
+
+    /// <summary>Why <see cref="MapView"/> copies instead of mapping (no file lease could be taken), or null.</summary>
+    public string? MapRefused => _mapRefused;
+
+    /// <summary>
+    /// Hands the guard of the mappings (<see cref="MappedFileLease"/>) to the caller, to be disposed when the mapped
+    /// views are no longer used; without this, <see cref="Dispose"/> ends the guard. Null when nothing was mapped.
+    /// </summary>
+    public MappedFileLease? DetachLease()
+    {
+        lock (_maps)
+        {
+            _leaseDetached = _lease is not null;
+            return _lease;
+        }
+    }
+
+    InvalidFileException ChangedWhileLoading() =>
+        new($"{Path}: another program wrote to the file while it was being loaded (memory-mapped); load it again");
+
+    MappedFileLease? _lease;
+    bool _leaseDetached;
+    string? _mapRefused;
 
     void ReadBytes(long offset, Span<byte> dst)
     {
@@ -280,13 +310,16 @@ public sealed class SafeTensorsFile : IDisposable
         }
     }
 
-    /// <summary>Closes the file; views handed out by <see cref="MapView"/> keep their mapping alive.</summary>
+    /// <summary>
+    /// Closes the file; views handed out by <see cref="MapView"/> keep their mapping alive but, unless the lease was
+    /// taken over (<see cref="DetachLease"/>), no longer guarded against in-place writers.
+    /// </summary>
     public void Dispose()
     {
         _stream.Dispose();
         lock (_maps)
         {
-            foreach (var m in _maps.Values) m.Dispose();
+            if (!_leaseDetached) _lease?.Dispose();
             _maps.Clear();
         }
     }

@@ -40,6 +40,9 @@ public sealed class VargptModel : IDisposable
     /// <summary>The LoRA adapter merged at load (<see cref="VargptModelOptions.Adapter"/>), or null.</summary>
     public LoraAdapterMergeReport? Adapter { get; }
 
+    /// <summary>Guards of the memory-mapped weight files against in-place writers, for as long as the model lives.</summary>
+    IReadOnlyList<MappedFileLease> _leases = [];
+
     VargptModel(string dir, VargptConfig config, GenerationConfig generation, PreprocessorConfig preprocessor, QwenTokenizer tokenizer,
         VargptForConditionalGeneration module, VargptModelOptions options, LoraAdapterMergeReport? adapter)
     {
@@ -99,7 +102,10 @@ public sealed class VargptModel : IDisposable
             }
         }
         catch { model.Dispose(); throw; }
-        return new VargptModel(dir, folder.Config, folder.GenerationConfig, folder.Preprocessor, folder.Tokenizer, model, options, adapter);
+        return new VargptModel(dir, folder.Config, folder.GenerationConfig, folder.Preprocessor, folder.Tokenizer, model, options, adapter)
+        {
+            _leases = reader.DetachLeases(),
+        };
     }
 
     /// <summary>Fails when the checkpoint has no tensor at all under one of the generation prefixes (e.g. an understanding-only export).</summary>
@@ -398,7 +404,11 @@ public sealed class VargptModel : IDisposable
     [System.Diagnostics.CodeAnalysis.Experimental("MEAI001")]
     public IImageGenerator AsImageGenerator(ImageOptions? defaults = null) => new VargptImageGenerator(this, defaults);
 
-    public void Dispose() => Module.Dispose();
+    public void Dispose()
+    {
+        Module.Dispose();
+        foreach (var lease in _leases) lease.Dispose();
+    }
 }
 
 /// <summary>

@@ -18,8 +18,9 @@ public sealed record VargptModelOptions
     /// CPU loads: build the model on META (no allocation, no random init) and make every weight stored in the compute
     /// dtype a zero-copy view of a private mapping of its safetensors file (StateDictOptions.MemoryMap); the others are
     /// allocated and read. Pages are read on first use and stay evictable page cache instead of anonymous memory, so a
-    /// bf16 checkpoint run in bf16 fits in less RAM than its size. null (default) = on for the CPU, off elsewhere.
-    /// Training turns it off: the optimizer writes into the weights. Trade-off measured in docs/notes/checkpoint-io.md.
+    /// bf16 checkpoint run in bf16 fits in less RAM than its size. A file is mapped only under a read lease that protects
+    /// the process from programs rewriting it in place (Checkpoint.MappedFileLease; otherwise it is copied), and the
+    /// model holds that lease until disposed. null (default) = on for the CPU, off elsewhere. Training turns it off: the optimizer writes into the weights. Trade-off measured in docs/notes/checkpoint-io.md.
     /// </summary>
     public bool? MemoryMap { get; init; }
     /// <summary>

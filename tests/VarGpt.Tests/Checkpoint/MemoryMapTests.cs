@@ -174,4 +174,34 @@ public class MemoryMapTests
         if (turn.ImageReady) turn.DrawImage(new VarGpt.Model.ImageOptions(), 3, cancellationToken: TestContext.Current.CancellationToken);
         return (turn.Rows[0].TokenIds, turn.StopReason);
     }
+
+    [Fact]
+    public void A_loaded_model_survives_its_weight_file_being_truncated_in_place_and_answers_the_same()
+    {
+        // the model, not the reader it loaded through, keeps the guard of its mapped file (MappedFileLease)
+        TorchTestSetup.Init();
+        using var d = TestPaths.Temp();
+        var src = TinyImageModel.Folder();
+        Directory.CreateDirectory(d["m"]);
+        foreach (var f in Directory.EnumerateFiles(src)) File.Copy(f, Path.Combine(d["m"], Path.GetFileName(f)));
+        var file = Path.Combine(d["m"], CheckpointReader.SingleFileName);
+        using var model = VargptModel.Load(d["m"], new VargptModelOptions { MemoryMap = true });
+        using var ids = tensor(new long[] { 1, 5, 9, 13, 2 }).unsqueeze(0);
+        Tensor Logits()
+        {
+            using var _ = no_grad();
+            return model.Module.Forward(model.Module.EmbedInputs(ids)).Logits.DetachFromDisposeScope();
+        }
+        using var before = Logits();
+
+        using (var writer = System.Diagnostics.Process.Start("sh", $"-c \": > '{file}'\""))
+        {
+            Assert.True(writer.WaitForExit(30_000), "the writer did not finish");
+            Assert.Equal(0, writer.ExitCode);
+        }
+        Assert.Equal(0, new FileInfo(file).Length);
+
+        using var after = Logits();
+        Assert.True(Same(before, after));
+    }
 }

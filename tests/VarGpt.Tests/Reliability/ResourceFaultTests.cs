@@ -150,4 +150,45 @@ public class ResourceFaultTests
         File.Delete(path);
         Assert.Equal(before, mapped.sum().item<float>());
     }
+
+    [Theory]
+    [InlineData("sh", "-c \": > {0}\"")]   // a blocking open with O_TRUNC (truncate(1) opens O_NONBLOCK and is refused while we copy)
+    [InlineData("cp", "--no-preserve=all {1} {0}")]   // cp onto an existing file opens it O_TRUNC and rewrites it in place
+    public void A_mapped_model_file_truncated_or_rewritten_in_place_does_not_kill_the_process(string program, string arguments)
+    {
+        // the writer is held by the kernel (read lease) until the mappings are private copies, so the process survives
+        // and the weights keep their loaded values — also pages never touched before the write
+        TorchTestSetup.Init();
+        using var d = TestPaths.Temp();
+        var path = d["w.safetensors"];
+        var other = d["other.safetensors"];
+        using var original = randn(1024, 1024);   // 4 MiB: 1024 pages
+        SafeTensorsWriter.Save(path, [new("w", original)]);
+        using (var z = zeros(8, 8)) SafeTensorsWriter.Save(other, [new("w", z)]);
+        using var st = SafeTensorsFile.Open(path);
+        using var mapped = st.MapView("w") ?? throw new InvalidOperationException("not mapped: " + st.MapRefused);
+        Assert.Equal(original[0, 0].item<float>(), mapped[0, 0].item<float>());   // one page touched, the rest not
+
+        using var writer = System.Diagnostics.Process.Start(program, string.Format(arguments, path, other));
+        Assert.True(writer.WaitForExit(30_000), $"{program} did not finish");
+        Assert.Equal(0, writer.ExitCode);
+        Assert.NotEqual(new FileInfo(path).Length, st.FileLength);   // the file did change under the mapping
+
+        Assert.True(mapped.equal(original).all().item<bool>(), "the mapped weights changed");
+        Assert.Throws<InvalidFileException>(() => st.MapView("w"));   // and a load that goes on is told the file changed
+    }
+
+    [Fact]
+    public void A_file_that_cannot_be_leased_is_copied_instead_of_mapped()
+    {
+        // another process (here: another handle) has it open for writing, so no read lease: mapping would be unguarded
+        TorchTestSetup.Init();
+        using var d = TestPaths.Temp();
+        var path = d["w.safetensors"];
+        using (var w = randn(16, 16)) SafeTensorsWriter.Save(path, [new("w", w)]);
+        using var st = SafeTensorsFile.Open(path);
+        using (new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite))
+            Assert.Null(st.MapView("w"));
+        Assert.Contains("open for writing", st.MapRefused);
+    }
 }
