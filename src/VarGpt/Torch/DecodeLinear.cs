@@ -90,17 +90,17 @@ public static class DecodeLinear
     /// <summary>
     /// Runs body(0..chunks-1) on the calling thread and up to <c>helpers</c> thread-pool threads, each claiming the next
     /// chunk with an atomic counter. The caller waits only for chunks a helper has claimed, never for a helper that has
-    /// not started: Parallel.For waits for its queued replica task to run even when the caller has done all the work,
-    /// and on the shared 2-core box (load ~25) that wait, the OS waking a pool thread, cost ~2 ms per call — 2-thread
-    /// GEMVs of 0.25–17 MB took 1.7–2.9 ms against 0.02–1.1 ms on one thread, and a decode step of the shipped model
-    /// (29 linears) ~60 ms (docs/performance.md, "Serving"). Results do not depend on the split: every output element
-    /// is one Dot over its whole weight row.
+    /// not started (Parallel.For waits for its queued replica even when the caller did all the work; on a busy 2-core
+    /// machine waking it cost more than the GEMV: docs/performance.md, "Serving"). An exception in any chunk is
+    /// rethrown on the caller once the claimed chunks are done. Results do not depend on the split: every output
+    /// element is one Dot over its whole weight row.
     /// </summary>
-    sealed class ForkJoin
+    internal sealed class ForkJoin
     {
         readonly Action<int> _body;
         readonly int _chunks;
         int _next = -1, _done;
+        System.Runtime.ExceptionServices.ExceptionDispatchInfo? _error;
 
         ForkJoin(int chunks, Action<int> body) { _chunks = chunks; _body = body; }
 
@@ -111,6 +111,7 @@ public static class DecodeLinear
             f.Work();
             var spin = new SpinWait();
             while (Volatile.Read(ref f._done) < chunks) spin.SpinOnce();   // only chunks already running elsewhere remain
+            f._error?.Throw();
         }
 
         void Work()
@@ -119,6 +120,11 @@ public static class DecodeLinear
             while ((k = Interlocked.Increment(ref _next)) < _chunks)
             {
                 try { _body(k); }
+                catch (Exception e)
+                {
+                    // a pool thread must not die with it (that ends the process); the caller rethrows the first one
+                    Interlocked.CompareExchange(ref _error, System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e), null);
+                }
                 finally { Interlocked.Increment(ref _done); }
             }
         }

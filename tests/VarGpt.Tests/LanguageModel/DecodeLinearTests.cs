@@ -95,4 +95,22 @@ public class DecodeLinearTests
             Assert.True((fast - layer.forward(one)).abs().max().item<float>() < 1e-5);
         }
     }
+
+    [Fact]
+    public void An_exception_in_a_chunk_reaches_the_caller_and_every_chunk_still_runs_once()
+    {
+        // a chunk that throws on a pool thread must not end the process: the caller rethrows it after the others
+        int ran = 0;
+        var e = Assert.Throws<InvalidOperationException>(() => DecodeLinear.ForkJoin.Run(64, 1, k =>
+        {
+            Interlocked.Increment(ref ran);
+            Thread.SpinWait(2000);
+            throw new InvalidOperationException("chunk " + k);
+        }));
+        Assert.StartsWith("chunk ", e.Message);
+        Assert.Equal(64, ran);
+        var seen = new int[16];
+        DecodeLinear.ForkJoin.Run(16, 1, k => Interlocked.Increment(ref seen[k]));
+        Assert.All(seen, n => Assert.Equal(1, n));
+    }
 }
