@@ -42,27 +42,12 @@ public class TrainCommandTests(ITestOutputHelper output)
         Directory.CreateDirectory(data);
         TinyVargpt.MixedRecords(data);
         var yaml = Path.Combine(tmp.Path, "sft.yaml");
-        File.WriteAllText(yaml, $"""
-            model_name_or_path: {model}
-            stage: sft
+        File.WriteAllText(yaml, TinyVargpt.SftYaml(model, data, extra: """
             do_train: true
-            finetuning_type: full
-            vargpt_train_stage: 4
-            dataset: tiny
-            dataset_dir: {data}
             template: vargpt_qwen2_vl
             cutoff_len: 1024
-            image_gen_resolution: 64
-            per_device_train_batch_size: 2
             gradient_accumulation_steps: 1
-            learning_rate: 1.0e-3
-            max_steps: 3
-            lr_scheduler_type: cosine
-            warmup_ratio: 0.1
-            logging_steps: 1
-            save_steps: 2
-            output_dir: out
-            """);
+            """));
         var (rc, o, e) = Cli("train", "sft", yaml);
         output.WriteLine(o + e);
         Assert.True(rc == 0, o + e);
@@ -142,24 +127,7 @@ public class TrainCommandTests(ITestOutputHelper output)
             TinyVargpt.MixedRecords(Path.Combine(root, "data"));
         }
         var yaml = Path.Combine(root, "sft.yaml");
-        File.WriteAllText(yaml, $"""
-            model_name_or_path: {model}
-            stage: sft
-            finetuning_type: full
-            vargpt_train_stage: 4
-            dataset: tiny
-            dataset_dir: {data}
-            image_gen_resolution: 64
-            per_device_train_batch_size: 2
-            learning_rate: 1.0e-3
-            max_steps: {steps}
-            lr_scheduler_type: cosine
-            warmup_ratio: 0.1
-            logging_steps: 1
-            save_steps: {saveSteps}
-            output_dir: {output}
-            {extra}
-            """);
+        File.WriteAllText(yaml, TinyVargpt.SftYaml(model, data, output, steps, saveSteps, extra: extra));
         return yaml;
     }
 

@@ -39,27 +39,12 @@ public sealed class KillHarness(string root, bool lora, Action<string> log)
         if (!Directory.Exists(data)) { Directory.CreateDirectory(data); TinyVargpt.MixedRecords(data); }
         Directory.CreateDirectory(dir);
         var yaml = Path.Combine(dir, "sft.yaml");
-        File.WriteAllText(yaml, $"""
-            model_name_or_path: {model}
-            stage: sft
-            finetuning_type: {(lora ? "lora" : "full")}
+        File.WriteAllText(yaml, TinyVargpt.SftYaml(model, data, steps: Steps, saveSteps: SaveSteps, finetuningType: lora ? "lora" : "full", extra: """
             lora_rank: 4
-            vargpt_train_stage: 4
-            dataset: tiny
-            dataset_dir: {data}
-            image_gen_resolution: 64
-            per_device_train_batch_size: 2
-            learning_rate: 1.0e-3
-            max_steps: {Steps}
-            lr_scheduler_type: cosine
-            warmup_ratio: 0.1
-            logging_steps: 1
-            save_steps: {SaveSteps}
             save_total_limit: 2
-            output_dir: out
             resume_from_checkpoint: latest
             seed: 3
-            """);
+            """));
         return yaml;
     }
 

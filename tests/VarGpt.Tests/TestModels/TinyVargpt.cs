@@ -119,6 +119,30 @@ public static class TinyVargpt
         ["images"] = new JsonArray(chosenImage, rejectedImage),
     };
 
+    /// <summary>
+    /// The training yaml of a tiny SFT run on <see cref="MixedRecords"/> (dataset "tiny", 64² targets, batch 2, cosine);
+    /// paths are written as given. <paramref name="extra"/>: more yaml lines.
+    /// </summary>
+    public static string SftYaml(string model, string data, string output = "out", int steps = 3, int saveSteps = 2,
+        string finetuningType = "full", string extra = "") => $"""
+        model_name_or_path: {model}
+        stage: sft
+        finetuning_type: {finetuningType}
+        vargpt_train_stage: 4
+        dataset: tiny
+        dataset_dir: {data}
+        image_gen_resolution: 64
+        per_device_train_batch_size: 2
+        learning_rate: 1.0e-3
+        max_steps: {steps}
+        lr_scheduler_type: cosine
+        warmup_ratio: 0.1
+        logging_steps: 1
+        save_steps: {saveSteps}
+        output_dir: {output}
+        {extra}
+        """;
+
     /// <summary>The mixed 4-sample SFT set: generation, understanding, editing, text. Images: 64×64 targets, 56×56 inputs.</summary>
     public static IReadOnlyList<TrainingRecord> MixedRecords(string dir)
     {
