@@ -31,6 +31,14 @@ public class MemoryMapTests
         return ca.bytes.SequenceEqual(cb.bytes);
     }
 
+    /// <summary>A private copy of the tiny image model in <paramref name="dir"/>; returns its model.safetensors.</summary>
+    static string CopyOfTinyModel(string dir)
+    {
+        Directory.CreateDirectory(dir);
+        foreach (var f in Directory.EnumerateFiles(TinyImageModel.Folder())) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        return Path.Combine(dir, CheckpointReader.SingleFileName);
+    }
+
     static string Sha(string path) => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(path)));
 
     [Fact]
@@ -70,10 +78,7 @@ public class MemoryMapTests
     {
         TorchTestSetup.Init();
         using var d = TestPaths.Temp();
-        var src = TinyImageModel.Folder();
-        Directory.CreateDirectory(d["m"]);
-        foreach (var f in Directory.EnumerateFiles(src)) File.Copy(f, Path.Combine(d["m"], Path.GetFileName(f)));
-        var file = Path.Combine(d["m"], CheckpointReader.SingleFileName);
+        var file = CopyOfTinyModel(d["m"]);
         var before = Sha(file);
         using var model = Build(d["m"], META);
         var r = StateDict.Load(model, d["m"], new StateDictOptions { MemoryMap = true });
@@ -181,10 +186,7 @@ public class MemoryMapTests
         // the model, not the reader it loaded through, keeps the guard of its mapped file (MappedFileLease)
         TorchTestSetup.Init();
         using var d = TestPaths.Temp();
-        var src = TinyImageModel.Folder();
-        Directory.CreateDirectory(d["m"]);
-        foreach (var f in Directory.EnumerateFiles(src)) File.Copy(f, Path.Combine(d["m"], Path.GetFileName(f)));
-        var file = Path.Combine(d["m"], CheckpointReader.SingleFileName);
+        var file = CopyOfTinyModel(d["m"]);
         using var model = VargptModel.Load(d["m"], new VargptModelOptions { MemoryMap = true });
         using var ids = tensor(new long[] { 1, 5, 9, 13, 2 }).unsqueeze(0);
         Tensor Logits()
