@@ -32,14 +32,11 @@ public sealed partial class BsqVae : nn.Module
         Config = config;
         ConvRouter = new ConvRouter(convRouting ?? ConvRouterOptions.FromEnvironment());
         if (config.PatchSize < 1) throw new ArgumentException($"vae_config.patch_size must be positive, got {config.PatchSize}");
-        encoder = new Encoder(config.BaseCh, config.EncoderChMult, config.NumResBlocks, config.CodebookDim, config.PatchSize);
-        decoder = new Decoder(config.BaseCh, config.DecoderChMult, config.NumResBlocks, config.CodebookDim, config.PatchSize);
-        quantizer = new MultiScaleBSQ(config.CodebookDim);
+        encoder = new Encoder(config.BaseCh, config.EncoderChMult, config.NumResBlocks, config.CodebookDim, config.PatchSize, device, dtype);
+        decoder = new Decoder(config.BaseCh, config.DecoderChMult, config.NumResBlocks, config.CodebookDim, config.PatchSize, device, dtype);
+        quantizer = new MultiScaleBSQ(config.CodebookDim, device);
         RegisterComponents();
         foreach (var m in modules().OfType<Conv>()) m.Router = ConvRouter;
-        // Module.to(dtype) only casts floating tensors, so the I64 lfq.mask buffer stays I64.
-        if (device is not null) this.to(device);
-        if (dtype != ScalarType.Float32) this.to(dtype);
         eval();
     }
 
@@ -126,10 +123,10 @@ public sealed partial class BsqVae : nn.Module
         public readonly Normalize norm_out;
         public readonly Conv conv_out;
 
-        public Encoder(int ch, int[] chMult, int numResBlocks, int zChannels, int patchSize) : base(nameof(Encoder))
+        public Encoder(int ch, int[] chMult, int numResBlocks, int zChannels, int patchSize, Device? device = null, ScalarType? dtype = null) : base(nameof(Encoder))
         {
             double maxDown = Math.Log2(patchSize); // official np.log2(patch_size); a level downsamples when i < max_down
-            conv_in = new Conv(3, ch, 3, 1, 1);
+            conv_in = new Conv(3, ch, 3, 1, 1, device: device, dtype: dtype);
             var levels = new List<EncoderLevel>();
             long blockIn = ch;
             for (int i = 0; i < chMult.Length; i++)
@@ -137,13 +134,13 @@ public sealed partial class BsqVae : nn.Module
                 blockIn = ch * (i == 0 ? 1 : chMult[i - 1]); // in_ch_mult = (1,) + ch_mult
                 long blockOut = ch * chMult[i];
                 var blocks = new List<ResnetBlock>();
-                for (int j = 0; j < numResBlocks; j++) { blocks.Add(new ResnetBlock(blockIn, blockOut)); blockIn = blockOut; }
-                levels.Add(new EncoderLevel(blocks, i < maxDown ? new Downsample(blockIn) : null));
+                for (int j = 0; j < numResBlocks; j++) { blocks.Add(new ResnetBlock(blockIn, blockOut, device: device, dtype: dtype)); blockIn = blockOut; }
+                levels.Add(new EncoderLevel(blocks, i < maxDown ? new Downsample(blockIn, device: device, dtype: dtype) : null));
             }
             down = new ModuleList<EncoderLevel>(levels.ToArray());
-            mid = new MidBlock(blockIn);
-            norm_out = new Normalize(blockIn);
-            conv_out = new Conv(blockIn, zChannels, 3, 1, 1);
+            mid = new MidBlock(blockIn, device: device, dtype: dtype);
+            norm_out = new Normalize(blockIn, device: device, dtype: dtype);
+            conv_out = new Conv(blockIn, zChannels, 3, 1, 1, device: device, dtype: dtype);
             RegisterComponents();
         }
 
@@ -167,24 +164,24 @@ public sealed partial class BsqVae : nn.Module
         public readonly Normalize norm_out;
         public readonly Conv conv_out;
 
-        public Decoder(int ch, int[] chMult, int numResBlocks, int zChannels, int patchSize) : base(nameof(Decoder))
+        public Decoder(int ch, int[] chMult, int numResBlocks, int zChannels, int patchSize, Device? device = null, ScalarType? dtype = null) : base(nameof(Decoder))
         {
             double maxUp = Math.Log2(patchSize); // a level upsamples when 1 <= i <= max_up
             int n = chMult.Length;
             long blockIn = ch * chMult[n - 1];
-            conv_in = new Conv(zChannels, blockIn, 3, 1, 1);
-            mid = new MidBlock(blockIn);
+            conv_in = new Conv(zChannels, blockIn, 3, 1, 1, device: device, dtype: dtype);
+            mid = new MidBlock(blockIn, device: device, dtype: dtype);
             var levels = new DecoderLevel[n];
             for (int i = n - 1; i >= 0; i--)
             {
                 long blockOut = ch * chMult[i];
                 var blocks = new List<ResnetBlock>();
-                for (int j = 0; j < numResBlocks + 1; j++) { blocks.Add(new ResnetBlock(blockIn, blockOut)); blockIn = blockOut; }
-                levels[i] = new DecoderLevel(blocks, 1 <= i && i <= maxUp ? new Upsample(blockIn) : null);
+                for (int j = 0; j < numResBlocks + 1; j++) { blocks.Add(new ResnetBlock(blockIn, blockOut, device: device, dtype: dtype)); blockIn = blockOut; }
+                levels[i] = new DecoderLevel(blocks, 1 <= i && i <= maxUp ? new Upsample(blockIn, device: device, dtype: dtype) : null);
             }
             up = new ModuleList<DecoderLevel>(levels);
-            norm_out = new Normalize(blockIn);
-            conv_out = new Conv(blockIn, 3, 3, 1, 1);
+            norm_out = new Normalize(blockIn, device: device, dtype: dtype);
+            conv_out = new Conv(blockIn, 3, 3, 1, 1, device: device, dtype: dtype);
             RegisterComponents();
         }
 

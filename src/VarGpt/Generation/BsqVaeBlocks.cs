@@ -24,9 +24,9 @@ public sealed partial class BsqVae
         /// <summary>Set once by the owning <see cref="BsqVae"/>.</summary>
         internal ConvRouter? Router { get; set; }
 
-        public Conv(long inChannels, long outChannels, long kernelSize, long stride = 1, long padding = 0) : base(nameof(Conv))
+        public Conv(long inChannels, long outChannels, long kernelSize, long stride = 1, long padding = 0, Device? device = null, ScalarType? dtype = null) : base(nameof(Conv))
         {
-            conv = Conv2d(inChannels, outChannels, kernelSize, stride: stride, padding: padding);
+            conv = Conv2d(inChannels, outChannels, kernelSize, stride: stride, padding: padding, device: device, dtype: dtype);
             _stride = stride;
             _padding = padding;
             RegisterComponents();
@@ -41,11 +41,11 @@ public sealed partial class BsqVae
     {
         public readonly GroupNorm norm;
 
-        public Normalize(long channels) : base(nameof(Normalize))
+        public Normalize(long channels, Device? device = null, ScalarType? dtype = null) : base(nameof(Normalize))
         {
             long groups = channels % 32 == 0 ? 32 : channels % 24 == 0 ? 24
                 : throw new ArgumentException($"BSQ-VAE GroupNorm needs a channel count divisible by 32 or 24 (official Normalize), got {channels}");
-            norm = GroupNorm(groups, channels, eps: 1e-6, affine: true);
+            norm = GroupNorm(groups, channels, eps: 1e-6, affine: true, device: device, dtype: dtype);
             // TorchSharp 0.107's GroupNorm leaves weight/bias uninitialised (torch.empty); PyTorch's default is 1 / 0.
             using (no_grad())
             {
@@ -67,13 +67,13 @@ public sealed partial class BsqVae
         public readonly Conv conv2;
         public readonly Conv? nin_shortcut;
 
-        public ResnetBlock(long inChannels, long outChannels) : base(nameof(ResnetBlock))
+        public ResnetBlock(long inChannels, long outChannels, Device? device = null, ScalarType? dtype = null) : base(nameof(ResnetBlock))
         {
-            norm1 = new Normalize(inChannels);
-            conv1 = new Conv(inChannels, outChannels, 3, 1, 1);
-            norm2 = new Normalize(outChannels);
-            conv2 = new Conv(outChannels, outChannels, 3, 1, 1);
-            if (inChannels != outChannels) nin_shortcut = new Conv(inChannels, outChannels, 1);
+            norm1 = new Normalize(inChannels, device: device, dtype: dtype);
+            conv1 = new Conv(inChannels, outChannels, 3, 1, 1, device: device, dtype: dtype);
+            norm2 = new Normalize(outChannels, device: device, dtype: dtype);
+            conv2 = new Conv(outChannels, outChannels, 3, 1, 1, device: device, dtype: dtype);
+            if (inChannels != outChannels) nin_shortcut = new Conv(inChannels, outChannels, 1, device: device, dtype: dtype);
             RegisterComponents();
         }
 
@@ -92,9 +92,9 @@ public sealed partial class BsqVae
     {
         public readonly Conv conv;
 
-        public Downsample(long channels) : base(nameof(Downsample))
+        public Downsample(long channels, Device? device = null, ScalarType? dtype = null) : base(nameof(Downsample))
         {
-            conv = new Conv(channels, channels, 3, stride: 2, padding: 0);
+            conv = new Conv(channels, channels, 3, stride: 2, padding: 0, device: device, dtype: dtype);
             RegisterComponents();
         }
 
@@ -110,9 +110,9 @@ public sealed partial class BsqVae
     {
         public readonly Conv conv;
 
-        public Upsample(long channels) : base(nameof(Upsample))
+        public Upsample(long channels, Device? device = null, ScalarType? dtype = null) : base(nameof(Upsample))
         {
-            conv = new Conv(channels, channels, 3, 1, 1);
+            conv = new Conv(channels, channels, 3, 1, 1, device: device, dtype: dtype);
             RegisterComponents();
         }
 
@@ -173,10 +173,10 @@ public sealed partial class BsqVae
         public readonly ResnetBlock block_1;
         public readonly ResnetBlock block_2;
 
-        public MidBlock(long channels) : base("mid")
+        public MidBlock(long channels, Device? device = null, ScalarType? dtype = null) : base("mid")
         {
-            block_1 = new ResnetBlock(channels, channels);
-            block_2 = new ResnetBlock(channels, channels);
+            block_1 = new ResnetBlock(channels, channels, device: device, dtype: dtype);
+            block_2 = new ResnetBlock(channels, channels, device: device, dtype: dtype);
             RegisterComponents();
         }
 

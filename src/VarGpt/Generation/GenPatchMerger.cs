@@ -21,11 +21,14 @@ public sealed class GenPatchMerger : nn.Module<Tensor, Tensor>
 
     /// <param name="dim">output width (official "dim")</param>
     /// <param name="imageGenDim">input width (official "image_gen_dim")</param>
-    public GenPatchMerger(int dim, int imageGenDim) : base("GenPatchMerger")
+    /// <param name="device">null = the current default, as torch's factory kwargs</param>
+    /// <param name="dtype">null = the current default</param>
+    public GenPatchMerger(int dim, int imageGenDim, Device? device = null, ScalarType? dtype = null) : base("GenPatchMerger")
     {
         InDim = imageGenDim; OutDim = dim;
-        ln_q = nn.LayerNorm(imageGenDim, eps: 1e-6);
-        mlp = nn.Sequential(("0", nn.Linear(imageGenDim, imageGenDim)), ("1", nn.GELU()), ("2", nn.Linear(imageGenDim, dim)));
+        ln_q = nn.LayerNorm(imageGenDim, eps: 1e-6, device: device, dtype: dtype);
+        mlp = nn.Sequential(("0", nn.Linear(imageGenDim, imageGenDim, device: device, dtype: dtype)), ("1", nn.GELU()),
+            ("2", nn.Linear(imageGenDim, dim, device: device, dtype: dtype)));
         RegisterComponents();
     }
 

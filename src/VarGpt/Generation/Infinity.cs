@@ -54,7 +54,7 @@ public sealed class Infinity : nn.Module
 
     public IReadOnlyList<CrossAttnBlock> Blocks => _blocks;
 
-    /// <summary>Builds the module in the current default device/dtype (see TorchRuntime.DefaultsScope), then moves it if asked.</summary>
+    /// <summary>Builds every parameter and buffer on <paramref name="device"/> in <paramref name="dtype"/> (null: libtorch's current defaults).</summary>
     public Infinity(InfinityConfig config, Device? device = null, ScalarType? dtype = null) : base("Infinity")
     {
         Config = config;
@@ -64,24 +64,22 @@ public sealed class Infinity : nn.Module
         if (config.HeadDim % 4 != 0) throw new ArgumentException($"Infinity head_dim {config.HeadDim} must be divisible by 4 (RoPE-2D)");
         double initStd = Math.Sqrt(1.0 / c / 3);
 
-        cfg_uncond = new Parameter(empty(config.TextMaxLen, ct5));
-        nn.init.trunc_normal_(cfg_uncond, std: 1.2);
-        using (no_grad()) cfg_uncond.div_(Math.Sqrt(ct5));
-        pos_start = new Parameter(empty(1, 1, c));
-        nn.init.trunc_normal_(pos_start, std: initStd);
-        text_norm = new FastRMSNorm(ct5, config.NormEps);
-        text_proj_for_sos = new TextAttentivePool(ct5, d, config.PoolHeadDim);
-        text_proj_for_ca = nn.Sequential(("0", nn.Linear(ct5, d)), ("1", nn.GELU(GELU.Approximate.tanh)), ("2", nn.Linear(d, d)));
-        lvl_embed = new Torch.Embedding(config.LevelEmbeddings, c);
-        nn.init.trunc_normal_(lvl_embed.weight!, std: initStd);
-        word_embed = nn.Linear(config.CodebookDim, c);
-        shared_ada_lin = nn.Sequential(("0", nn.SiLU()), ("1", nn.Linear(d, 6 * c)));
+        cfg_uncond = new Parameter(TruncNormal([config.TextMaxLen, ct5], 1.2, device, dtype, divideBy: Math.Sqrt(ct5)));
+        pos_start = new Parameter(TruncNormal([1, 1, c], initStd, device, dtype));
+        text_norm = new FastRMSNorm(ct5, config.NormEps, device, dtype);
+        text_proj_for_sos = new TextAttentivePool(ct5, d, config.PoolHeadDim, device, dtype);
+        text_proj_for_ca = nn.Sequential(("0", nn.Linear(ct5, d, device: device, dtype: dtype)), ("1", nn.GELU(GELU.Approximate.tanh)),
+            ("2", nn.Linear(d, d, device: device, dtype: dtype)));
+        lvl_embed = new Torch.Embedding(config.LevelEmbeddings, c, device, dtype);
+        using (no_grad()) using (var w = TruncNormal(lvl_embed.weight.shape, initStd, device, ScalarType.Float32)) lvl_embed.weight.copy_(w);
+        word_embed = nn.Linear(config.CodebookDim, c, device: device, dtype: dtype);
+        shared_ada_lin = nn.Sequential(("0", nn.SiLU()), ("1", nn.Linear(d, 6 * c, device: device, dtype: dtype)));
 
         _blocks = new CrossAttnBlock[config.Depth];
         for (int i = 0; i < config.Depth; i++)
         {
             double dpr = config.Depth == 1 ? 0 : config.DropPathRate * i / (config.Depth - 1); // torch.linspace(0, rate, depth)
-            _blocks[i] = new CrossAttnBlock(c, d, config.NumHeads, config.FfnHidden, config.NormEps, dpr);
+            _blocks[i] = new CrossAttnBlock(c, d, config.NumHeads, config.FfnHidden, config.NormEps, dpr, device, dtype);
         }
         if (config.BlockChunks > 1)
         {
@@ -90,11 +88,21 @@ public sealed class Infinity : nn.Module
         }
         else blocks = nn.ModuleList(_blocks);
 
-        head_nm = new AdaLNBeforeHead(c, d, config.NormEps);
-        head = nn.Linear(c, V);
+        head_nm = new AdaLNBeforeHead(c, d, config.NormEps, device, dtype);
+        head = nn.Linear(c, V, device: device, dtype: dtype);
         RegisterComponents();
-        if (dtype is { } dt) this.to(dt);
-        if (device != null) this.to(device);
+    }
+
+    /// <summary>
+    /// A trunc_normal_(std) initialised tensor (÷ <paramref name="divideBy"/>), drawn in float32 and then cast:
+    /// TorchSharp's trunc_normal_ run in bfloat16 leaves NaNs (its erfinv meets ±1 after rounding).
+    /// </summary>
+    internal static Tensor TruncNormal(long[] shape, double std, Device? device, ScalarType? dtype, double divideBy = 1)
+    {
+        using var f = empty(shape, dtype: ScalarType.Float32, device: device);
+        nn.init.trunc_normal_(f, std: std);
+        if (divideBy != 1) using (no_grad()) f.div_(divideBy);
+        return f.to(dtype ?? get_default_dtype());
     }
 
     // ---------------------------------------------------------------- conditioning pieces

@@ -23,16 +23,16 @@ public sealed class SelfAttention : nn.Module
     readonly Linear proj;
 #pragma warning restore IDE1006
 
-    public SelfAttention(int embedDim, int numHeads) : base("SelfAttention")
+    public SelfAttention(int embedDim, int numHeads, Device? device = null, ScalarType? dtype = null) : base("SelfAttention")
     {
         if (embedDim % numHeads != 0) throw new ArgumentException($"embed_dim {embedDim} not divisible by num_heads {numHeads}");
         NumHeads = numHeads; HeadDim = embedDim / numHeads;
-        mat_qkv = nn.Linear(embedDim, 3 * embedDim, hasBias: false);
-        q_bias = new Parameter(zeros(embedDim));
-        v_bias = new Parameter(zeros(embedDim));
-        zero_k_bias = zeros(embedDim);
-        scale_mul_1H11 = new Parameter(full([1, numHeads, 1, 1], 4.0f).log());
-        proj = nn.Linear(embedDim, embedDim);
+        mat_qkv = nn.Linear(embedDim, 3 * embedDim, hasBias: false, device: device, dtype: dtype);
+        q_bias = new Parameter(zeros([embedDim], dtype: dtype, device: device));
+        v_bias = new Parameter(zeros([embedDim], dtype: dtype, device: device));
+        zero_k_bias = zeros([embedDim], dtype: dtype, device: device);
+        scale_mul_1H11 = new Parameter(full([1, numHeads, 1, 1], 4.0f, dtype: dtype, device: device).log());
+        proj = nn.Linear(embedDim, embedDim, device: device, dtype: dtype);
         RegisterComponents();
     }
 
@@ -157,14 +157,14 @@ public sealed class CrossAttention : nn.Module
     readonly Tensor zero_k_bias;
 #pragma warning restore IDE1006
 
-    public CrossAttention(int embedDim, int kvDim, int numHeads) : base("CrossAttention")
+    public CrossAttention(int embedDim, int kvDim, int numHeads, Device? device = null, ScalarType? dtype = null) : base("CrossAttention")
     {
         NumHeads = numHeads; HeadDim = embedDim / numHeads;
-        mat_q = nn.Linear(embedDim, embedDim);
-        mat_kv = nn.Linear(kvDim, 2 * embedDim, hasBias: false);
-        v_bias = new Parameter(zeros(embedDim));
-        zero_k_bias = zeros(embedDim);
-        proj = nn.Linear(embedDim, embedDim);
+        mat_q = nn.Linear(embedDim, embedDim, device: device, dtype: dtype);
+        mat_kv = nn.Linear(kvDim, 2 * embedDim, hasBias: false, device: device, dtype: dtype);
+        v_bias = new Parameter(zeros([embedDim], dtype: dtype, device: device));
+        zero_k_bias = zeros([embedDim], dtype: dtype, device: device);
+        proj = nn.Linear(embedDim, embedDim, device: device, dtype: dtype);
         RegisterComponents();
     }
 
@@ -192,15 +192,14 @@ public sealed class PoolCrossAttention : nn.Module
     readonly Tensor zero_k_bias;
 #pragma warning restore IDE1006
 
-    public PoolCrossAttention(int embedDim, int kvDim, int numHeads) : base("CrossAttention")
+    public PoolCrossAttention(int embedDim, int kvDim, int numHeads, Device? device = null, ScalarType? dtype = null) : base("CrossAttention")
     {
         NumHeads = numHeads; HeadDim = embedDim / numHeads;
-        mat_q = new Parameter(empty(1, numHeads, HeadDim));
-        nn.init.trunc_normal_(mat_q, std: Math.Sqrt(1.0 / embedDim / 3));
-        mat_kv = nn.Linear(kvDim, 2 * embedDim, hasBias: false);
-        v_bias = new Parameter(zeros(embedDim));
-        zero_k_bias = zeros(embedDim);
-        proj = nn.Linear(embedDim, embedDim);
+        mat_q = new Parameter(Infinity.TruncNormal([1, numHeads, HeadDim], Math.Sqrt(1.0 / embedDim / 3), device, dtype));
+        mat_kv = nn.Linear(kvDim, 2 * embedDim, hasBias: false, device: device, dtype: dtype);
+        v_bias = new Parameter(zeros([embedDim], dtype: dtype, device: device));
+        zero_k_bias = zeros([embedDim], dtype: dtype, device: device);
+        proj = nn.Linear(embedDim, embedDim, device: device, dtype: dtype);
         RegisterComponents();
     }
 
@@ -224,11 +223,11 @@ public sealed class TextAttentivePool : nn.Module
     readonly PoolCrossAttention ca;
 #pragma warning restore IDE1006
 
-    public TextAttentivePool(int ct5, int d, int headDim) : base("TextAttentivePool")
+    public TextAttentivePool(int ct5, int d, int headDim, Device? device = null, ScalarType? dtype = null) : base("TextAttentivePool")
     {
         if (ct5 % headDim != 0 || ct5 / headDim == 0)
             throw new ArgumentException($"TextAttentivePool: text_channels {ct5} must be a positive multiple of the pool head width {headDim}");
-        ca = new PoolCrossAttention(d, ct5, ct5 / headDim);
+        ca = new PoolCrossAttention(d, ct5, ct5 / headDim, device, dtype);
         RegisterComponents();
     }
 

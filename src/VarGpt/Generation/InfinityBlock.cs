@@ -12,10 +12,10 @@ public sealed class FFN : nn.Module<Tensor, Tensor>
     readonly Linear fc1, fc2;
 #pragma warning restore IDE1006
 
-    public FFN(int inFeatures, int hiddenFeatures) : base("FFN")
+    public FFN(int inFeatures, int hiddenFeatures, Device? device = null, ScalarType? dtype = null) : base("FFN")
     {
-        fc1 = nn.Linear(inFeatures, hiddenFeatures);
-        fc2 = nn.Linear(hiddenFeatures, inFeatures);
+        fc1 = nn.Linear(inFeatures, hiddenFeatures, device: device, dtype: dtype);
+        fc2 = nn.Linear(hiddenFeatures, inFeatures, device: device, dtype: dtype);
         RegisterComponents();
     }
 
@@ -52,14 +52,14 @@ public sealed class CrossAttnBlock : nn.Module
     readonly LayerNorm ca_norm;
 #pragma warning restore IDE1006
 
-    public CrossAttnBlock(int embedDim, int kvDim, int numHeads, int ffnHidden, double normEps, double dropPath) : base("CrossAttnBlock")
+    public CrossAttnBlock(int embedDim, int kvDim, int numHeads, int ffnHidden, double normEps, double dropPath, Device? device = null, ScalarType? dtype = null) : base("CrossAttnBlock")
     {
         C = embedDim; _eps = normEps; DropPathRate = dropPath;
-        ada_gss = new Parameter(randn(1, 1, 6, embedDim) / Math.Sqrt(embedDim));
-        sa = new SelfAttention(embedDim, numHeads);
-        ca = new CrossAttention(embedDim, kvDim, numHeads);
-        ffn = new FFN(embedDim, ffnHidden);
-        ca_norm = nn.LayerNorm(embedDim, eps: normEps);
+        ada_gss = new Parameter(randn([1, 1, 6, embedDim], dtype: dtype, device: device) / Math.Sqrt(embedDim));
+        sa = new SelfAttention(embedDim, numHeads, device, dtype);
+        ca = new CrossAttention(embedDim, kvDim, numHeads, device, dtype);
+        ffn = new FFN(embedDim, ffnHidden, device, dtype);
+        ca_norm = nn.LayerNorm(embedDim, eps: normEps, device: device, dtype: dtype);
         RegisterComponents();
     }
 
@@ -125,10 +125,10 @@ public sealed class AdaLNBeforeHead : nn.Module
     readonly Sequential ada_lin;
 #pragma warning restore IDE1006
 
-    public AdaLNBeforeHead(int c, int d, double eps) : base("AdaLNBeforeHead")
+    public AdaLNBeforeHead(int c, int d, double eps, Device? device = null, ScalarType? dtype = null) : base("AdaLNBeforeHead")
     {
         _c = c; _eps = eps;
-        ada_lin = nn.Sequential(("0", nn.SiLU()), ("1", nn.Linear(d, 2 * c)));
+        ada_lin = nn.Sequential(("0", nn.SiLU()), ("1", nn.Linear(d, 2 * c, device: device, dtype: dtype)));
         RegisterComponents();
     }
 
@@ -152,10 +152,10 @@ public sealed class FastRMSNorm : nn.Module<Tensor, Tensor>
     readonly Parameter weight;
 #pragma warning restore IDE1006
 
-    public FastRMSNorm(int c, double eps) : base("FastRMSNorm")
+    public FastRMSNorm(int c, double eps, Device? device = null, ScalarType? dtype = null) : base("FastRMSNorm")
     {
         _eps = eps;
-        weight = new Parameter(ones(c));
+        weight = new Parameter(ones([c], dtype: dtype, device: device));
         RegisterComponents();
     }
 

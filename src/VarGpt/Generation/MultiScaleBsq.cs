@@ -16,11 +16,11 @@ public sealed class BSQ : nn.Module
     /// <summary>Official codebook_scale = 1/np.sqrt(d) (a double, rounded to fp32 where it meets a tensor).</summary>
     public double CodebookScale => 1.0 / Math.Sqrt(Dim);
 
-    public BSQ(int dim) : base(nameof(BSQ))
+    public BSQ(int dim, Device? device = null) : base(nameof(BSQ))
     {
         if (dim < 1 || dim > 62) throw new ArgumentException($"BSQ codebook_dim must be in 1..62, got {dim}");
         Dim = dim;
-        register_buffer("mask", pow(tensor(2L), arange(dim - 1, -1, -1, ScalarType.Int64)));
+        register_buffer("mask", pow(tensor(2L, device: device), arange(dim - 1, -1, -1, ScalarType.Int64, device)));
     }
 
     /// <summary>
@@ -70,9 +70,9 @@ public sealed class MultiScaleBSQ : nn.Module
 {
     public readonly BSQ lfq;
 
-    public MultiScaleBSQ(int dim) : base(nameof(MultiScaleBSQ))
+    public MultiScaleBSQ(int dim, Device? device = null) : base(nameof(MultiScaleBSQ))
     {
-        lfq = new BSQ(dim);
+        lfq = new BSQ(dim, device);
         RegisterComponents();
     }
 

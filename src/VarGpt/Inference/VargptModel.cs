@@ -22,8 +22,8 @@ namespace VarGpt.Inference;
 /// through it too.
 /// <para>Thread safety: after <see cref="Load"/> the weights are only read; every call builds its own prompt tensors,
 /// KV caches and generators, so one model may serve concurrent calls from any threads (they share the cores; bound the
-/// concurrency). <see cref="Load"/> itself sets libtorch's process-wide default dtype while it builds the modules: do not
-/// create tensors on other threads while a model loads. Dispose only when no call runs.</para>
+/// concurrency); loading builds every module with an explicit device and dtype and never touches libtorch's process-wide
+/// defaults, so models may load while others run. Dispose only when no call runs.</para>
 /// </summary>
 public sealed class VargptModel : IDisposable
 {
@@ -74,12 +74,10 @@ public sealed class VargptModel : IDisposable
         using var reader = CheckpointReader.Open(dir);
         if (options.Parts.HasFlag(ModelParts.Generation)) CheckGenerationWeights(reader, dir);
         progress?.Invoke("model", 0);
-        VargptForConditionalGeneration model;
         // Build directly in the compute dtype/device so a 9B model is never allocated in float32 first; with memory
         // mapping on META, the load then gives every parameter its storage.
         var buildDevice = options.UseMemoryMap ? META : options.Device;
-        using (TorchRuntime.DefaultsScope(buildDevice, options.DType))
-            model = new VargptForConditionalGeneration(folder.Config, buildDevice, options.DType, options.Parts);
+        var model = new VargptForConditionalGeneration(folder.Config, buildDevice, options.DType, options.Parts);
         model.eval();
         var notLoaded = ModelComponents.PrefixesOutside(options.Parts);
         progress?.Invoke("weights", 0);

@@ -40,10 +40,7 @@ public static class ModelArchitecture
     public static IReadOnlyList<ArchitectureTensor> Enumerate(VargptConfig config, ScalarType dtype)
     {
         using var scope = NewDisposeScope();
-        VargptForConditionalGeneration model;
-        using (TorchRuntime.DefaultsScope(META, dtype))
-            model = new VargptForConditionalGeneration(config);
-        using var _ = model;
+        using var model = new VargptForConditionalGeneration(config, META, dtype);
         var roles = new Dictionary<string, TensorRole>(StringComparer.Ordinal);
         foreach (var (name, module) in model.named_modules())
         {

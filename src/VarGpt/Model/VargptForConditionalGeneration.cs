@@ -67,8 +67,8 @@ public sealed class VargptForConditionalGeneration : Module, ICausalLanguageMode
         new($"this model was built without its {what}: it was loaded with parts {Parts}, and {part} is needed here");
 
     /// <summary>
-    /// Builds the model with parameters on <paramref name="device"/> in <paramref name="dtype"/>; null means the current
-    /// defaults (TorchRuntime.DefaultsScope, e.g. META to enumerate keys without memory).
+    /// Builds the model with parameters on <paramref name="device"/> in <paramref name="dtype"/> (e.g. META to enumerate
+    /// keys without memory); null means libtorch's current defaults. Never changes those process-wide defaults.
     /// </summary>
     public VargptForConditionalGeneration(VargptConfig config, Device? device = null, ScalarType? dtype = null, ModelParts parts = ModelParts.All) : base(nameof(VargptForConditionalGeneration))
     {
@@ -88,12 +88,9 @@ public sealed class VargptForConditionalGeneration : Module, ICausalLanguageMode
         {
             vae_local = new BsqVae(config.Vae, device, dtype ?? get_default_dtype());
             vargpt_gen = new Infinity(config.Infinity, device, dtype);
-            using (Torch.TorchRuntime.DefaultsScope(device, dtype))
-            {
-                image_gen_projector = new GenPatchMerger(config.HiddenSize, config.Infinity.EmbedDim);
-                image_gen_projector_out = new GenPatchMerger(config.Infinity.EmbedDim, config.HiddenSize);
-                sos_embedding = new Torch.Embedding(config.ImageGen.StartId + 1, config.Infinity.EmbedDim);
-            }
+            image_gen_projector = new GenPatchMerger(config.HiddenSize, config.Infinity.EmbedDim, device, dtype);
+            image_gen_projector_out = new GenPatchMerger(config.Infinity.EmbedDim, config.HiddenSize, device, dtype);
+            sos_embedding = new Torch.Embedding(config.ImageGen.StartId + 1, config.Infinity.EmbedDim, device, dtype);
         }
         RegisterComponents();
     }

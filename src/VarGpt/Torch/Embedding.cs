@@ -19,7 +19,7 @@ public sealed class Embedding : nn.Module<Tensor, Tensor>
     public long NumEmbeddings => weight.shape[0];
     public long EmbeddingDim => weight.shape[1];
 
-    /// <summary>null device/dtype = the current defaults (TorchRuntime.DefaultsScope), as torch's factory kwargs.</summary>
+    /// <summary>null device/dtype = libtorch's current defaults, as torch's factory kwargs.</summary>
     public Embedding(long numEmbeddings, long embeddingDim, Device? device = null, ScalarType? dtype = null) : base(nameof(Embedding))
     {
         var w = empty([numEmbeddings, embeddingDim], dtype: dtype, device: device);

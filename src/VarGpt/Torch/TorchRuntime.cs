@@ -30,31 +30,6 @@ public static class TorchRuntime
         _ => throw new InvalidOptionException($"unknown dtype '{name}'; expected float32, bfloat16 or float16"),
     };
 
-    /// <summary>
-    /// Makes modules built inside the scope allocate their parameters with the given default device and dtype
-    /// (e.g. META to enumerate a 9B model's keys and shapes without memory, or bfloat16 to build a model directly in
-    /// its compute dtype instead of allocating float32 first). Restores the previous defaults on dispose.
-    /// </summary>
-    public static IDisposable DefaultsScope(Device? device = null, ScalarType? dtype = null) => new Defaults(device, dtype);
-
-    sealed class Defaults : IDisposable
-    {
-        readonly Device _device;
-        readonly ScalarType _dtype;
-        public Defaults(Device? device, ScalarType? dtype)
-        {
-            _device = get_default_device();
-            _dtype = get_default_dtype();
-            if (device != null) set_default_device(device);
-            if (dtype != null) set_default_dtype(dtype.Value);
-        }
-        public void Dispose()
-        {
-            set_default_device(_device);
-            set_default_dtype(_dtype);
-        }
-    }
-
     [DllImport("libc", EntryPoint = "setenv")] static extern int SetEnv(string name, string value, int overwrite);
 
     /// <summary>

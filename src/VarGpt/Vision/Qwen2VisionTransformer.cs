@@ -17,11 +17,11 @@ public sealed class PatchEmbed : Module
     public readonly Conv3d proj;
     readonly int _embedDim;
 
-    public PatchEmbed(int patchSize, int temporalPatchSize, int inChannels, int embedDim) : base(nameof(PatchEmbed))
+    public PatchEmbed(int patchSize, int temporalPatchSize, int inChannels, int embedDim, Device? device = null, ScalarType? dtype = null) : base(nameof(PatchEmbed))
     {
         _embedDim = embedDim;
         proj = Conv3d(inChannels, embedDim, (temporalPatchSize, patchSize, patchSize),
-            stride: (temporalPatchSize, patchSize, patchSize), bias: false);
+            stride: (temporalPatchSize, patchSize, patchSize), bias: false, device: device, dtype: dtype);
         RegisterComponents();
     }
 
@@ -59,10 +59,10 @@ public sealed class VisionMlp : Module
     public readonly Linear fc1, fc2;
     readonly Func<Tensor, Tensor> _act;
 
-    public VisionMlp(int dim, int hiddenDim, string hiddenAct) : base(nameof(VisionMlp))
+    public VisionMlp(int dim, int hiddenDim, string hiddenAct, Device? device = null, ScalarType? dtype = null) : base(nameof(VisionMlp))
     {
-        fc1 = Linear(dim, hiddenDim);
-        fc2 = Linear(hiddenDim, dim);
+        fc1 = Linear(dim, hiddenDim, device: device, dtype: dtype);
+        fc2 = Linear(hiddenDim, dim, device: device, dtype: dtype);
         _act = Activation(hiddenAct);
         RegisterComponents();
     }
@@ -96,13 +96,13 @@ public sealed class VisionAttention : Module
     public readonly Linear qkv, proj;
     readonly int _numHeads, _headDim;
 
-    public VisionAttention(int dim, int numHeads) : base(nameof(VisionAttention))
+    public VisionAttention(int dim, int numHeads, Device? device = null, ScalarType? dtype = null) : base(nameof(VisionAttention))
     {
         if (dim % numHeads != 0) throw new ArgumentException($"vision embed_dim {dim} is not divisible by num_heads {numHeads}");
         _numHeads = numHeads;
         _headDim = dim / numHeads;
-        qkv = Linear(dim, dim * 3, hasBias: true);
-        proj = Linear(dim, dim);
+        qkv = Linear(dim, dim * 3, hasBias: true, device: device, dtype: dtype);
+        proj = Linear(dim, dim, device: device, dtype: dtype);
         RegisterComponents();
     }
 
@@ -157,12 +157,12 @@ public sealed class Qwen2VLVisionBlock : Module
     public readonly VisionAttention attn;
     public readonly VisionMlp mlp;
 
-    public Qwen2VLVisionBlock(VisionConfig config) : base(nameof(Qwen2VLVisionBlock))
+    public Qwen2VLVisionBlock(VisionConfig config, Device? device = null, ScalarType? dtype = null) : base(nameof(Qwen2VLVisionBlock))
     {
-        norm1 = LayerNorm(config.EmbedDim, eps: 1e-6);
-        norm2 = LayerNorm(config.EmbedDim, eps: 1e-6);
-        attn = new VisionAttention(config.EmbedDim, config.NumHeads);
-        mlp = new VisionMlp(config.EmbedDim, config.MlpHidden, config.HiddenAct);
+        norm1 = LayerNorm(config.EmbedDim, eps: 1e-6, device: device, dtype: dtype);
+        norm2 = LayerNorm(config.EmbedDim, eps: 1e-6, device: device, dtype: dtype);
+        attn = new VisionAttention(config.EmbedDim, config.NumHeads, device, dtype);
+        mlp = new VisionMlp(config.EmbedDim, config.MlpHidden, config.HiddenAct, device, dtype);
         RegisterComponents();
     }
 
@@ -182,11 +182,12 @@ public sealed class PatchMerger : Module
     public readonly Sequential mlp;
     readonly int _hiddenSize;
 
-    public PatchMerger(int dim, int contextDim, int spatialMergeSize) : base(nameof(PatchMerger))
+    public PatchMerger(int dim, int contextDim, int spatialMergeSize, Device? device = null, ScalarType? dtype = null) : base(nameof(PatchMerger))
     {
         _hiddenSize = contextDim * spatialMergeSize * spatialMergeSize;
-        ln_q = LayerNorm(contextDim, eps: 1e-6);
-        mlp = Sequential(("0", (Module<Tensor, Tensor>)Linear(_hiddenSize, _hiddenSize)), ("1", GELU()), ("2", Linear(_hiddenSize, dim)));
+        ln_q = LayerNorm(contextDim, eps: 1e-6, device: device, dtype: dtype);
+        mlp = Sequential(("0", (Module<Tensor, Tensor>)Linear(_hiddenSize, _hiddenSize, device: device, dtype: dtype)), ("1", GELU()),
+            ("2", Linear(_hiddenSize, dim, device: device, dtype: dtype)));
         RegisterComponents();
     }
 
@@ -217,12 +218,11 @@ public sealed class Qwen2VisionTransformerPretrainedModel : Module<Tensor, Tenso
         Config = config;
         if (config.EmbedDim % config.NumHeads != 0 || config.HeadDim % 4 != 0)
             throw new ArgumentException($"vision head_dim {config.EmbedDim}/{config.NumHeads} must be an integer divisible by 4 (2-D rotary)");
-        patch_embed = new PatchEmbed(config.PatchSize, config.TemporalPatchSize, config.InChannels, config.EmbedDim);
+        patch_embed = new PatchEmbed(config.PatchSize, config.TemporalPatchSize, config.InChannels, config.EmbedDim, device, dtype);
         _rotary = new VisionRotaryEmbedding(config.HeadDim / 2);
-        blocks = new ModuleList<Qwen2VLVisionBlock>(Enumerable.Range(0, config.Depth).Select(_ => new Qwen2VLVisionBlock(config)).ToArray());
-        merger = new PatchMerger(config.HiddenSize, config.EmbedDim, config.SpatialMergeSize);
+        blocks = new ModuleList<Qwen2VLVisionBlock>(Enumerable.Range(0, config.Depth).Select(_ => new Qwen2VLVisionBlock(config, device, dtype)).ToArray());
+        merger = new PatchMerger(config.HiddenSize, config.EmbedDim, config.SpatialMergeSize, device, dtype);
         RegisterComponents();
-        if (device != null || dtype != null) this.to(device ?? CPU, dtype ?? ScalarType.Float32);
     }
 
     public Device Device => patch_embed.proj.weight!.device;

@@ -18,7 +18,7 @@ public class MemoryMapTests
     static VargptForConditionalGeneration Build(string dir, Device device)
     {
         var cfg = VargptConfig.Load(dir);
-        using (TorchRuntime.DefaultsScope(device, ScalarType.Float32))
+        using (TorchDefaults.Scope(device, ScalarType.Float32))
             return new VargptForConditionalGeneration(cfg, device, ScalarType.Float32);
     }
 

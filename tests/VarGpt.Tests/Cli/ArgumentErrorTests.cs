@@ -11,7 +11,7 @@ namespace VarGpt.Tests.Cli;
 /// Issue 18 findings 2, 3, 8 and 9: argument and output-path errors are found before the model loads, speak the CLI's
 /// language (flags, not .NET types or property names) and exit 2 with one line; chat writes images only where told.
 /// </summary>
-[Collection(nameof(TorchDefaultsCollection))] // runs CLI commands in-process, which build models under TorchRuntime.DefaultsScope
+[Collection(nameof(TorchDefaultsCollection))] // runs CLI commands in-process that load whole models: apart from the parallel tests
 public class ArgumentErrorTests
 {
     static (int Code, string Out, string Err) Run(params string[] args) => CliHarness.Run(args);

@@ -15,7 +15,7 @@ using VarGpt.Tests.Inference;
 namespace VarGpt.Tests.Cli;
 
 /// <summary>`vargpt chat` in-process with redirected stdin on the tiny checkpoint.</summary>
-/// <remarks>Loads pipelines (TorchRuntime.DefaultsScope): must not run beside tests that create tensors.</remarks>
+/// <remarks>Loads whole pipelines: runs apart from the parallel tests, which it would slow.</remarks>
 [Collection(nameof(TorchDefaultsCollection))]
 public class ChatCommandTests
 {
@@ -139,7 +139,7 @@ public class ChatCommandTests
     }
 }
 
-/// <remarks>Loads pipelines (TorchRuntime.DefaultsScope): must not run beside tests that create tensors.</remarks>
+/// <remarks>Loads whole pipelines: runs apart from the parallel tests, which it would slow.</remarks>
 [Collection(nameof(TorchDefaultsCollection))]
 public class BenchChatCommandTests
 {

@@ -5,7 +5,7 @@ using VarGpt.Training.Data;
 
 namespace VarGpt.Tests.Cli;
 
-[Collection(nameof(TorchDefaultsCollection))] // runs CLI commands in-process, which build models under TorchRuntime.DefaultsScope
+[Collection(nameof(TorchDefaultsCollection))] // runs CLI commands in-process that load whole models: apart from the parallel tests
 public class ShapesCliTests
 {
     static (int Code, string Out, string Err) Run(params string[] args) => VarGpt.Tests.Cli.CliHarness.Run(args);

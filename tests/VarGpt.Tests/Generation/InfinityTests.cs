@@ -141,7 +141,7 @@ public class InfinityTests
         using var single = new Infinity(Tiny with { BlockChunks = 1 });
         Assert.Contains("blocks.1.sa.mat_qkv.weight", single.state_dict().Keys);
         // buildable without memory (META) for key/shape enumeration
-        using (VarGpt.Torch.TorchRuntime.DefaultsScope(META))
+        using (TorchDefaults.Scope(META))
         {
             using var meta = new Infinity(Tiny);
             var sd = meta.state_dict();

@@ -13,7 +13,7 @@ using VarGpt.Tests.TestModels;
 namespace VarGpt.Tests.Inference;
 
 /// <summary>Every bad input gives an exception whose message names the problem (the CLI prints it as one line, exit 2).</summary>
-/// <remarks>Loads pipelines (TorchRuntime.DefaultsScope): must not run beside tests that create tensors.</remarks>
+/// <remarks>Loads whole pipelines: runs apart from the parallel tests, which it would slow.</remarks>
 [Collection(nameof(TorchDefaultsCollection))]
 public class ChatInputErrorTests
 {

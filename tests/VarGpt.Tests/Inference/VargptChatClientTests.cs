@@ -9,7 +9,7 @@ using VarGpt.Tests.TestModels;
 
 namespace VarGpt.Tests.Inference;
 
-/// <remarks>Loads pipelines (TorchRuntime.DefaultsScope): must not run beside tests that create tensors.</remarks>
+/// <remarks>Loads whole pipelines: runs apart from the parallel tests, which it would slow.</remarks>
 [Collection(nameof(TorchDefaultsCollection))]
 public class VargptChatClientTests
 {

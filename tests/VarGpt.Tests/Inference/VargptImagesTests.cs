@@ -11,7 +11,7 @@ using VarGpt.Tests.TestModels;
 
 namespace VarGpt.Tests.Inference;
 
-/// <summary>(Loads pipelines, which build modules under TorchRuntime.DefaultsScope: runs outside parallel tests.) Text-to-image and editing through <see cref="VargptModel"/> on a tiny random checkpoint (image start forced).</summary>
+/// <summary>(Loads whole pipelines: runs apart from the parallel tests.) Text-to-image and editing through <see cref="VargptModel"/> on a tiny random checkpoint (image start forced).</summary>
 [Collection(nameof(TorchDefaultsCollection))]
 public class VargptImagesTests
 {

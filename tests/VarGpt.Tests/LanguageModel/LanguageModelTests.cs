@@ -28,7 +28,7 @@ public class LanguageModelTests
         Assert.DoesNotContain("lm_head.bias", names);
         Assert.Equal(2 + 2 * 12 + 1, names.Count);
         // buildable without memory (META) for key/shape enumeration, with the same keys
-        using (VarGpt.Torch.TorchRuntime.DefaultsScope(META))
+        using (TorchDefaults.Scope(META))
         {
             using var meta = new VargptForConditionalGeneration(TinyLm.Config(), parts: ModelParts.LanguageModel);
             var sd = meta.state_dict();

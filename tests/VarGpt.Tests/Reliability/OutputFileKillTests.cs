@@ -6,7 +6,7 @@ namespace VarGpt.Tests.Reliability;
 /// Output files other than training (issue 18 deliverable 2): `vargpt init` killed with SIGKILL mid-write leaves no
 /// half-written folder; two processes writing the same output leave one writer's complete result, never a mix.
 /// </summary>
-[Collection(nameof(TorchDefaultsCollection))] // runs CLI commands in-process, which build models under TorchRuntime.DefaultsScope
+[Collection(nameof(TorchDefaultsCollection))] // runs CLI commands in-process that load whole models: apart from the parallel tests
 public class OutputFileKillTests
 {
     static string Sha(string path) => Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(path)));

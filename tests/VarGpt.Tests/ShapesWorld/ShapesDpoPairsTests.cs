@@ -16,7 +16,7 @@ using VarGpt.Tests.TestModels;
 
 namespace VarGpt.Tests.ShapesWorld;
 
-/// <summary>(Builds and loads a random-weight ShapesWorld model, which uses TorchRuntime.DefaultsScope: runs outside parallel tests.)</summary>
+/// <summary>(Builds and loads a random-weight ShapesWorld model: runs apart from the parallel tests, which it would slow.)</summary>
 [Collection(nameof(TorchDefaultsCollection))]
 public class ShapesDpoPairsTests(ITestOutputHelper output)
 {

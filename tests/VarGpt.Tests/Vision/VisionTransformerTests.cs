@@ -38,7 +38,7 @@ public class VisionTransformerTests
         Assert.Equal(new long[] { 128, 128 }, sd["merger.mlp.0.weight"].shape);
         Assert.Equal(new long[] { 48, 128 }, sd["merger.mlp.2.weight"].shape);
         // buildable without memory (META) and directly in bfloat16 under the default-device/dtype scope
-        using (VarGpt.Torch.TorchRuntime.DefaultsScope(META, ScalarType.BFloat16))
+        using (TorchDefaults.Scope(META, ScalarType.BFloat16))
         {
             using var meta = new Qwen2VisionTransformerPretrainedModel(Tiny);
             var msd = meta.state_dict();
