@@ -65,6 +65,12 @@ public sealed class Qwen2MLP : Module<Tensor, Tensor>
 }
 
 /// <summary>
+/// Attention of the batch rows Start..Start+Count-1: additive mask [Count|1, 1, L, K] or null, whether SDPA's is_causal
+/// is the mask, and the KV cache their keys join (null = they attend to this step's tokens only).
+/// </summary>
+public readonly record struct AttentionRows(long Start, long Count, Tensor? Mask, bool IsCausal, KVCache? Cache);
+
+/// <summary>
 /// Official Qwen2VLAttention / Qwen2VLSdpaAttention: q/k/v projections with bias, o_proj without; M-RoPE on q and k;
 /// keys cached after the rotary; grouped-query attention with K/V heads repeated (head j uses kv head j / group).
 /// </summary>
@@ -87,39 +93,61 @@ public sealed class Qwen2VLAttention : Module
         RegisterComponents();
     }
 
-    /// <summary>x [B, L, H]; cos/sin [B, 1, L, D]; mask [B|1, 1, L, K] additive (K = cached + L) or null.</summary>
-    public Tensor forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool isCausal, KVCache? cache, AttentionImplementation impl)
+    /// <summary>
+    /// x [B, L, H]; cos/sin [B, 1, L, D]. The projections run once over all B·L tokens; attention runs per group of
+    /// batch rows (<paramref name="groups"/> cover 0..B-1 in order), each with its own mask and KV cache.
+    /// </summary>
+    public Tensor forward(Tensor x, Tensor cos, Tensor sin, IReadOnlyList<AttentionRows> groups, AttentionImplementation impl)
     {
         using var scope = NewDisposeScope();
         long B = x.shape[0], L = x.shape[1];
-        int groups = _numHeads / _numKvHeads;
         var q = DecodeLinear.Forward(q_proj, x).view(B, L, _numHeads, _headDim).transpose(1, 2);
         var k = DecodeLinear.Forward(k_proj, x).view(B, L, _numKvHeads, _headDim).transpose(1, 2);
         var v = DecodeLinear.Forward(v_proj, x).view(B, L, _numKvHeads, _headDim).transpose(1, 2);
         q = MultimodalRotaryEmbedding.Apply(q, cos, sin);
         k = MultimodalRotaryEmbedding.Apply(k, cos, sin);
-        if (cache is not null) (k, v) = cache.Update(_layerIdx, k, v);
 
         Tensor o;                                                                       // [B, heads, L, D]
+        if (groups.Count == 1) o = Attend(q, k, v, groups[0], impl);
+        else
+        {
+            var parts = new Tensor[groups.Count];
+            long next = 0;
+            for (int i = 0; i < parts.Length; i++)
+            {
+                var g = groups[i];
+                if (g.Start != next) throw new ArgumentException($"attention row groups must cover the batch in order: group {i} starts at {g.Start}, expected {next}");
+                parts[i] = Attend(q.narrow(0, g.Start, g.Count), k.narrow(0, g.Start, g.Count), v.narrow(0, g.Start, g.Count), g, impl);
+                next += g.Count;
+            }
+            if (next != B) throw new ArgumentException($"attention row groups cover {next} of {B} batch rows");
+            o = cat(parts, 0);
+        }
+        o = o.transpose(1, 2).reshape(B, L, _numHeads * _headDim);
+        return DecodeLinear.Forward(o_proj, o).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Scaled dot-product attention of q [b, heads, L, D] (rotated) over k/v [b, Hkv, L, D] appended to the group's cache.</summary>
+    Tensor Attend(Tensor q, Tensor k, Tensor v, AttentionRows rows, AttentionImplementation impl)
+    {
+        long B = q.shape[0], L = q.shape[2];
+        int groups = _numHeads / _numKvHeads;
+        if (rows.Cache is not null) (k, v) = rows.Cache.Update(_layerIdx, k, v);
+        var mask = rows.Mask;
         if (impl == AttentionImplementation.Eager)
         {
             var w = matmul(q, RepeatKv(k, groups).transpose(2, 3)) / Math.Sqrt(_headDim);
             if (mask is not null) w = w + mask;
             w = w.softmax(-1, ScalarType.Float32).to(q.dtype);
-            o = matmul(w, RepeatKv(v, groups));
+            return matmul(w, RepeatKv(v, groups));
         }
-        else if (L == 1 && groups > 1)
+        if (L == 1 && groups > 1)
         {
             // one query: put the query heads of a kv head side by side instead of copying K/V `groups` times
             var qg = q.reshape(B, _numKvHeads, groups, _headDim);
-            o = functional.scaled_dot_product_attention(qg, k, v, mask).reshape(B, _numHeads, 1, _headDim);
+            return functional.scaled_dot_product_attention(qg, k, v, mask).reshape(B, _numHeads, 1, _headDim);
         }
-        else
-        {
-            o = functional.scaled_dot_product_attention(q, RepeatKv(k, groups), RepeatKv(v, groups), mask, is_casual: isCausal);
-        }
-        o = o.transpose(1, 2).reshape(B, L, _numHeads * _headDim);
-        return DecodeLinear.Forward(o_proj, o).MoveToOuterDisposeScope();
+        return functional.scaled_dot_product_attention(q, RepeatKv(k, groups), RepeatKv(v, groups), mask, is_casual: rows.IsCausal);
     }
 
     /// <summary>[B, Hkv, T, D] -> [B, Hkv * n, T, D] with each kv head repeated n times in place (official repeat_kv).</summary>
@@ -147,10 +175,11 @@ public sealed class Qwen2VLDecoderLayer : Module
         RegisterComponents();
     }
 
-    public Tensor forward(Tensor h, Tensor cos, Tensor sin, Tensor? mask, bool isCausal, KVCache? cache, AttentionImplementation impl)
+    /// <summary>h [B, L, H]; attention per group of batch rows (<see cref="Qwen2VLAttention.forward"/>).</summary>
+    public Tensor forward(Tensor h, Tensor cos, Tensor sin, IReadOnlyList<AttentionRows> groups, AttentionImplementation impl)
     {
         using var scope = NewDisposeScope();
-        h = h + self_attn.forward(input_layernorm.forward(h), cos, sin, mask, isCausal, cache, impl);
+        h = h + self_attn.forward(input_layernorm.forward(h), cos, sin, groups, impl);
         h = h + mlp.forward(post_attention_layernorm.forward(h));
         return h.MoveToOuterDisposeScope();
     }
@@ -205,18 +234,48 @@ public sealed class Qwen2VLModel : Module
             throw new ArgumentException($"position_ids must be [3, {B}, {L}], got [{string.Join(",", positionIds.shape)}]");
 
         var (cos, sin) = MultimodalRotaryEmbedding.CosSin(positionIds, Config.HeadDim, Config.RopeTheta, Config.MropeSection, dtype);
-        var (mask, isCausal) = UpdateCausalMask(attentionMask, B, L, past, dtype, device,
-            Config.SlidingWindow > 0 ? Config.SlidingWindow : null, AttentionImplementation == AttentionImplementation.Eager);
+        var (mask, isCausal) = UpdateCausalMask(attentionMask, B, L, past, dtype, device, SlidingWindow, Eager);
+        return Layers(inputsEmbeds, cos, sin, [new AttentionRows(0, B, mask, isCausal, cache)], allHiddenStates).MoveToOuterDisposeScope();
+    }
 
-        var h = inputsEmbeds;
+    /// <summary>
+    /// One image scale's conditional and unconditional CFG rows in one pass. The official autoregressive_infer_cfg makes
+    /// two self.model calls: the conditional row on the generation cache (positions = cache index, causal over the cache
+    /// and the scale) and the unconditional row with no cache (positions 0..n-1, causal within the scale). Here
+    /// <paramref name="x"/> [2, n, H] (row 0 conditional) goes through every linear as 2n tokens at once; attention runs
+    /// per row with that row's positions and mask, and only row 0's K/V join <paramref name="cache"/>. Returns the
+    /// post-final-norm hidden states [2, n, H], each row what its own call returns.
+    /// </summary>
+    public Tensor ForwardCfgPair(Tensor x, KVCache cache)
+    {
+        if (x.dim() != 3 || x.shape[0] != 2) throw new ArgumentException($"the CFG pair must be [2, n, H], got [{string.Join(",", x.shape)}]");
+        if (cache.NumLayers != layers.Count) throw new ArgumentException($"KV cache has {cache.NumLayers} layers, the model {layers.Count}");
+        using var scope = NewDisposeScope();
+        long n = x.shape[1], past = cache.Length;
+        var device = x.device;
+        var dtype = x.dtype;
+        var positionIds = stack([arange(past, past + n, ScalarType.Int64, device), arange(n, ScalarType.Int64, device)]).unsqueeze(0).expand(3, 2, n);
+        var (cos, sin) = MultimodalRotaryEmbedding.CosSin(positionIds, Config.HeadDim, Config.RopeTheta, Config.MropeSection, dtype);
+        var (maskC, causalC) = UpdateCausalMask(null, 1, n, past, dtype, device, SlidingWindow, Eager);
+        var (maskU, causalU) = UpdateCausalMask(null, 1, n, 0, dtype, device, SlidingWindow, Eager);
+        return Layers(x, cos, sin, [new AttentionRows(0, 1, maskC, causalC, cache), new AttentionRows(1, 1, maskU, causalU, null)], null)
+            .MoveToOuterDisposeScope();
+    }
+
+    long? SlidingWindow => Config.SlidingWindow > 0 ? Config.SlidingWindow : null;
+    bool Eager => AttentionImplementation == AttentionImplementation.Eager;
+
+    /// <summary>The decoder layers and the final norm over h [B, L, H] (hidden states collected as in <see cref="forward"/>).</summary>
+    Tensor Layers(Tensor h, Tensor cos, Tensor sin, AttentionRows[] groups, List<Tensor>? allHiddenStates)
+    {
         foreach (var layer in layers)
         {
             if (allHiddenStates is not null) allHiddenStates.Add(h.alias().MoveToOuterDisposeScope());
-            h = layer.forward(h, cos, sin, mask, isCausal, cache, AttentionImplementation);
+            h = layer.forward(h, cos, sin, groups, AttentionImplementation);
         }
         h = norm.forward(h);
         if (allHiddenStates is not null) allHiddenStates.Add(h.alias().MoveToOuterDisposeScope());
-        return h.MoveToOuterDisposeScope();
+        return h;
     }
 
     /// <summary>

@@ -138,7 +138,8 @@ public sealed class InferCfgResult(Tensor rgb, Tensor decoded, Tensor summedCode
 /// The next-scale image loop of VARGPT-v1.1 (official VARGPTQwen2VLForConditionalGeneration.autoregressive_infer_cfg),
 /// run after the language model emitted and forwarded &lt;|image_gen_start|&gt;. Per scale: the scale's tokens go through
 /// the LLM with the generation KV cache (conditional row; positions = raw cache index, token-causal) and, with CFG,
-/// through the LLM with no context at all (unconditional row, positions from 0); image_gen_projector_out; the Infinity
+/// with no context at all (unconditional row, positions from 0) — both rows in one batched pass
+/// (<see cref="Qwen2VLModel.ForwardCfgPair"/>) where the official code makes two calls; image_gen_projector_out; the Infinity
 /// blocks (own KV cache, cross-attention to the projected prompt states or, for the unconditional row, to raw
 /// cfg_uncond rows); the bitwise head / tau; CFG on logits; per-bit sampling; codes accumulate at the final latent
 /// size; the next scale's input is the trilinear resize of the running sum. The VAE decodes the sum at the end.
@@ -202,16 +203,18 @@ public static class ImageGeneration
             var sc = scales[si];
             var xc = stage.narrow(0, 0, 1);
             tap?.Invoke($"lm_in_cond.s{si}", xc);
-            var hc = model.model.forward(xc, null, null, cache);
-            tap?.Invoke($"lm_out_cond.s{si}", hc);
-            var h = hc;
+            Tensor h;                                                                  // [bs, n, H]
             if (useCfg)
             {
-                var xu = stage.narrow(0, 1, 1);
-                tap?.Invoke($"lm_in_uncond.s{si}", xu);
-                var hu = model.model.forward(xu);
-                tap?.Invoke($"lm_out_uncond.s{si}", hu);
-                h = cat([hc, hu], 0);
+                tap?.Invoke($"lm_in_uncond.s{si}", stage.narrow(0, 1, 1));
+                h = model.model.ForwardCfgPair(stage, cache);
+                tap?.Invoke($"lm_out_cond.s{si}", h.narrow(0, 0, 1));
+                tap?.Invoke($"lm_out_uncond.s{si}", h.narrow(0, 1, 1));
+            }
+            else
+            {
+                h = model.model.forward(xc, null, null, cache);
+                tap?.Invoke($"lm_out_cond.s{si}", h);
             }
             var y = model.ImageGenProjectorOut.forward(h);
             y = inf.ForwardScale(y, ada, infCache, si);
