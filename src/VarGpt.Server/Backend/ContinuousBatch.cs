@@ -26,6 +26,7 @@ public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
     readonly List<ChatRow> _rows = [];
     KVCache? _cache;       // [B, Hkv, T, D] per layer, row b = _rows[b]
     Tensor? _mask;         // [B, T] int64, 1 = token, 0 = left padding
+    Tensor? _ids;          // [B, T] int64, each row's prompt and chosen ids (for the repetition penalty); padding repeats the row's first id
     bool _padded;          // some row has padding: pass the mask (no padding = no mask, as the single-row loop and HF's sdpa path do)
 
     public ContinuousBatch(VargptModel model)
@@ -39,12 +40,11 @@ public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
     sealed class RowState : IDisposable
     {
         public required GenerationConfig Generation { get; init; }
-        public required GrowableBuffer Sequence { get; init; }   // [1, len] prompt + generated ids (repetition penalty)
         public Generator? Sampler { get; init; }
         public long NextPosition { get; set; }                    // M-RoPE position of the next forwarded token (all three rows)
         public long LastToken { get; set; }
 
-        public void Dispose() { Sequence.Dispose(); Sampler?.Dispose(); }
+        public void Dispose() => Sampler?.Dispose();
     }
 
     public ChatRow Admit(ChatJob job, CancellationToken cancellationToken)
@@ -60,11 +60,11 @@ public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
         var state = new RowState
         {
             Generation = generation,
-            Sequence = new GrowableBuffer(1, prompt.Length + Math.Min(maxNew, 512) + 1),
             Sampler = job.Options.Seed is long seed && generation.DoSample ? new Generator((ulong)seed, _model.Device) : null,
         };
         row.State = state;
         var cache = new KVCache(_model.Config.NumHiddenLayers, prompt.Length + 64);
+        Tensor promptIds;
         try
         {
             using var scope = NewDisposeScope();
@@ -74,18 +74,18 @@ public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
             var mask = ones_like(ids);
             var embeds = _model.EmbedInputs(ids, prompt.ImageEmbeds);
             var (positions, deltas) = RopeIndex.GetRopeIndex(ids, prompt.ImageGridThw?.to(ScalarType.Int64, CPU), mask, _model.Config);
-            state.Sequence.Append(ids);
             var logits = _model.Forward(embeds, positions, mask, cache, lastPositionOnly: true).Logits.select(1, 0);   // [1, V]
             state.NextPosition = prompt.Length + deltas.cpu().item<long>();
-            Choose(row, state, logits);
+            Take([row], Choose([state], ids, logits));
+            promptIds = ids.DetachFromDisposeScope();
         }
         catch
         {
             cache.Dispose(); state.Dispose();
             throw;
         }
-        if (row.Finish is not null) { cache.Dispose(); state.Dispose(); return row; }
-        Join(row, cache);
+        if (row.Finish is not null) { cache.Dispose(); state.Dispose(); promptIds.Dispose(); return row; }
+        Join([row], cache, ones_like(promptIds), promptIds, rowsPadded: false);
         return row;
     }
 
@@ -99,17 +99,12 @@ public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
             var states = _rows.Select(r => (RowState)r.State!).ToArray();
             var tokens = tensor(states.Select(s => s.LastToken).ToArray(), ScalarType.Int64, _model.Device).view(B, 1);
             var positions = tensor(states.Select(s => s.NextPosition).ToArray(), ScalarType.Int64, _model.Device).view(1, B, 1).expand(3, B, 1);
-            var grown = cat([_mask!, ones(B, 1, ScalarType.Int64, _mask!.device)], 1).DetachFromDisposeScope();
-            _mask!.Dispose();
-            _mask = grown;
+            Grow(ref _mask, ones(B, 1, ScalarType.Int64, _model.Device));
+            Grow(ref _ids, tokens);
             var embeds = _model.EmbedInputs(tokens);
             var logits = _model.Forward(embeds, positions, _padded ? _mask : null, _cache, lastPositionOnly: true).Logits.select(1, 0);   // [B, V]
-            for (int b = 0; b < B; b++)
-            {
-                states[b].NextPosition++;
-                states[b].Sequence.Append(tokens.narrow(0, b, 1));
-                Choose(_rows[b], states[b], logits.narrow(0, b, 1));
-            }
+            foreach (var s in states) s.NextPosition++;
+            Take(_rows, Choose(states, _ids!, logits));
         }
         var ended = _rows.Where(r => r.Finish is not null).ToList();
         if (ended.Count > 0) Remove(ended);
@@ -121,47 +116,91 @@ public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
         else (row.State as RowState)?.Dispose();
     }
 
-    /// <summary>The row's logits processors and sampler on its logits [1, V] (TextGeneration.Choose at batch size 1); one host read.</summary>
-    void Choose(ChatRow row, RowState state, Tensor logits)
+    /// <summary>Appends a column [B, 1] to a batch table [B, T] (kept outside the step's dispose scope).</summary>
+    static void Grow(ref Tensor? table, Tensor column)
     {
-        using var scope = NewDisposeScope();
-        var g = state.Generation;
-        var scores = LogitsProcessors.Apply(g, state.Sequence.View(), logits);
-        var next = g.DoSample ? scores.softmax(-1).multinomial(1, generator: state.Sampler).squeeze(1) : scores.argmax(-1);
-        long id = next.cpu().item<long>();
-        state.LastToken = id;
-        row.Add((int)id, row.Job.IgnoreEos ? [] : g.EosTokenIds, row.Job.IgnoreEos ? -1 : _owner.Config.ImageGen.StartId);
+        var grown = cat([table!, column], 1).DetachFromDisposeScope();
+        table!.Dispose();
+        table = grown;
     }
 
-    /// <summary>Merges a prefilled row (its own cache [1, Hkv, L, D]) into the batch, left-padding whichever side is shorter.</summary>
-    void Join(ChatRow row, KVCache rowCache)
+    /// <summary>
+    /// The logits processors and the token choice of every row at once (TextGeneration.Choose per row), with one host
+    /// read: rows are grouped by the processors' settings; a greedy group takes one argmax, an unseeded sampling group
+    /// one multinomial, and a seeded row draws from its own generator on its own row, exactly as a seeded single call.
+    /// </summary>
+    /// <param name="ids">[R, T] each row's prompt and chosen ids (left padding repeats the row's first id, so the repetition penalty's token set is the row's own)</param>
+    /// <param name="logits">[R, V] float32</param>
+    static long[] Choose(IReadOnlyList<RowState> states, Tensor ids, Tensor logits)
     {
         using var scope = NewDisposeScope();
-        long L = rowCache.Length;
+        var groups = Enumerable.Range(0, states.Count).GroupBy(b => LogitsProcessors.Settings(states[b].Generation)).Select(g => g.ToArray()).ToList();
+        Tensor next;
+        if (groups.Count == 1) next = ChooseGroup(states, groups[0], ids, logits);
+        else
+        {
+            next = empty(states.Count, ScalarType.Int64, logits.device);
+            foreach (var rows in groups)
+            {
+                var index = tensor(rows.Select(b => (long)b).ToArray(), ScalarType.Int64, logits.device);
+                next.index_copy_(0, index, ChooseGroup(states, rows, ids.index_select(0, index), logits.index_select(0, index)));
+            }
+        }
+        return next.cpu().data<long>().ToArray();                                               // the one host read
+    }
+
+    /// <summary>One group of rows with equal processor settings: scores [G, V] → chosen ids [G].</summary>
+    static Tensor ChooseGroup(IReadOnlyList<RowState> states, int[] rows, Tensor ids, Tensor logits)
+    {
+        var g = states[rows[0]].Generation;
+        var scores = LogitsProcessors.Apply(g, ids, logits);
+        if (!g.DoSample) return scores.argmax(-1);
+        var probs = scores.softmax(-1);
+        if (rows.All(b => states[b].Sampler is null)) return probs.multinomial(1).squeeze(1);
+        return cat(rows.Select((b, j) => probs.narrow(0, j, 1).multinomial(1, generator: states[b].Sampler)).ToList(), 0).squeeze(1);
+    }
+
+    /// <summary>Hands each row its chosen id (end of turn, image start, stop sequences, max tokens).</summary>
+    void Take(IReadOnlyList<ChatRow> rows, long[] chosen)
+    {
+        for (int b = 0; b < rows.Count; b++)
+        {
+            var row = rows[b];
+            var state = (RowState)row.State!;
+            state.LastToken = chosen[b];
+            row.Add((int)chosen[b], row.Job.IgnoreEos ? [] : state.Generation.EosTokenIds, row.Job.IgnoreEos ? -1 : _owner.Config.ImageGen.StartId);
+        }
+    }
+
+    /// <summary>
+    /// Merges prefilled rows (their own cache [G, Hkv, L, D], mask and ids [G, L]) into the batch, left-padding whichever
+    /// side is shorter. Takes ownership of the cache, mask and ids.
+    /// </summary>
+    void Join(IReadOnlyList<ChatRow> rows, KVCache rowCache, Tensor rowMask, Tensor rowIds, bool rowsPadded)
+    {
         if (_cache is null)
         {
-            _cache = rowCache;
-            _mask = ones(1, L, ScalarType.Int64, _model.Device).DetachFromDisposeScope();
-            _padded = false;
-            _rows.Add(row);
+            (_cache, _mask, _ids, _padded) = (rowCache, rowMask, rowIds, rowsPadded);
+            _rows.AddRange(rows);
             return;
         }
-        long T = _cache.Length, target = Math.Max(T, L);
+        using var scope = NewDisposeScope();
+        long T = _cache.Length, L = rowCache.Length, target = Math.Max(T, L);
         var merged = new KVCache(_cache.NumLayers, target + 64);
         for (int layer = 0; layer < _cache.NumLayers; layer++)
         {
             var (kb, vb) = Contents(_cache, layer, _rows.Count);
-            var (kr, vr) = Contents(rowCache, layer, 1);
+            var (kr, vr) = Contents(rowCache, layer, rows.Count);
             merged.Update(layer, cat([PadLeft(kb, target - T), PadLeft(kr, target - L)], 0), cat([PadLeft(vb, target - T), PadLeft(vr, target - L)], 0));
         }
-        var mask = cat([
-            cat([zeros(_mask!.shape[0], target - T, ScalarType.Int64, _mask.device), _mask], 1),
-            cat([zeros(1, target - L, ScalarType.Int64, _mask.device), ones(1, L, ScalarType.Int64, _mask.device)], 1)], 0);
-        _cache.Dispose(); rowCache.Dispose(); _mask.Dispose();
+        var mask = cat([PadLeft(_mask!, target - T, 0L), PadLeft(rowMask, target - L, 0L)], 0);
+        var ids = cat([PadLeft(_ids!, target - T, null), PadLeft(rowIds, target - L, null)], 0);
+        _cache.Dispose(); rowCache.Dispose(); _mask!.Dispose(); _ids!.Dispose(); rowMask.Dispose(); rowIds.Dispose();
         _cache = merged;
         _mask = mask.DetachFromDisposeScope();
-        _padded = _padded || T != L;
-        _rows.Add(row);
+        _ids = ids.DetachFromDisposeScope();
+        _padded = _padded || rowsPadded || T != L;
+        _rows.AddRange(rows);
     }
 
     /// <summary>Cuts rows out of the batch cache and trims the leading columns that are padding for every remaining row.</summary>
@@ -173,13 +212,14 @@ public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
         _rows.RemoveAll(rows.Contains);
         if (keep.Length == 0)
         {
-            _cache?.Dispose(); _mask?.Dispose();
-            _cache = null; _mask = null;
+            _cache?.Dispose(); _mask?.Dispose(); _ids?.Dispose();
+            _cache = null; _mask = null; _ids = null;
             return;
         }
         using var scope = NewDisposeScope();
         var index = tensor(keep.Select(k => (long)k).ToArray(), ScalarType.Int64, _model.Device);
         var mask = _mask!.index_select(0, index);
+        var ids = _ids!.index_select(0, index);
         // first column where some remaining row has a token: everything before it is padding for all
         long start = mask.any(0).to(ScalarType.Int64).argmax().item<long>();
         long T = mask.shape[1] - start;
@@ -189,9 +229,10 @@ public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
             var (k, v) = Contents(_cache, layer, before);
             trimmed.Update(layer, k.index_select(0, index).narrow(2, start, T), v.index_select(0, index).narrow(2, start, T));
         }
-        _cache.Dispose(); _mask!.Dispose();
+        _cache.Dispose(); _mask!.Dispose(); _ids!.Dispose();
         _cache = trimmed;
         _mask = mask.narrow(1, start, T).clone().DetachFromDisposeScope();
+        _ids = ids.narrow(1, start, T).clone().DetachFromDisposeScope();
         _padded = _mask.min().item<long>() == 0;
     }
 
@@ -210,10 +251,14 @@ public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
     static Tensor PadLeft(Tensor kv, long n) =>
         n == 0 ? kv : cat([zeros(kv.shape[0], kv.shape[1], n, kv.shape[3], kv.dtype, kv.device), kv], 2);
 
+    /// <summary>Left-pads a table [B, T] by n columns of <paramref name="value"/> (null: each row's first entry).</summary>
+    static Tensor PadLeft(Tensor table, long n, long? value) =>
+        n == 0 ? table : cat([value is long v ? full(table.shape[0], n, v, table.dtype, table.device) : table.narrow(1, 0, 1).expand(table.shape[0], n), table], 1);
+
     public void Dispose()
     {
         foreach (var r in _rows) (r.State as RowState)?.Dispose();
         _rows.Clear();
-        _cache?.Dispose(); _mask?.Dispose();
+        _cache?.Dispose(); _mask?.Dispose(); _ids?.Dispose();
     }
 }

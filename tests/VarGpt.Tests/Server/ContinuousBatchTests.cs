@@ -57,6 +57,35 @@ public class ContinuousBatchTests
         }
     }
 
+    [Fact]
+    public void Rows_with_different_sampling_settings_in_one_step_choose_exactly_as_alone()
+    {
+        using var model = VargptModel.Load(ShippedModel.Resolve());
+        // four groups of processor settings in one step; two seeded rows share a group (one sampling pass, two generators)
+        var options = new[]
+        {
+            new VargptChatOptions { MaxNewTokens = 24, GenerateImages = false, RepetitionPenalty = 1.4 },
+            new VargptChatOptions { MaxNewTokens = 24, GenerateImages = false, Temperature = 0.8, TopK = 20, Seed = 11 },
+            new VargptChatOptions { MaxNewTokens = 24, GenerateImages = false, Temperature = 1.3, TopP = 0.9, RepetitionPenalty = 1.2, Seed = 7 },
+            new VargptChatOptions { MaxNewTokens = 24, GenerateImages = false, Temperature = 1.3, TopP = 0.9, RepetitionPenalty = 1.2, Seed = 8 },
+        };
+        var jobs = options.Select((o, i) => Job(i, o, withImage: i == 1)).ToArray();
+        var alone = jobs.Select(j => model.Chat(j.Messages, j.Options, TestContext.Current.CancellationToken).TokenIds.ToArray()).ToArray();
+        Assert.NotEqual(alone[2], alone[3]);   // the two seeds really draw differently
+
+        using var batch = new ContinuousBatch(model);
+        var rows = jobs.Select(j => batch.Admit(j, TestContext.Current.CancellationToken)).ToList();
+        while (batch.Running > 0) batch.Step();
+        for (int i = 0; i < jobs.Length; i++) Assert.Equal(alone[i], rows[i].TokenIds.ToArray());
+
+        // unseeded sampling rows draw together from the global generator: valid tokens, every row to its end
+        var unseeded = new VargptChatOptions { MaxNewTokens = 12, GenerateImages = false, Temperature = 1.5 };
+        var free = Enumerable.Range(0, 3).Select(i => batch.Admit(Job(i, unseeded) with { IgnoreEos = true }, TestContext.Current.CancellationToken)).ToList();
+        while (batch.Running > 0) batch.Step();
+        Assert.All(free, r => Assert.Equal(12, r.CompletionTokens));
+        Assert.All(free.SelectMany(r => r.TokenIds), id => Assert.InRange(id, 0, model.Config.VocabSize - 1));
+    }
+
     /// <summary>An engine whose rows never end on their own: only cancellation removes them.</summary>
     sealed class EndlessEngine : IChatBatchEngine
     {
