@@ -4,18 +4,19 @@ using VarGpt.Text;
 namespace VarGpt.Server.Backend;
 
 /// <summary>
-/// Continuous batching of chat decodes (what vLLM and llama.cpp's slots do): rows join a running batch after their own
-/// prefill and leave it as soon as they end, and every <see cref="Step"/> is one forward pass for all running rows.
+/// Continuous batching of chat decodes (what vLLM and llama.cpp's slots do): rows join a running batch after their
+/// prefill (the rows admitted together share one) and leave it as soon as they end, and every <see cref="Step"/> is one forward pass for all running rows.
 /// Driven by one thread (<see cref="Scheduling.ChatScheduler"/>).
 /// </summary>
 public interface IChatBatchEngine
 {
     /// <summary>
-    /// Prepares the conversation (template, images, vision tower), prefills it alone and chooses its first token. The
-    /// row then runs in the batch until it ends; a row can end at once (first token EOS, max_new_tokens 1). Throws
-    /// <see cref="InvalidPromptException"/> / <see cref="ArgumentException"/> for inputs the model cannot take.
+    /// Prepares each conversation (template, images, vision tower), prefills them together as one left-padded batch and
+    /// chooses their first tokens; the rows then run in the batch until they end (a row can end at once: first token EOS,
+    /// max_new_tokens 1). A request that is cancelled or that the model cannot take (<see cref="InvalidPromptException"/>,
+    /// <see cref="ArgumentException"/>) gets its error and does not hold up the others.
     /// </summary>
-    ChatRow Admit(ChatJob job, CancellationToken cancellationToken);
+    IReadOnlyList<ChatAdmission> Admit(IReadOnlyList<(ChatJob Job, CancellationToken Cancellation)> requests);
 
     /// <summary>One decode step for every running row admitted and not released (one forward pass); rows that end leave the batch.</summary>
     void Step();
@@ -25,6 +26,20 @@ public interface IChatBatchEngine
 
     /// <summary>Rows in the running batch.</summary>
     int Running { get; }
+}
+
+/// <summary>What admission gave one request: its row, or the error that refused it.</summary>
+public readonly record struct ChatAdmission(ChatRow? Row, Exception? Error);
+
+public static class ChatBatchEngineExtensions
+{
+    /// <summary>Admits one request; throws what refused it.</summary>
+    public static ChatRow Admit(this IChatBatchEngine engine, ChatJob job, CancellationToken cancellationToken)
+    {
+        var admitted = engine.Admit([(job, cancellationToken)])[0];
+        if (admitted.Error is { } e) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(e);
+        return admitted.Row!;
+    }
 }
 
 /// <summary>

@@ -11,9 +11,10 @@ namespace VarGpt.Server.Backend;
 /// The continuous-batching decode engine over a loaded model: one shared KV cache whose rows are left-aligned to a
 /// common length (a row that joins is padded on the left; the padding is masked out of attention), per-row M-RoPE
 /// positions (each row continues at its own prefill's max position + 1, which is exactly where the official
-/// single-row loop puts it: cache_position + rope_deltas), per-row logits processors and samplers (a seeded row draws
-/// from its own generator, so it gets the tokens of a seeded single call). Rows are prefilled alone (their prompts differ in
-/// length and images), then merged; a row that ends is cut out of the cache and fully padded leading columns are trimmed.
+/// single-row loop puts it: cache_position + rope_deltas), per-row logits processors and samplers, applied to all rows of
+/// a step at once (a seeded row draws from its own generator, so it gets the tokens of a seeded single call). The rows
+/// admitted together are prefilled as one left-padded batch (per-row get_rope_index positions), then merged; a row that
+/// ends is cut out of the cache and fully padded leading columns are trimmed.
 /// <para>Greedy rows give exactly the tokens of single decoding as long as the batch's linear layers run the same
 /// per-row kernel (DecodeLinear's GEMV, up to <see cref="DecodeLinear.MaxRows"/> rows); above that libtorch's GEMM sums in
 /// another order and a near-tie can flip (tested in ContinuousBatchTests).</para>
@@ -47,46 +48,101 @@ public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
         public void Dispose() => Sampler?.Dispose();
     }
 
-    public ChatRow Admit(ChatJob job, CancellationToken cancellationToken)
+    public IReadOnlyList<ChatAdmission> Admit(IReadOnlyList<(ChatJob Job, CancellationToken Cancellation)> requests)
+    {
+        var results = new ChatAdmission[requests.Count];
+        var admitted = new List<(int Index, ChatRow Row, PreparedPrompt Prompt)>();
+        try
+        {
+            for (int i = 0; i < requests.Count; i++)
+            {
+                try
+                {
+                    var (row, prompt) = Prepare(requests[i].Job, requests[i].Cancellation);
+                    admitted.Add((i, row, prompt));
+                }
+                catch (Exception e) { results[i] = new ChatAdmission(null, e); }
+            }
+            if (admitted.Count == 0) return results;
+            var rows = admitted.Select(a => a.Row).ToList();
+            PrefillResult? prefill = null;
+            try
+            {
+                prefill = Prefill(admitted.Select(a => a.Prompt).ToList());
+                var states = rows.Select(r => (RowState)r.State!).ToList();
+                for (int b = 0; b < rows.Count; b++) states[b].NextPosition = prefill.NextPositions[b];
+                Take(rows, Choose(states, prefill.Ids, prefill.Logits));
+                prefill.Logits.Dispose();
+                Join(rows, prefill.Cache, prefill.Mask, prefill.Ids, prefill.Padded);   // takes the cache, mask and ids
+            }
+            catch (Exception e)
+            {
+                if (prefill is not null && !_rows.Contains(rows[0])) prefill.Dispose();
+                foreach (var (i, row, _) in admitted) { (row.State as RowState)?.Dispose(); results[i] = new ChatAdmission(null, e); }
+                return results;
+            }
+            foreach (var (i, row, _) in admitted) results[i] = new ChatAdmission(row, null);
+            var ended = rows.Where(r => r.Finish is not null).ToList();   // first token EOS, max_new_tokens 1
+            if (ended.Count > 0) Remove(ended);
+            return results;
+        }
+        finally
+        {
+            foreach (var a in admitted) a.Prompt.Dispose();
+        }
+    }
+
+    /// <summary>Validates the options and prepares the conversation (template, images, vision tower); the row's state is set, its prompt not yet forwarded.</summary>
+    (ChatRow Row, PreparedPrompt Prompt) Prepare(ChatJob job, CancellationToken cancellationToken)
     {
         cancellationToken.ThrowIfCancellationRequested();
         var generation = job.Options.Resolve(_owner.GenerationConfig);   // validates before any work
         var (messages, images) = ChatMessages.SplitImages(job.Messages);
-        using var prompt = _owner.Prepare(messages, images);
+        var prompt = _owner.Prepare(messages, images);
         int room = _owner.Config.MaxPositionEmbeddings - prompt.Length;
         int maxNew = Math.Min(generation.MaxNewTokens ?? VargptChatOptions.DefaultMaxNewTokens, room);
         generation = generation with { MaxNewTokens = maxNew };
-        var row = new ChatRow(job, prompt.Length, maxNew, _owner.Tokenizer.CreateStreamingDecoder(skipSpecialTokens: true), job.Options.StopSequences);
-        var state = new RowState
+        var row = new ChatRow(job, prompt.Length, maxNew, _owner.Tokenizer.CreateStreamingDecoder(skipSpecialTokens: true), job.Options.StopSequences)
         {
-            Generation = generation,
-            Sampler = job.Options.Seed is long seed && generation.DoSample ? new Generator((ulong)seed, _model.Device) : null,
+            State = new RowState
+            {
+                Generation = generation,
+                Sampler = job.Options.Seed is long seed && generation.DoSample ? new Generator((ulong)seed, _model.Device) : null,
+            },
         };
-        row.State = state;
-        var cache = new KVCache(_model.Config.NumHiddenLayers, prompt.Length + 64);
-        Tensor promptIds;
+        return (row, prompt);
+    }
+
+    /// <summary>What a prefill leaves: the rows' cache [G, Hkv, L, D], mask and ids [G, L], float32 logits [G, V] of the last position, each row's next M-RoPE position.</summary>
+    internal sealed record PrefillResult(KVCache Cache, Tensor Mask, Tensor Ids, Tensor Logits, long[] NextPositions, bool Padded) : IDisposable
+    {
+        public void Dispose() { Cache.Dispose(); Mask.Dispose(); Ids.Dispose(); Logits.Dispose(); }
+    }
+
+    /// <summary>
+    /// The official prefill (TextGeneration.Prefill) of prompts left-padded into one batch: get_rope_index positions
+    /// over each row's own tokens, the padding masked out. A row's next position is its max position + 1 (padded length
+    /// + its rope delta), exactly where it would be alone. The caller owns the result.
+    /// </summary>
+    internal PrefillResult Prefill(IReadOnlyList<PreparedPrompt> prompts)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var inputs = PreparedPrompt.LeftPadded(prompts);
+        long L = inputs.InputIds.shape[1];
+        var ids = inputs.InputIds.to(ScalarType.Int64, _model.Device);
+        var mask = inputs.AttentionMask!.to(ScalarType.Int64, _model.Device);
+        var embeds = _model.EmbedInputs(ids, inputs.ImageEmbeds);
+        var (positions, deltas) = RopeIndex.GetRopeIndex(ids, inputs.ImageGridThw?.to(ScalarType.Int64, CPU), mask, _model.Config);
+        var cache = new KVCache(_model.Config.NumHiddenLayers, L + 64);
         try
         {
-            using var scope = NewDisposeScope();
-            using var noGrad = no_grad();
-            // the official prefill (TextGeneration.Prefill at batch 1): get_rope_index positions, all-ones mask
-            var ids = prompt.InputIds.to(ScalarType.Int64, _model.Device);
-            var mask = ones_like(ids);
-            var embeds = _model.EmbedInputs(ids, prompt.ImageEmbeds);
-            var (positions, deltas) = RopeIndex.GetRopeIndex(ids, prompt.ImageGridThw?.to(ScalarType.Int64, CPU), mask, _model.Config);
-            var logits = _model.Forward(embeds, positions, mask, cache, lastPositionOnly: true).Logits.select(1, 0);   // [1, V]
-            state.NextPosition = prompt.Length + deltas.cpu().item<long>();
-            Take([row], Choose([state], ids, logits));
-            promptIds = ids.DetachFromDisposeScope();
+            var logits = _model.Forward(embeds, positions, mask, cache, lastPositionOnly: true).Logits.select(1, 0);   // [G, V]
+            var next = (deltas.view(-1) + L).cpu().data<long>().ToArray();
+            return new PrefillResult(cache, mask.DetachFromDisposeScope(), ids.DetachFromDisposeScope(), logits.DetachFromDisposeScope(), next,
+                prompts.Any(p => p.Length != L));
         }
-        catch
-        {
-            cache.Dispose(); state.Dispose();
-            throw;
-        }
-        if (row.Finish is not null) { cache.Dispose(); state.Dispose(); promptIds.Dispose(); return row; }
-        Join([row], cache, ones_like(promptIds), promptIds, rowsPadded: false);
-        return row;
+        catch { cache.Dispose(); throw; }
     }
 
     public void Step()

@@ -86,6 +86,71 @@ public class ContinuousBatchTests
         Assert.All(free.SelectMany(r => r.TokenIds), id => Assert.InRange(id, 0, model.Config.VocabSize - 1));
     }
 
+    [Fact]
+    public void A_batched_prefill_gives_every_row_its_single_prefill_logits_and_next_position()
+    {
+        using var model = VargptModel.Load(ShippedModel.Resolve());
+        using var batch = new ContinuousBatch(model);
+        var greedy = new VargptChatOptions { MaxNewTokens = 8, GenerateImages = false };
+        // different lengths, two different images (M-RoPE image positions), text rows between them
+        var jobs = new[]
+        {
+            Job(0, greedy, withImage: true), Job(1, greedy), Job(4, greedy), Job(2, greedy) with
+            {
+                Messages = [new ChatMessage("user", [ContentPart.FromImage(VarGpt.Vision.RgbImage.Decode(ServedModel.ScenePng(VarGpt.ShapesWorld.Shape.Square,
+                    VarGpt.ShapesWorld.ShapeColor.Blue, VarGpt.ShapesWorld.Position.Right))), ContentPart.FromText(Questions[2])])],
+            },
+        };
+        var prompts = jobs.Select(j => { var (m, images) = ChatMessages.SplitImages(j.Messages); return model.Prepare(m, images); }).ToList();
+        try
+        {
+            Assert.True(prompts.Select(p => p.Length).Distinct().Count() > 1);
+            using var together = batch.Prefill(prompts);
+            Assert.True(together.Padded);
+            var alone = prompts.Select(p => batch.Prefill([p])).ToList();
+            try
+            {
+                for (int b = 0; b < prompts.Count; b++)
+                {
+                    Assert.Equal(alone[b].NextPositions[0], together.NextPositions[b]);
+                    using var expected = alone[b].Logits[0];
+                    using var actual = together.Logits[b];
+                    Assert.True(actual.allclose(expected, rtol: 1e-4, atol: 1e-4), $"row {b}: max |diff| {(actual - expected).abs().max().item<float>()}");
+                }
+                // the rows' logits differ by far more than the tolerance, so a mixed-up row would fail
+                using (var first = alone[0].Logits[0]) using (var second = alone[1].Logits[0])
+                    Assert.False(first.allclose(second, rtol: 1e-4, atol: 1e-4));
+            }
+            finally { foreach (var a in alone) a.Dispose(); }
+        }
+        finally { foreach (var p in prompts) p.Dispose(); }
+    }
+
+    [Fact]
+    public void Requests_admitted_together_run_to_their_ends_and_a_bad_one_does_not_hold_up_the_others()
+    {
+        using var model = VargptModel.Load(ShippedModel.Resolve());
+        using var batch = new ContinuousBatch(model);
+        var ct = TestContext.Current.CancellationToken;
+        using var cancelled = new CancellationTokenSource();
+        cancelled.Cancel();
+        var run = new VargptChatOptions { MaxNewTokens = 16, GenerateImages = false };
+        var admitted = batch.Admit([
+            (Job(0, run, withImage: true) with { IgnoreEos = true }, ct),
+            (Job(1, run with { MaxNewTokens = -1 }), ct),                    // refused: invalid options
+            (Job(2, run) with { IgnoreEos = true }, cancelled.Token),       // refused: cancelled
+            (Job(3, run with { MaxNewTokens = 5 }) with { IgnoreEos = true }, ct),
+        ]);
+        Assert.IsType<InvalidOptionException>(admitted[1].Error);
+        Assert.IsAssignableFrom<OperationCanceledException>(admitted[2].Error);
+        Assert.Null(admitted[1].Row);
+        Assert.Equal(2, batch.Running);
+        while (batch.Running > 0) batch.Step();
+        Assert.Equal(16, admitted[0].Row!.CompletionTokens);
+        Assert.Equal(5, admitted[3].Row!.CompletionTokens);
+        Assert.All([admitted[0].Row!, admitted[3].Row!], r => Assert.Equal(VargptChatFinish.MaxNewTokens, r.Finish));
+    }
+
     /// <summary>An engine whose rows never end on their own: only cancellation removes them.</summary>
     sealed class EndlessEngine : IChatBatchEngine
     {
@@ -93,12 +158,12 @@ public class ContinuousBatchTests
         public int Steps;
         public List<int> StepsAtRelease { get; } = [];
         public int Running => _rows.Count;
-        public ChatRow Admit(ChatJob job, CancellationToken cancellationToken)
+        public IReadOnlyList<ChatAdmission> Admit(IReadOnlyList<(ChatJob Job, CancellationToken Cancellation)> requests) => requests.Select(r =>
         {
-            var row = new ChatRow(job, 3, int.MaxValue, Tokenizer.Value.CreateStreamingDecoder(skipSpecialTokens: true), []);
+            var row = new ChatRow(r.Job, 3, int.MaxValue, Tokenizer.Value.CreateStreamingDecoder(skipSpecialTokens: true), []);
             _rows.Add(row);
-            return row;
-        }
+            return new ChatAdmission(row, null);
+        }).ToList();
         public void Step() { Steps++; Thread.Sleep(2); }
         public void Release(ChatRow row) { _rows.Remove(row); StepsAtRelease.Add(Steps); }
     }
