@@ -37,7 +37,7 @@ public sealed class ChatTicket
 public sealed class ChatScheduler : IDisposable
 {
     /// <summary>Requests admitted (prefilled together) between two decode steps.</summary>
-    public const int AdmitPerStep = 2;
+    public const int AdmitPerStep = 8;
 
     readonly IChatBatchEngine _engine;
     readonly int _maxBatch, _maxQueue;
