@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Threading.Channels;
+using VarGpt.Inference;
 using VarGpt.Server.Backend;
 
 namespace VarGpt.Server.Scheduling;
@@ -145,7 +146,7 @@ public sealed class ChatScheduler : IDisposable
         }
         if (tickets.Count == 0) return;
         IReadOnlyList<ChatAdmission> admitted;
-        try { admitted = _engine.Admit(tickets.Select(t => (t.Job, t.Cancellation)).ToList()); }
+        try { admitted = _engine.Admit(tickets.Select(t => (t.Job.Chat, t.Cancellation)).ToList()); }
         catch (Exception e) { admitted = tickets.Select(_ => new ChatAdmission(null, e)).ToList(); }
         for (int i = 0; i < tickets.Count; i++)
         {

@@ -1,11 +1,10 @@
 using VarGpt.Configuration;
-using VarGpt.Inference;
 using VarGpt.LanguageModel;
 using VarGpt.Model;
 using VarGpt.Torch;
 using static TorchSharp.torch;
 
-namespace VarGpt.Server.Backend;
+namespace VarGpt.Inference;
 
 /// <summary>
 /// The continuous-batching decode engine over a loaded model: one shared KV cache whose rows are left-aligned to a
@@ -48,7 +47,7 @@ public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
         public void Dispose() => Sampler?.Dispose();
     }
 
-    public IReadOnlyList<ChatAdmission> Admit(IReadOnlyList<(ChatJob Job, CancellationToken Cancellation)> requests)
+    public IReadOnlyList<ChatAdmission> Admit(IReadOnlyList<(ChatBatchRequest Request, CancellationToken Cancellation)> requests)
     {
         var results = new ChatAdmission[requests.Count];
         var admitted = new List<(int Index, ChatRow Row, PreparedPrompt Prompt)>();
@@ -58,7 +57,7 @@ public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
             {
                 try
                 {
-                    var (row, prompt) = Prepare(requests[i].Job, requests[i].Cancellation);
+                    var (row, prompt) = Prepare(requests[i].Request, requests[i].Cancellation);
                     admitted.Add((i, row, prompt));
                 }
                 catch (Exception e) { results[i] = new ChatAdmission(null, e); }
@@ -93,21 +92,21 @@ public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
     }
 
     /// <summary>Validates the options and prepares the conversation (template, images, vision tower); the row's state is set, its prompt not yet forwarded.</summary>
-    (ChatRow Row, PreparedPrompt Prompt) Prepare(ChatJob job, CancellationToken cancellationToken)
+    (ChatRow Row, PreparedPrompt Prompt) Prepare(ChatBatchRequest request, CancellationToken cancellationToken)
     {
         cancellationToken.ThrowIfCancellationRequested();
-        var generation = job.Options.Resolve(_owner.GenerationConfig);   // validates before any work
-        var (messages, images) = ChatMessages.SplitImages(job.Messages);
+        var generation = request.Options.Resolve(_owner.GenerationConfig);   // validates before any work
+        var (messages, images) = ChatMessages.SplitImages(request.Messages);
         var prompt = _owner.Prepare(messages, images);
         int room = _owner.Config.MaxPositionEmbeddings - prompt.Length;
         int maxNew = Math.Min(generation.MaxNewTokens ?? VargptChatOptions.DefaultMaxNewTokens, room);
         generation = generation with { MaxNewTokens = maxNew };
-        var row = new ChatRow(job, prompt.Length, maxNew, _owner.Tokenizer.CreateStreamingDecoder(skipSpecialTokens: true), job.Options.StopSequences)
+        var row = new ChatRow(request, prompt.Length, maxNew, _owner.Tokenizer.CreateStreamingDecoder(skipSpecialTokens: true), request.Options.StopSequences)
         {
             State = new RowState
             {
                 Generation = generation,
-                Sampler = job.Options.Seed is long seed && generation.DoSample ? new Generator((ulong)seed, _model.Device) : null,
+                Sampler = request.Options.Seed is long seed && generation.DoSample ? new Generator((ulong)seed, _model.Device) : null,
             },
         };
         return (row, prompt);
@@ -224,7 +223,7 @@ public sealed class ContinuousBatch : IChatBatchEngine, IDisposable
             var row = rows[b];
             var state = (RowState)row.State!;
             state.LastToken = chosen[b];
-            row.Add((int)chosen[b], row.Job.IgnoreEos ? [] : state.Generation.EosTokenIds, row.Job.IgnoreEos ? -1 : _owner.Config.ImageGen.StartId);
+            row.Add((int)chosen[b], row.Request.IgnoreEos ? [] : state.Generation.EosTokenIds, row.Request.IgnoreEos ? -1 : _owner.Config.ImageGen.StartId);
         }
     }
 
