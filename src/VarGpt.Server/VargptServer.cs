@@ -364,7 +364,7 @@ public sealed class VargptServer : IAsyncDisposable
     }
 
     /// <summary>The image a chat row started: drawn at batch size 1 through the image gate; previews go out as chunks when streaming.</summary>
-    async Task<object> DrawChatImageAsync(HttpContext context, ChatCall call, ChatRow row, string id, long created, CancellationToken ct)
+    async Task<object> DrawChatImageAsync(HttpContext context, ChatCall call, VarGpt.Inference.ChatRow row, string id, long created, CancellationToken ct)
     {
         using var slot = await _images.EnterAsync(ct).ConfigureAwait(false) ?? throw ApiException.QueueFull(_images.RetryAfterSeconds, "image");
         long seed = call.Job.Image?.Seed ?? call.Job.Options.Seed ?? VarGpt.Model.Seeds.Random();

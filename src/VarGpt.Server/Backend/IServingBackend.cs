@@ -58,7 +58,11 @@ public sealed record ServedModel(string Id, long Created, string Directory, int 
 /// <param name="DrawImages">when the model starts an image, draw it (else the reply ends there)</param>
 /// <param name="ImageSeed">seed of the image sampler when the model draws (null = a fresh one, reported)</param>
 /// <param name="IgnoreEos">decode to max_tokens whatever the model chooses (EOS and image start are ordinary tokens; vLLM's ignore_eos, for benchmarks)</param>
-public sealed record ChatJob(IReadOnlyList<ChatMessage> Messages, VargptChatOptions Options, bool DrawImages = true, ImageOptions? Image = null, bool IgnoreEos = false);
+public sealed record ChatJob(IReadOnlyList<ChatMessage> Messages, VargptChatOptions Options, bool DrawImages = true, ImageOptions? Image = null, bool IgnoreEos = false)
+{
+    /// <summary>What the batch engine decodes.</summary>
+    public ChatBatchRequest Chat => new(Messages, Options, IgnoreEos);
+}
 
 /// <summary>One image request: the prompt (or edit instruction), the source image of an edit, the library's image options (seed set).</summary>
 /// <param name="PreviewScales">0-based scale indices after which a preview is decoded (the last scale is the final image)</param>

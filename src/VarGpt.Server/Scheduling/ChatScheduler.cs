@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Threading.Channels;
+using VarGpt.Inference;
 using VarGpt.Server.Backend;
 
 namespace VarGpt.Server.Scheduling;
@@ -30,14 +31,14 @@ public sealed class ChatTicket
 
 /// <summary>
 /// The chat step loop (continuous batching): one thread owns the engine; between two decode steps it admits waiting
-/// requests (FIFO, at most <see cref="AdmitPerStep"/> prefills per step so running streams keep flowing during a burst),
+/// requests (FIFO, at most <see cref="AdmitPerStep"/> per step, prefilled as one batch, so running streams keep flowing during a burst),
 /// drops cancelled rows (a disconnect or timeout is honoured within one decode step), steps the whole running batch
 /// once, and hands every row its new text. A bounded queue in front: <see cref="TryEnqueue"/> says no when it is full.
 /// </summary>
 public sealed class ChatScheduler : IDisposable
 {
-    /// <summary>Prefills admitted between two decode steps.</summary>
-    public const int AdmitPerStep = 2;
+    /// <summary>Requests admitted (prefilled together) between two decode steps.</summary>
+    public const int AdmitPerStep = 8;
 
     readonly IChatBatchEngine _engine;
     readonly int _maxBatch, _maxQueue;
@@ -129,23 +130,31 @@ public sealed class ChatScheduler : IDisposable
         }
     }
 
+    /// <summary>Takes up to <see cref="AdmitPerStep"/> waiting requests (as many rows as are free) and prefills them as one batch.</summary>
     void Admit()
     {
-        for (int admitted = 0; admitted < AdmitPerStep; admitted++)
+        var tickets = new List<ChatTicket>();
+        lock (_gate)
         {
-            ChatTicket ticket;
-            lock (_gate)
+            while (tickets.Count < AdmitPerStep && _waiting.Count > 0 && _running.Count + tickets.Count < _maxBatch)
             {
-                if (_waiting.Count == 0 || _running.Count >= _maxBatch) return;
-                ticket = _waiting.Dequeue();
-                _metrics.QueueDepth.WithLabels("chat").Set(_waiting.Count);
+                var ticket = _waiting.Dequeue();
+                if (ticket.Cancellation.IsCancellationRequested) { Cancel(ticket); continue; }
+                tickets.Add(ticket);
             }
-            if (ticket.Cancellation.IsCancellationRequested) { Cancel(ticket); continue; }
-            ChatRow row;
-            try { row = _engine.Admit(ticket.Job, ticket.Cancellation); }
-            catch (Exception e)
+            _metrics.QueueDepth.WithLabels("chat").Set(_waiting.Count);
+        }
+        if (tickets.Count == 0) return;
+        IReadOnlyList<ChatAdmission> admitted;
+        try { admitted = _engine.Admit(tickets.Select(t => (t.Job.Chat, t.Cancellation)).ToList()); }
+        catch (Exception e) { admitted = tickets.Select(_ => new ChatAdmission(null, e)).ToList(); }
+        for (int i = 0; i < tickets.Count; i++)
+        {
+            var ticket = tickets[i];
+            if (admitted[i].Row is not { } row)
             {
-                ticket.Channel.Writer.TryWrite(new ChatEvent("", Error: e));
+                if (admitted[i].Error is OperationCanceledException && ticket.Cancellation.IsCancellationRequested) { Cancel(ticket); continue; }
+                ticket.Channel.Writer.TryWrite(new ChatEvent("", Error: admitted[i].Error));
                 ticket.Channel.Writer.TryComplete();
                 continue;
             }

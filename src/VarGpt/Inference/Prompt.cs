@@ -24,6 +24,31 @@ public sealed class PreparedPrompt : IDisposable
 
     public GenerationInputs ToGenerationInputs() => new(InputIds, AttentionMask, ImageEmbeds, ImageGridThw);
 
+    /// <summary>
+    /// Left-pads prompts into one batch (new tensors, in the caller's dispose scope; on the CPU but the image embeddings). The
+    /// padding positions hold each row's own first token (not the pad id): they are masked out of attention and
+    /// positions, and repeating a token the row already has leaves the repetition penalty's token set unchanged, so a
+    /// padded row sees exactly the logits processors of its single run.
+    /// </summary>
+    public static GenerationInputs LeftPadded(IReadOnlyList<PreparedPrompt> prompts)
+    {
+        using var scope = NewDisposeScope();
+        int L = prompts.Max(p => p.Length);
+        var ids = new List<Tensor>();
+        var masks = new List<Tensor>();
+        foreach (var p in prompts)
+        {
+            int pad = L - p.Length;
+            var row = p.InputIds;   // [1, L] int64 on the CPU
+            ids.Add(pad == 0 ? row : cat([row.narrow(1, 0, 1).expand(1, pad), row], 1));
+            masks.Add(cat([zeros(1, pad, ScalarType.Int64), ones(1, p.Length, ScalarType.Int64)], 1));
+        }
+        var withImages = prompts.Where(p => p.ImageEmbeds is not null).ToList();
+        return new GenerationInputs(cat(ids, 0).MoveToOuterDisposeScope(), cat(masks, 0).MoveToOuterDisposeScope(),
+            withImages.Count == 0 ? null : cat(withImages.Select(p => p.ImageEmbeds!).ToList(), 0).MoveToOuterDisposeScope(),
+            withImages.Count == 0 ? null : cat(withImages.Select(p => p.ImageGridThw!).ToList(), 0).MoveToOuterDisposeScope());
+    }
+
     public void Dispose()
     {
         InputIds.Dispose(); AttentionMask.Dispose(); ImageEmbeds?.Dispose(); ImageGridThw?.Dispose();

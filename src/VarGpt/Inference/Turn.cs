@@ -105,7 +105,7 @@ public sealed class Turn : IDisposable
             inputs = p.ToGenerationInputs() with { InputIds = ids, AttentionMask = Own(ones_like(ids)) };
             generation = generation with { MaxNewTokens = 1 };
         }
-        else inputs = prompts.Count == 1 ? prompts[0].ToGenerationInputs() : LeftPadded(prompts);
+        else inputs = prompts.Count == 1 ? prompts[0].ToGenerationInputs() : Own(PreparedPrompt.LeftPadded(prompts));
         _session = new TextGeneration(model.Module, inputs, generation, new GenerationOptions
         {
             Seed = options.Seed,
@@ -226,28 +226,12 @@ public sealed class Turn : IDisposable
         return g.MaxNewTokens is int n && n > room ? g with { MaxNewTokens = room } : g;
     }
 
-    /// <summary>
-    /// Left-pads the prompts into one batch. The padding positions hold each row's own first token (not the pad id):
-    /// they are masked out of attention and positions, and repeating a token the row already has leaves the
-    /// repetition penalty's token set unchanged, so a padded row sees exactly the logits processors of its single run.
-    /// </summary>
-    GenerationInputs LeftPadded(IReadOnlyList<PreparedPrompt> prompts)
+    GenerationInputs Own(GenerationInputs inputs)
     {
-        using var scope = NewDisposeScope();
-        int L = prompts.Max(p => p.Length);
-        var ids = new List<Tensor>();
-        var masks = new List<Tensor>();
-        foreach (var p in prompts)
-        {
-            int pad = L - p.Length;
-            var row = p.InputIds;   // [1, L] int64 on the CPU
-            ids.Add(pad == 0 ? row : cat([row.narrow(1, 0, 1).expand(1, pad), row], 1));
-            masks.Add(cat([zeros(1, pad, ScalarType.Int64), ones(1, p.Length, ScalarType.Int64)], 1));
-        }
-        var withImages = prompts.Where(p => p.ImageEmbeds is not null).ToList();
-        return new GenerationInputs(Own(cat(ids, 0).DetachFromDisposeScope()), Own(cat(masks, 0).DetachFromDisposeScope()),
-            withImages.Count == 0 ? null : Own(cat(withImages.Select(p => p.ImageEmbeds!).ToList(), 0).DetachFromDisposeScope()),
-            withImages.Count == 0 ? null : Own(cat(withImages.Select(p => p.ImageGridThw!).ToList(), 0).DetachFromDisposeScope()));
+        Own(inputs.InputIds); Own(inputs.AttentionMask!);
+        if (inputs.ImageEmbeds is { } e) Own(e);
+        if (inputs.ImageGridThw is { } g) Own(g);
+        return inputs;
     }
 
     Tensor Own(Tensor t)

@@ -25,6 +25,13 @@ public static class LogitsProcessors
         return (ReferenceEquals(s, scores) ? s.alias() : s).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// The settings <see cref="Apply"/> reads: rows whose settings are equal can go through <see cref="Apply"/> (and one
+    /// sampling op) together, row by row the same numbers as alone.
+    /// </summary>
+    public static (double RepetitionPenalty, bool DoSample, double Temperature, int TopK, double TopP) Settings(GenerationConfig g) =>
+        g.DoSample ? (g.RepetitionPenalty, true, g.Temperature, g.TopK, g.TopP) : (g.RepetitionPenalty, false, 1.0, 0, 1.0);
+
     /// <summary>RepetitionPenaltyLogitsProcessor: every token id present in inputIds gets score*p if negative, score/p otherwise.</summary>
     public static Tensor RepetitionPenalty(Tensor inputIds, Tensor scores, double penalty)
     {

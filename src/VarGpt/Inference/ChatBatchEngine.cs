@@ -1,21 +1,24 @@
-using VarGpt.Inference;
 using VarGpt.Text;
 
-namespace VarGpt.Server.Backend;
+namespace VarGpt.Inference;
+
+/// <summary>One chat for the batch engine: the conversation (image items carry their pixels), the options, and whether EOS and image starts are ignored (fixed-length decoding for benchmarks).</summary>
+public sealed record ChatBatchRequest(IReadOnlyList<ChatMessage> Messages, VargptChatOptions Options, bool IgnoreEos = false);
 
 /// <summary>
-/// Continuous batching of chat decodes (what vLLM and llama.cpp's slots do): rows join a running batch after their own
-/// prefill and leave it as soon as they end, and every <see cref="Step"/> is one forward pass for all running rows.
-/// Driven by one thread (<see cref="Scheduling.ChatScheduler"/>).
+/// Continuous batching of chat decodes (what vLLM and llama.cpp's slots do): rows join a running batch after their
+/// prefill (the rows admitted together share one) and leave it as soon as they end, and every <see cref="Step"/> is one forward pass for all running rows.
+/// Driven by one thread (the server's chat scheduler).
 /// </summary>
 public interface IChatBatchEngine
 {
     /// <summary>
-    /// Prepares the conversation (template, images, vision tower), prefills it alone and chooses its first token. The
-    /// row then runs in the batch until it ends; a row can end at once (first token EOS, max_new_tokens 1). Throws
-    /// <see cref="InvalidPromptException"/> / <see cref="ArgumentException"/> for inputs the model cannot take.
+    /// Prepares each conversation (template, images, vision tower), prefills them together as one left-padded batch and
+    /// chooses their first tokens; the rows then run in the batch until they end (a row can end at once: first token EOS,
+    /// max_new_tokens 1). A request that is cancelled or that the model cannot take (<see cref="InvalidPromptException"/>,
+    /// <see cref="ArgumentException"/>) gets its error and does not hold up the others.
     /// </summary>
-    ChatRow Admit(ChatJob job, CancellationToken cancellationToken);
+    IReadOnlyList<ChatAdmission> Admit(IReadOnlyList<(ChatBatchRequest Request, CancellationToken Cancellation)> requests);
 
     /// <summary>One decode step for every running row admitted and not released (one forward pass); rows that end leave the batch.</summary>
     void Step();
@@ -25,6 +28,20 @@ public interface IChatBatchEngine
 
     /// <summary>Rows in the running batch.</summary>
     int Running { get; }
+}
+
+/// <summary>What admission gave one request: its row, or the error that refused it.</summary>
+public readonly record struct ChatAdmission(ChatRow? Row, Exception? Error);
+
+public static class ChatBatchEngineExtensions
+{
+    /// <summary>Admits one request; throws what refused it.</summary>
+    public static ChatRow Admit(this IChatBatchEngine engine, ChatBatchRequest request, CancellationToken cancellationToken)
+    {
+        var admitted = engine.Admit([(request, cancellationToken)])[0];
+        if (admitted.Error is { } e) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(e);
+        return admitted.Row!;
+    }
 }
 
 /// <summary>
@@ -38,16 +55,16 @@ public sealed class ChatRow
     readonly List<int> _ids = [];
     readonly System.Text.StringBuilder _pending = new();
 
-    internal ChatRow(ChatJob job, int promptTokens, int maxNewTokens, StreamingDecoder decoder, IReadOnlyList<string> stops)
+    internal ChatRow(ChatBatchRequest request, int promptTokens, int maxNewTokens, StreamingDecoder decoder, IReadOnlyList<string> stops)
     {
-        Job = job;
+        Request = request;
         PromptTokens = promptTokens;
         MaxNewTokens = maxNewTokens;
         _decoder = decoder;
         _stops = new StopSequenceFilter(stops);
     }
 
-    public ChatJob Job { get; }
+    public ChatBatchRequest Request { get; }
     public int PromptTokens { get; }
     public int MaxNewTokens { get; }
     /// <summary>Generated ids (EOS included when emitted; &lt;|image_gen_start|&gt; included when the row started an image).</summary>
