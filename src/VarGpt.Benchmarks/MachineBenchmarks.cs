@@ -1,3 +1,5 @@
+using VarGpt.Configuration;
+using VarGpt.Torch;
 using static TorchSharp.torch;
 
 namespace VarGpt.Benchmarks;
@@ -43,6 +45,43 @@ public static class MachineBenchmarks
         return (2.0 * n * n * (double)n / t.Best, t);
     }
 
+    /// <summary>
+    /// GEMM throughput in FLOP/s of functional.linear on one of the model's own shapes (<see cref="GemmShape.Of"/>), timed
+    /// for at least <paramref name="minSeconds"/> and 10 runs (<see cref="BenchTimer.MeasureFor"/>); best run.
+    /// </summary>
+    public static (double FlopsPerSecond, TimingStats Timing) GemmFlops(GemmShape shape, ScalarType dtype, Device? device = null, double minSeconds = 1.0)
+    {
+        var dev = device ?? CPU;
+        using var g = new Generator(0, CPU);
+        using var a = randn([shape.Rows, shape.In], ScalarType.Float32, generator: g).to(dtype, dev);
+        using var w = randn([shape.Out, shape.In], ScalarType.Float32, generator: g).to(dtype, dev);
+        var t = BenchTimer.MeasureFor(() => { using var y = nn.functional.linear(a, w); }, minSeconds, device: device);
+        return (shape.Flop / t.Best, t);
+    }
+
+    /// <summary>
+    /// The bounds a model benchmark's figures are read against, measured in the same run and added to
+    /// <paramref name="record"/>: read bandwidth (decode) and GEMM throughput on the model's MLP shape in float32, bfloat16
+    /// and the model's own dtype (prefill, image scales, the FLOP bound). Returns bytes/s and FLOP/s by dtype.
+    /// </summary>
+    public static (double Bandwidth, IReadOnlyDictionary<ScalarType, double> Gemm) AddBounds(BenchRecord record, VargptConfig config,
+        ScalarType modelDType, Device device, long bandwidthBytes = 256L << 20, TextWriter? log = null, double gemmSeconds = 1.0)
+    {
+        log?.WriteLine($"measuring memory read bandwidth and {get_num_threads()}-thread GEMM throughput...");
+        var (bw, bwt) = MemoryReadBandwidth(bandwidthBytes, 10, device);
+        record.Add("memory_read_bandwidth", bw / 1e9, "GB/s", $"sum() of {bandwidthBytes >> 20} MiB fp32, best of {bwt.Count}, median {bwt.Median * 1e3:F1} ms");
+        var shape = GemmShape.Of(config);
+        var gemm = new Dictionary<ScalarType, double>();
+        foreach (var dt in new[] { ScalarType.Float32, ScalarType.BFloat16, modelDType }.Distinct())
+        {
+            var (f, t) = GemmFlops(shape, dt, device, gemmSeconds);
+            gemm[dt] = f;
+            record.Add($"gemm_{TorchRuntime.DTypeName(dt)}", f / 1e9, "GFLOP/s",
+                $"linear {shape} (the LM MLP up-projection), best of {t.Count}, median {shape.Flop / t.Median / 1e9:F0} GFLOP/s");
+        }
+        return (bw, gemm);
+    }
+
     /// <summary>All machine figures as one record (metrics: memory_read_bandwidth, matmul_fp32, matmul_bf16, peak_rss).</summary>
     public static BenchRecord Run(MachineBenchOptions? options = null)
     {
@@ -64,4 +103,17 @@ public static class MachineBenchmarks
         rec.Add("peak_rss", mem.PeakBytes / 1e6, "MB", mem.PeakIsPhaseOnly ? "VmHWM during the benchmark" : "process VmHWM (no per-phase reset on this system)");
         return rec;
     }
+}
+
+/// <summary>One GEMM shape: [Rows, In] × [Out, In]ᵀ (functional.linear).</summary>
+public sealed record GemmShape(long Rows, long In, long Out)
+{
+    public double Flop => 2.0 * Rows * In * Out;
+    public override string ToString() => $"[{Rows}x{In}] x [{Out}x{In}]^T";
+
+    /// <summary>
+    /// The language model's MLP up-projection over 1024 rows (the final scale of a 512×512 image; a long prefill): the
+    /// largest GEMM of every image scale and of prefill, so the throughput that bounds them.
+    /// </summary>
+    public static GemmShape Of(VargptConfig config) => new(1024, config.HiddenSize, config.IntermediateSize);
 }

@@ -110,8 +110,8 @@ public static class VargptChatBenchmark
             log?.WriteLine($"run {i + 1}/{o.Repeats}: ttft {r.TimeToFirstToken * 1e3:F0} ms, decode {r.DecodeSteps / r.Decode:F2} tok/s");
             runs.Add(r);
         }
-        log?.WriteLine("memory read bandwidth");
-        var (bandwidth, bwTiming) = MachineBenchmarks.MemoryReadBandwidth(o.BandwidthBytes, 5, m.Device);
+        var bounds = new BenchRecord("bounds");
+        var (bandwidth, _) = MachineBenchmarks.AddBounds(bounds, p.Config, m.DType, m.Device, o.BandwidthBytes, log);
         var median = runs.OrderBy(r => r.Decode / r.DecodeSteps).ElementAt(runs.Count / 2);
         double perToken = median.Decode / median.DecodeSteps;
         long weightBytes = DecodeWeightBytes(m);
@@ -126,9 +126,9 @@ public static class VargptChatBenchmark
             .Add("decode", 1 / perToken, "tokens/s", $"{median.DecodeSteps} steps, {perToken * 1e3:F1} ms/token (median run), greedy, batch 1")
             .Add("decode_cpu_time", median.DecodeCpu / median.DecodeSteps * 1e3, "ms/token", "process CPU time, all threads (wall ≫ CPU / threads: other processes had the cores)")
             .Add("decode_weight_bytes", weightBytes / 1e6, "MB", "LM weights read per decode step (layers + norm + lm_head + one embedding row)")
-            .Add("memory_read_bandwidth", bandwidth / 1e9, "GB/s", $"sum() of {o.BandwidthBytes >> 20} MiB fp32, best of {bwTiming.Count}")
             .Add("bandwidth_bound_decode", 1 / boundPerToken, "tokens/s", $"{boundPerToken * 1e3:F1} ms/token = weight bytes / bandwidth")
             .Add("decode_fraction_of_bound", boundPerToken / perToken * 100, "%", "bound time per token / measured time per token");
+        foreach (var b in bounds.Metrics) record.Add(b.Name, b.Value, b.Unit, b.Note);
         return record;
     }
 }

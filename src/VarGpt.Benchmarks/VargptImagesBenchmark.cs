@@ -3,6 +3,7 @@ using VarGpt.Inference;
 using VarGpt.Model;
 using static TorchSharp.torch;
 using VarGpt.Configuration;
+using VarGpt.Torch;
 
 namespace VarGpt.Benchmarks;
 
@@ -16,8 +17,6 @@ public sealed record GenerationBenchOptions
     public string Prompt { get; init; } = "Please design a drawing of a butterfly on a flower.";
     /// <summary>Sampling settings; the image start is forced (random weights never emit it) and the seed fixed.</summary>
     public ImageOptions Image { get; init; } = new() { ForceImageStart = true, Seed = 0 };
-    /// <summary>n of the [n,n]×[n,n]ᵀ matmul measured for the FLOP bound, in the model's compute dtype.</summary>
-    public int MatmulN { get; init; } = 1024;
 }
 
 /// <summary>
@@ -41,8 +40,10 @@ public static class VargptImagesBenchmark
         long tokens = schedule.SequenceLength;
         double flop = 2.0 * active * tokens * branches;
 
-        log?.WriteLine($"measuring {TorchSharp.torch.get_num_threads()}-thread matmul throughput ({model.DType}, n={options.MatmulN})...");
-        var (flops, _) = MachineBenchmarks.MatmulFlops(options.MatmulN, model.DType, repeats: 3, model.Device);
+        // the bounds first, on quiet cores (recorded after the timings, with the run's other figures)
+        var bounds = new BenchRecord("bounds");
+        var (_, gemm) = MachineBenchmarks.AddBounds(bounds, images.Config, model.DType, model.Device, log: log);
+        double flops = gemm[model.DType];
 
         for (int i = 0; i < options.Warmup; i++)
         {
@@ -93,9 +94,9 @@ public static class VargptImagesBenchmark
             for (int s = 0; s < perScale.Length; s++)
                 r.Add($"scale_{s}_{schedule.Scales[s].H}x{schedule.Scales[s].W}", perScale[s] / options.Images, "s");
             r.Add("peak_rss", mem.PeakBytes, "bytes", mem.PeakIsPhaseOnly ? "during the timed images" : "process peak (VmHWM reset unavailable)");
-            r.Add("matmul_throughput", flops / 1e9, "GFLOP/s", $"linear [{options.MatmulN}]^2 in {model.DType}");
+            foreach (var b in bounds.Metrics) r.Add(b.Name, b.Value, b.Unit, b.Note);
             r.Add("flop_per_image", flop / 1e12, "TFLOP", $"2 x {active:N0} active params x {tokens} tokens x {branches} branches");
-            r.Add("flop_bound", bound, "s");
+            r.Add("flop_bound", bound, "s", $"flop_per_image / gemm_{TorchRuntime.DTypeName(model.DType)}");
             r.Add("multiple_of_flop_bound", perImage / bound, "x", "seconds_per_image / flop_bound");
             return r;
         }

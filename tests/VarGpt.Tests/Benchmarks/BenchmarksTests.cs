@@ -34,6 +34,32 @@ public class BenchmarksTests
     }
 
     [Fact]
+    public void Measure_for_runs_the_minimum_repeats_and_until_the_minimum_time_within_the_cap()
+    {
+        int calls = 0;
+        var t = BenchTimer.MeasureFor(() => { calls++; Thread.Sleep(2); }, minSeconds: 0.05, minRepeats: 3, maxRepeats: 100);
+        Assert.True(t.Count >= 3 && t.Seconds.Sum() >= 0.05, $"{t.Count} runs, {t.Seconds.Sum()} s");
+        Assert.Equal(t.Count + 1, calls);   // and one warm-up
+        Assert.Equal(5, BenchTimer.MeasureFor(() => Thread.Sleep(1), minSeconds: 100, minRepeats: 2, maxRepeats: 5).Count);
+        Assert.Equal(4, BenchTimer.MeasureFor(() => { }, minSeconds: 0, minRepeats: 4).Count);
+    }
+
+    [Fact]
+    public void Model_bounds_give_bandwidth_and_gemm_on_the_models_mlp_shape_in_float32_bfloat16_and_its_own_dtype()
+    {
+        TorchTestSetup.Init();
+        var cfg = TestModels.TinyVargpt.Config();
+        var rec = new BenchRecord("unit");
+        var (bw, gemm) = MachineBenchmarks.AddBounds(rec, cfg, ScalarType.Float16, CPU, 16L << 20, gemmSeconds: 0.02);
+        Assert.Equal(["memory_read_bandwidth", "gemm_float32", "gemm_bfloat16", "gemm_float16"], rec.Metrics.Select(m => m.Name));
+        Assert.True(bw > 1e8, $"bandwidth {bw} B/s");
+        Assert.Equal([ScalarType.Float32, ScalarType.BFloat16, ScalarType.Float16], gemm.Keys);
+        Assert.All(gemm.Values, f => Assert.True(f > 1e6, $"{f} FLOP/s"));
+        Assert.Contains($"linear [1024x{cfg.HiddenSize}] x [{cfg.IntermediateSize}x{cfg.HiddenSize}]^T", rec.Metrics[1].Note);
+        Assert.Equal(2.0 * 1024 * cfg.HiddenSize * cfg.IntermediateSize, GemmShape.Of(cfg).Flop);
+    }
+
+    [Fact]
     public void Machine_figures_are_positive_and_the_record_round_trips_as_json()
     {
         TorchTestSetup.Init();
