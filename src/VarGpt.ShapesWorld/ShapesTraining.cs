@@ -28,10 +28,8 @@ public sealed record ShapesTrainingOptions
     /// <summary>Samples of the understanding stage (three quarters questions, one quarter descriptions).</summary>
     public int UnderstandingSamples { get; init; } = 24000;
     public int EvalSamples { get; init; } = 400;
-    /// <summary>VAE steps (of <see cref="VaeTrainingOptions.BatchSize"/> renders). The 64² VAE is sample-limited: its gate
-    /// figure rose 14 → 21 → 31 → 35% at 300/600/900/1200 steps of 8, to 59.5% at 1800 and 77% at 2400, and one cosine run
-    /// of 3600 steps reached 91% (bf16) in 3,306 CPU-seconds on one thread (docs/shapesworld-notes.md, "Issue 16").</summary>
-    public int VaeSteps { get; init; } = 3600;
+    /// <summary>VAE steps (of <see cref="VaeTrainingOptions.BatchSize"/> renders); why this many: <see cref="VaeTrainingOptions.RecipeSteps"/>.</summary>
+    public int VaeSteps { get; init; } = VaeTrainingOptions.RecipeSteps;
     public int VaeEvalImages { get; init; } = 200;
     public int LoggingSteps { get; init; } = 10;
     public int VisionSteps { get; init; } = 300;
