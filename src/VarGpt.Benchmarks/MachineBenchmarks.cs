@@ -35,51 +35,50 @@ public static class MachineBenchmarks
     /// Matmul throughput in FLOP/s for [n, n] x [n, n]^T in <paramref name="dtype"/> through functional.linear (the path
     /// the model layers take; fp16/bf16 matmul through torch.matmul can be pathological on the CPU), best of repeats.
     /// </summary>
-    public static (double FlopsPerSecond, TimingStats Timing) MatmulFlops(int n, ScalarType dtype, int repeats, Device? device = null)
-    {
-        var dev = device ?? CPU;
-        using var g = new Generator(0, CPU);
-        using var a = randn([n, n], ScalarType.Float32, generator: g).to(dtype, dev);
-        using var w = randn([n, n], ScalarType.Float32, generator: g).to(dtype, dev);
-        var t = BenchTimer.Measure(() => { using var y = nn.functional.linear(a, w); }, repeats, warmup: 1, device);
-        return (2.0 * n * n * (double)n / t.Best, t);
-    }
+    public static (double FlopsPerSecond, TimingStats Timing) MatmulFlops(int n, ScalarType dtype, int repeats, Device? device = null) =>
+        Gemm(new GemmShape(n, n, n), dtype, device, work => BenchTimer.Measure(work, repeats, warmup: 1, device));
 
     /// <summary>
     /// GEMM throughput in FLOP/s of functional.linear on one of the model's own shapes (<see cref="GemmShape.Of"/>), timed
     /// for at least <paramref name="minSeconds"/> and 10 runs (<see cref="BenchTimer.MeasureFor"/>); best run.
     /// </summary>
-    public static (double FlopsPerSecond, TimingStats Timing) GemmFlops(GemmShape shape, ScalarType dtype, Device? device = null, double minSeconds = 1.0)
+    public static (double FlopsPerSecond, TimingStats Timing) GemmFlops(GemmShape shape, ScalarType dtype, Device? device = null, double minSeconds = 1.0) =>
+        Gemm(shape, dtype, device, work => BenchTimer.MeasureFor(work, minSeconds, device: device));
+
+    static (double FlopsPerSecond, TimingStats Timing) Gemm(GemmShape shape, ScalarType dtype, Device? device, Func<Action, TimingStats> time)
     {
         var dev = device ?? CPU;
         using var g = new Generator(0, CPU);
         using var a = randn([shape.Rows, shape.In], ScalarType.Float32, generator: g).to(dtype, dev);
         using var w = randn([shape.Out, shape.In], ScalarType.Float32, generator: g).to(dtype, dev);
-        var t = BenchTimer.MeasureFor(() => { using var y = nn.functional.linear(a, w); }, minSeconds, device: device);
+        var t = time(() => { using var y = nn.functional.linear(a, w); });
         return (shape.Flop / t.Best, t);
     }
 
+    static BenchMetric BandwidthMetric(double bytesPerSecond, TimingStats t, long bytes) =>
+        new("memory_read_bandwidth", bytesPerSecond / 1e9, "GB/s", $"sum() of {bytes >> 20} MiB fp32, best of {t.Count}, median {t.Median * 1e3:F1} ms");
+
     /// <summary>
-    /// The bounds a model benchmark's figures are read against, measured in the same run and added to
-    /// <paramref name="record"/>: read bandwidth (decode) and GEMM throughput on the model's MLP shape in float32, bfloat16
-    /// and the model's own dtype (prefill, image scales, the FLOP bound). Returns bytes/s and FLOP/s by dtype.
+    /// The bounds a model benchmark's figures are read against, measured in the same run: read bandwidth (decode) and
+    /// GEMM throughput on the model's MLP shape in float32, bfloat16 and the model's own dtype (prefill, image scales,
+    /// the FLOP bound), with their metrics for the benchmark's record.
     /// </summary>
-    public static (double Bandwidth, IReadOnlyDictionary<ScalarType, double> Gemm) AddBounds(BenchRecord record, VargptConfig config,
-        ScalarType modelDType, Device device, long bandwidthBytes = 256L << 20, TextWriter? log = null, double gemmSeconds = 1.0)
+    public static ModelBounds MeasureBounds(VargptConfig config, ScalarType modelDType, Device device, long bandwidthBytes = 256L << 20,
+        TextWriter? log = null, double gemmSeconds = 1.0)
     {
         log?.WriteLine($"measuring memory read bandwidth and {get_num_threads()}-thread GEMM throughput...");
         var (bw, bwt) = MemoryReadBandwidth(bandwidthBytes, 10, device);
-        record.Add("memory_read_bandwidth", bw / 1e9, "GB/s", $"sum() of {bandwidthBytes >> 20} MiB fp32, best of {bwt.Count}, median {bwt.Median * 1e3:F1} ms");
+        var metrics = new List<BenchMetric> { BandwidthMetric(bw, bwt, bandwidthBytes) };
         var shape = GemmShape.Of(config);
         var gemm = new Dictionary<ScalarType, double>();
         foreach (var dt in new[] { ScalarType.Float32, ScalarType.BFloat16, modelDType }.Distinct())
         {
             var (f, t) = GemmFlops(shape, dt, device, gemmSeconds);
             gemm[dt] = f;
-            record.Add($"gemm_{TorchRuntime.DTypeName(dt)}", f / 1e9, "GFLOP/s",
-                $"linear {shape} (the LM MLP up-projection), best of {t.Count}, median {shape.Flop / t.Median / 1e9:F0} GFLOP/s");
+            metrics.Add(new($"gemm_{TorchRuntime.DTypeName(dt)}", f / 1e9, "GFLOP/s",
+                $"linear {shape} (the LM MLP up-projection), best of {t.Count}, median {shape.Flop / t.Median / 1e9:F0} GFLOP/s"));
         }
-        return (bw, gemm);
+        return new ModelBounds(bw, gemm, metrics);
     }
 
     /// <summary>All machine figures as one record (metrics: memory_read_bandwidth, matmul_fp32, matmul_bf16, peak_rss).</summary>
@@ -94,7 +93,7 @@ public static class MachineBenchmarks
             .Set("repeats", options.Repeats);
         using var mem = MemoryPhase.Start();
         var (bw, bwt) = MemoryReadBandwidth(options.BandwidthBytes, options.Repeats, dev);
-        rec.Add("memory_read_bandwidth", bw / 1e9, "GB/s", $"sum() of {options.BandwidthBytes >> 20} MiB fp32, best of {bwt.Count}, median {bwt.Median * 1e3:F1} ms");
+        rec.Metrics.Add(BandwidthMetric(bw, bwt, options.BandwidthBytes));
         foreach (var (name, dt) in new[] { ("matmul_fp32", ScalarType.Float32), ("matmul_bf16", ScalarType.BFloat16) })
         {
             var (f, ft) = MatmulFlops(options.MatmulN, dt, options.Repeats, dev);
@@ -104,6 +103,9 @@ public static class MachineBenchmarks
         return rec;
     }
 }
+
+/// <summary>Read bandwidth (bytes/s), GEMM throughput (FLOP/s) by dtype, and the metrics that report them.</summary>
+public sealed record ModelBounds(double Bandwidth, IReadOnlyDictionary<ScalarType, double> Gemm, IReadOnlyList<BenchMetric> Metrics);
 
 /// <summary>One GEMM shape: [Rows, In] × [Out, In]ᵀ (functional.linear).</summary>
 public sealed record GemmShape(long Rows, long In, long Out)

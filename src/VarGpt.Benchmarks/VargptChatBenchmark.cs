@@ -110,12 +110,11 @@ public static class VargptChatBenchmark
             log?.WriteLine($"run {i + 1}/{o.Repeats}: ttft {r.TimeToFirstToken * 1e3:F0} ms, decode {r.DecodeSteps / r.Decode:F2} tok/s");
             runs.Add(r);
         }
-        var bounds = new BenchRecord("bounds");
-        var (bandwidth, _) = MachineBenchmarks.AddBounds(bounds, p.Config, m.DType, m.Device, o.BandwidthBytes, log);
+        var bounds = MachineBenchmarks.MeasureBounds(p.Config, m.DType, m.Device, o.BandwidthBytes, log);
         var median = runs.OrderBy(r => r.Decode / r.DecodeSteps).ElementAt(runs.Count / 2);
         double perToken = median.Decode / median.DecodeSteps;
         long weightBytes = DecodeWeightBytes(m);
-        double boundPerToken = weightBytes / bandwidth;
+        double boundPerToken = weightBytes / bounds.Bandwidth;
         record.Set("dtype", TorchRuntime.DTypeName(m.DType)).Set("device", m.Device.ToString())
             .Set("prompt_tokens", median.PromptTokens).Set("new_tokens", o.NewTokens).Set("repeats", o.Repeats)
             .Set("omp_wait_policy", Environment.GetEnvironmentVariable("OMP_WAIT_POLICY") ?? "unset");
@@ -128,7 +127,7 @@ public static class VargptChatBenchmark
             .Add("decode_weight_bytes", weightBytes / 1e6, "MB", "LM weights read per decode step (layers + norm + lm_head + one embedding row)")
             .Add("bandwidth_bound_decode", 1 / boundPerToken, "tokens/s", $"{boundPerToken * 1e3:F1} ms/token = weight bytes / bandwidth")
             .Add("decode_fraction_of_bound", boundPerToken / perToken * 100, "%", "bound time per token / measured time per token");
-        foreach (var b in bounds.Metrics) record.Add(b.Name, b.Value, b.Unit, b.Note);
+        record.Metrics.AddRange(bounds.Metrics);
         return record;
     }
 }

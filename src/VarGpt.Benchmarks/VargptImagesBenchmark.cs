@@ -41,9 +41,8 @@ public static class VargptImagesBenchmark
         double flop = 2.0 * active * tokens * branches;
 
         // the bounds first, on quiet cores (recorded after the timings, with the run's other figures)
-        var bounds = new BenchRecord("bounds");
-        var (_, gemm) = MachineBenchmarks.AddBounds(bounds, images.Config, model.DType, model.Device, log: log);
-        double flops = gemm[model.DType];
+        var bounds = MachineBenchmarks.MeasureBounds(images.Config, model.DType, model.Device, log: log);
+        double flops = bounds.Gemm[model.DType];
 
         for (int i = 0; i < options.Warmup; i++)
         {
@@ -94,7 +93,7 @@ public static class VargptImagesBenchmark
             for (int s = 0; s < perScale.Length; s++)
                 r.Add($"scale_{s}_{schedule.Scales[s].H}x{schedule.Scales[s].W}", perScale[s] / options.Images, "s");
             r.Add("peak_rss", mem.PeakBytes, "bytes", mem.PeakIsPhaseOnly ? "during the timed images" : "process peak (VmHWM reset unavailable)");
-            foreach (var b in bounds.Metrics) r.Add(b.Name, b.Value, b.Unit, b.Note);
+            r.Metrics.AddRange(bounds.Metrics);
             r.Add("flop_per_image", flop / 1e12, "TFLOP", $"2 x {active:N0} active params x {tokens} tokens x {branches} branches");
             r.Add("flop_bound", bound, "s", $"flop_per_image / gemm_{TorchRuntime.DTypeName(model.DType)}");
             r.Add("multiple_of_flop_bound", perImage / bound, "x", "seconds_per_image / flop_bound");

@@ -49,13 +49,12 @@ public class BenchmarksTests
     {
         TorchTestSetup.Init();
         var cfg = TestModels.TinyVargpt.Config();
-        var rec = new BenchRecord("unit");
-        var (bw, gemm) = MachineBenchmarks.AddBounds(rec, cfg, ScalarType.Float16, CPU, 16L << 20, gemmSeconds: 0.02);
-        Assert.Equal(["memory_read_bandwidth", "gemm_float32", "gemm_bfloat16", "gemm_float16"], rec.Metrics.Select(m => m.Name));
-        Assert.True(bw > 1e8, $"bandwidth {bw} B/s");
-        Assert.Equal([ScalarType.Float32, ScalarType.BFloat16, ScalarType.Float16], gemm.Keys);
-        Assert.All(gemm.Values, f => Assert.True(f > 1e6, $"{f} FLOP/s"));
-        Assert.Contains($"linear [1024x{cfg.HiddenSize}] x [{cfg.IntermediateSize}x{cfg.HiddenSize}]^T", rec.Metrics[1].Note);
+        var bounds = MachineBenchmarks.MeasureBounds(cfg, ScalarType.Float16, CPU, 16L << 20, gemmSeconds: 0.02);
+        Assert.Equal(["memory_read_bandwidth", "gemm_float32", "gemm_bfloat16", "gemm_float16"], bounds.Metrics.Select(m => m.Name));
+        Assert.True(bounds.Bandwidth > 1e8, $"bandwidth {bounds.Bandwidth} B/s");
+        Assert.Equal([ScalarType.Float32, ScalarType.BFloat16, ScalarType.Float16], bounds.Gemm.Keys);
+        Assert.All(bounds.Gemm.Values, f => Assert.True(f > 1e6, $"{f} FLOP/s"));
+        Assert.Contains($"linear [1024x{cfg.HiddenSize}] x [{cfg.IntermediateSize}x{cfg.HiddenSize}]^T", bounds.Metrics[1].Note);
         Assert.Equal(2.0 * 1024 * cfg.HiddenSize * cfg.IntermediateSize, GemmShape.Of(cfg).Flop);
     }
 
