@@ -28,14 +28,17 @@ public sealed class FaultFolder : IDisposable
 
     static bool Mount(string options, string dir) => Exec("mount", "-t", "tmpfs", "-o", options, "tmpfs", dir) == 0;
 
-    static int Exec(string file, params string[] args)
+    static int Exec(string file, params string[] args) => Exec(10_000, file, args);
+
+    /// <summary>Runs a program to its end within <paramref name="timeoutMs"/>: its exit code, or -1 when it could not start or did not end.</summary>
+    public static int Exec(int timeoutMs, string file, params string[] args)
     {
         try
         {
             var psi = new ProcessStartInfo(file) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
             foreach (var a in args) psi.ArgumentList.Add(a);
             using var p = Process.Start(psi)!;
-            p.WaitForExit(10_000);
+            p.WaitForExit(timeoutMs);
             return p.HasExited ? p.ExitCode : -1;
         }
         catch (System.ComponentModel.Win32Exception) { return -1; }

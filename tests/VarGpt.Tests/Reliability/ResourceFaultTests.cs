@@ -152,9 +152,9 @@ public class ResourceFaultTests
     }
 
     [Theory]
-    [InlineData("sh", "-c \": > {0}\"")]   // a blocking open with O_TRUNC (truncate(1) opens O_NONBLOCK and is refused while we copy)
-    [InlineData("cp", "--no-preserve=all {1} {0}")]   // cp onto an existing file opens it O_TRUNC and rewrites it in place
-    public void A_mapped_model_file_truncated_or_rewritten_in_place_does_not_kill_the_process(string program, string arguments)
+    [InlineData("sh", "-c", ": > '{0}'")]   // a blocking open with O_TRUNC (truncate(1) opens O_NONBLOCK and is refused while we copy)
+    [InlineData("cp", "--no-preserve=all", "{1}", "{0}")]   // cp onto an existing file opens it O_TRUNC and rewrites it in place
+    public void A_mapped_model_file_truncated_or_rewritten_in_place_does_not_kill_the_process(string program, params string[] arguments)
     {
         // the writer is held by the kernel (read lease) until the mappings are private copies, so the process survives
         // and the weights keep their loaded values — also pages never touched before the write
@@ -169,9 +169,7 @@ public class ResourceFaultTests
         using var mapped = st.MapView("w") ?? throw new InvalidOperationException("not mapped: " + st.MapRefused);
         Assert.Equal(original[0, 0].item<float>(), mapped[0, 0].item<float>());   // one page touched, the rest not
 
-        using var writer = System.Diagnostics.Process.Start(program, string.Format(arguments, path, other));
-        Assert.True(writer.WaitForExit(30_000), $"{program} did not finish");
-        Assert.Equal(0, writer.ExitCode);
+        Assert.Equal(0, FaultFolder.Exec(30_000, program, [.. arguments.Select(a => string.Format(a, path, other))]));
         Assert.NotEqual(new FileInfo(path).Length, st.FileLength);   // the file did change under the mapping
 
         Assert.True(mapped.equal(original).all().item<bool>(), "the mapped weights changed");
