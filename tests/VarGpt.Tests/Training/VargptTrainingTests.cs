@@ -52,16 +52,21 @@ public class VargptTrainingTests(ITestOutputHelper output)
         Assert.True(losses[^1] < floor + 0.05 && losses[^1] < 0.01 * losses[0], $"final loss {losses[^1]} (from {losses[0]}, floor {floor})");
     }
 
+    /// <summary>The mixed 4-sample SFT set (images written to <paramref name="dir"/>) collated as one batch.</summary>
+    static VargptBatch MixedSftBatch(string dir, VarGpt.Configuration.VargptConfig cfg)
+    {
+        var collator = TinyVargpt.Collator(cfg);
+        return collator.Collate(collator.EncodeAll(TinyVargpt.MixedRecords(dir), TrainingStage.Sft).Items, 0, 0);
+    }
+
     [Fact]
     public void Gen_text_loss_labels_supervises_only_the_answers_in_a_batch_with_generation_targets()
     {
         TorchTestSetup.Init();
         using var tmp = TestPaths.Temp();
         var cfg = TinyVargpt.Config();
-        var collator = TinyVargpt.Collator(cfg);
-        var ds = collator.EncodeAll(TinyVargpt.MixedRecords(tmp.Path), TrainingStage.Sft);
         using var model = TinyVargpt.Model(cfg, 1);
-        using var b = collator.Collate(ds.Items, 0, 0);
+        using var b = MixedSftBatch(tmp.Path, cfg);
         using var _ = no_grad();
         using var output = VargptTraining.Forward(model, b.Inputs, new VargptTrainingOptions { NoiseApplyStrength = 0 });
         int pad = cfg.ImageGen.PadId;
@@ -84,9 +89,7 @@ public class VargptTrainingTests(ITestOutputHelper output)
         TorchTestSetup.Init();
         using var tmp = TestPaths.Temp();
         var cfg = TinyVargpt.Config();
-        var collator = TinyVargpt.Collator(cfg);
-        var ds = collator.EncodeAll(TinyVargpt.MixedRecords(tmp.Path), TrainingStage.Sft);
-        using var b = collator.Collate(ds.Items, 0, 0);
+        using var b = MixedSftBatch(tmp.Path, cfg);
         long B = b.InputIds.shape[0], T = b.InputIds.shape[1];
         var ids = b.InputIds.data<long>().ToArray();
         var firstPad = Enumerable.Range(0, (int)B).Select(r => Array.IndexOf(ids, (long)cfg.ImageGen.PadId, r * (int)T, (int)T) is var i and >= 0 ? i - r * (int)T : -1).ToArray();
