@@ -14,13 +14,32 @@ public class BenchmarksTests
         if (!File.Exists("/proc/self/status")) Assert.Skip("needs Linux /proc/self/status (VmHWM)");
         using var m = MemoryPhase.Start();
         Assert.True(m.PeakIsPhaseOnly, "writing /proc/self/clear_refs should reset VmHWM on Linux");
-        using (var t = ones(64L << 20, ScalarType.Float32)) // 256 MiB, touched
-            Assert.Equal(64L << 20, t.sum().item<float>());
+        // 256 MiB of fresh pages, touched: mapped directly, because a malloc'd block may reuse pages the process already
+        // holds (MallocTuning, which other tests apply to this process, keeps freed memory in the heap)
+        Assert.Equal((256L << 20) / 4096, TouchFreshPages(256L << 20));
         // freed again: RSS may drop, the phase peak must still show the 256 MiB
         Assert.True(m.PeakIncreaseBytes > 200L << 20, $"peak increase {m.PeakIncreaseBytes} bytes");
         Assert.True(m.PeakBytes >= m.EndBytes);
         Assert.True(ProcessMemory.CurrentRssBytes() > 0);
     }
+
+    /// <summary>Maps <paramref name="bytes"/> of anonymous memory, writes one byte in every 4 KiB page, unmaps it; returns the pages written.</summary>
+    static long TouchFreshPages(long bytes)
+    {
+        const int ProtReadWrite = 3, MapPrivateAnonymous = 0x22;
+        nint p = Mmap(0, (nuint)bytes, ProtReadWrite, MapPrivateAnonymous, -1, 0);
+        Assert.True(p != -1, "mmap failed");
+        try
+        {
+            long pages = 0;
+            for (long off = 0; off < bytes; off += 4096, pages++) System.Runtime.InteropServices.Marshal.WriteByte(p + (nint)off, 1);
+            return pages;
+        }
+        finally { Munmap(p, (nuint)bytes); }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "mmap")] static extern nint Mmap(nint addr, nuint length, int prot, int flags, int fd, long offset);
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "munmap")] static extern int Munmap(nint addr, nuint length);
 
     [Fact]
     public void Timer_runs_warmups_and_repeats()
