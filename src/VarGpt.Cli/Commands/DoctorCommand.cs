@@ -13,7 +13,7 @@ public static class DoctorCommand
 {
     public static Command Create()
     {
-        var json = new Option<bool>("--json") { Description = "Print one JSON object: cpu (vendor, brand, family, model, flags, caches), versions, threads, switches, checks [{name, pass, default_pass, taken, attempts [{route, pass, error, tolerance, problem, implementations}]}], totals." };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object: cpu (vendor, brand, family, model, flags, caches), versions, auto_dtype, threads, switches, checks [{name, pass, default_pass, taken, attempts [{route, pass, error, tolerance, problem, implementations}]}], totals." };
         var threads = BenchCommand.ThreadsOption();
         var allRoutes = new Option<bool>("--all-routes") { Description = "Check every convolution route (default, channels_last, im2col, float64), not only until one passes." };
         var repeat = new Option<int>("--repeat") { Description = "Run the checks this many times (kernels that are only sometimes wrong); a check fails if any run fails.", DefaultValueFactory = _ => 1 };
@@ -85,6 +85,7 @@ public static class DoctorCommand
         o.WriteLine($"libtorch     CPU capability {env.CpuCapability ?? "?"}; {env.Threads} intra-op thread{(env.Threads == 1 ? "" : "s")}; oneDNN (mkldnn) {OnOff(env.MkldnnEnabled)}; NNPACK {OnOff(env.NnpackEnabled)}{(env.NnpackEnabled == false ? " (VarGpt turns it off: never used by its convolutions, and its probe floods stderr on CPUs it does not know)" : "")}");
         o.WriteLine($"oneMKL       kernels {env.MklKernels}");
         o.WriteLine($"malloc       freed memory {MallocTuning.State}");
+        o.WriteLine($"dtype        --dtype {TorchRuntime.AutoDTypeName} (the default of chat, generate, edit, serve) = {TorchRuntime.AutoDTypeReason(TorchSharp.torch.CPU, cpu)} on the CPU");
         foreach (var line in oneDnnInfo.Where(l => l.StartsWith("cpu,", StringComparison.Ordinal)))
             o.WriteLine($"oneDNN       {line[4..]}");
         foreach (var v in new[] { "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", MklDispatch.Variable, MallocTuning.Variable, "GLIBC_TUNABLES", ConvRouterOptions.RouteVariable, ConvRouterOptions.FaultVariable })
@@ -114,6 +115,7 @@ public static class DoctorCommand
         {
             cpu = new { cpu.Vendor, cpu.Brand, cpu.Family, cpu.Model, cpu.Stepping, cpu.Hypervisor, cpu.LogicalProcessors, cpu.Flags, caches = cpu.Caches },
             torchsharp = env.TorchSharpVersion, libtorch = env.LibTorchVersion, onednn = env.OneDnnVersion, cpu_capability = env.CpuCapability, mkl_kernels = env.MklKernels, malloc = MallocTuning.State,
+            auto_dtype = TorchRuntime.DTypeName(TorchRuntime.AutoDType(TorchSharp.torch.CPU, cpu)),
             onednn_info = oneDnnInfo, threads = env.Threads, mkldnn_enabled = env.MkldnnEnabled, nnpack_enabled = env.NnpackEnabled,
             injected_faults = options.FaultyRoutes.Select(ConvRoutes.Name).ToArray(), repeat,
             checks = checks.Select(c => new

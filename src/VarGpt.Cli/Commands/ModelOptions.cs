@@ -29,11 +29,21 @@ public sealed class ModelOptions
         Description = "cpu, cuda or cuda:N (CUDA needs the CUDA libtorch package; see README 'Platform notes').",
         DefaultValueFactory = _ => "cpu",
     };
-    public Option<string> DType { get; } = new("--dtype")
+    public Option<string> DType { get; }
+
+    /// <param name="defaultDType">
+    /// --dtype's default: "auto" for the commands that serve a user (chat, generate, edit, serve, bench serve); "float32"
+    /// where figures must not depend on the CPU they were measured on (shapes eval and mine-dpo, whose figures CI gates).
+    /// </param>
+    public ModelOptions(string defaultDType = TorchRuntime.AutoDTypeName)
     {
-        Description = "Compute dtype: float32 (as the official inference scripts), bfloat16 or float16.",
-        DefaultValueFactory = _ => "float32",
-    };
+        var auto = TorchRuntime.AutoDTypeReason(TorchSharp.torch.CPU, CpuInfo.Detect());
+        DType = new("--dtype")
+        {
+            Description = $"Compute dtype: {TorchRuntime.AutoDTypeName} (bfloat16 on CUDA and on CPUs with native bf16 — avx512_bf16 or AMX —, else float32; on this CPU: {auto}), float32 (as the official inference scripts), bfloat16 or float16.",
+            DefaultValueFactory = _ => defaultDType,
+        };
+    }
     public Option<bool> NoMmap { get; } = new("--no-mmap")
     {
         Description = "Copy the weights into memory instead of memory-mapping the safetensors files (CPU default: weights stored in the compute dtype are mapped; see docs/notes/checkpoint-io.md).",
@@ -81,10 +91,11 @@ public sealed class ModelOptions
     {
         if (parse.GetValue(NoAdapter) && parse.GetValue(Adapter) is not null)
             throw new VargptInputException("--adapter and --no-adapter cannot be combined");
+        var device = TorchRuntime.ParseDevice(parse.GetValue(Device)!);
         return new VargptModelOptions
         {
-            Device = TorchRuntime.ParseDevice(parse.GetValue(Device)!),
-            DType = TorchRuntime.ParseDType(parse.GetValue(DType)!),
+            Device = device,
+            DType = TorchRuntime.ParseDType(parse.GetValue(DType)!, device),
             Parts = parts,
             MemoryMap = parse.GetValue(NoMmap) ? false : null,
             Adapter = parse.GetValue(Adapter) is { } a ? Path.GetFullPath(a) : null,
@@ -98,7 +109,8 @@ public sealed class ModelOptions
         var dir = ResolveModelDir(parse);
         var options = LoadOptions(parse, parts);
         var sw = Stopwatch.StartNew();
-        log.WriteLine($"loading {dir} ({TorchRuntime.DTypeName(options.DType)} on {options.Device.type.ToString().ToLowerInvariant()})");
+        bool auto = parse.GetValue(DType)!.Trim().Equals(TorchRuntime.AutoDTypeName, StringComparison.OrdinalIgnoreCase);
+        log.WriteLine($"loading {dir} ({(auto ? $"--dtype auto: {TorchRuntime.AutoDTypeReason(options.Device, CpuInfo.Detect())}" : TorchRuntime.DTypeName(options.DType))} on {options.Device.type.ToString().ToLowerInvariant()})");
         int tenths = 0;
         double lastLine = 0;
         var p = VargptModel.Load(dir, options, (stage, fraction) =>

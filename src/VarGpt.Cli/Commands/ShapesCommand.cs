@@ -217,7 +217,7 @@ public static class ShapesCommand
 
     static Command EvalCommand()
     {
-        var model = new ModelOptions();
+        var model = new ModelOptions(defaultDType: "float32"); // figures CI gates: the same on every CPU
         var json = new Option<bool>("--json") { Description = "Print exactly one JSON object (accuracies as fractions 0-1, counts, breakdowns, seconds) instead of the table; progress goes to stderr." };
         var report = new Option<string?>("--report") { Description = "Write a self-contained HTML report (image grids, examples, training curves) to this file." };
         var fast = new Option<bool>("--fast") { Description = $"{ShapesEvaluationOptions.FastCount} samples per task (CI preset) instead of {ShapesEvaluationOptions.DefaultCount}." };
@@ -305,7 +305,7 @@ public static class ShapesCommand
 
     static Command MineDpoCommand()
     {
-        var model = new ModelOptions();
+        var model = new ModelOptions(defaultDType: "float32"); // the recipe's pairs: the same on every CPU
         var image = new ImageCommandOptions(); // reuse the sampling options of `vargpt generate` (same names, defaults, help)
         var d = new ShapesDpoMiningOptions();
         var output = new Option<string>("--out") { Description = "Dataset folder to write (created if missing; other datasets in its dataset_info.json are kept).", Required = true };

@@ -27,8 +27,39 @@ public static class TorchRuntime
         "float32" or "fp32" or "float" or "f32" => ScalarType.Float32,
         "bfloat16" or "bf16" => ScalarType.BFloat16,
         "float16" or "fp16" or "half" or "f16" => ScalarType.Float16,
-        _ => throw new InvalidOptionException($"unknown dtype '{name}'; expected float32, bfloat16 or float16"),
+        AutoDTypeName => throw new InvalidOptionException($"dtype '{name}' needs a device to resolve against; use ParseDType(name, device)"),
+        _ => throw new InvalidOptionException($"unknown dtype '{name}'; expected {AutoDTypeName}, float32, bfloat16 or float16"),
     };
+
+    /// <summary>The dtype name that resolves to <see cref="AutoDType(Device, CpuInfo)"/>.</summary>
+    public const string AutoDTypeName = "auto";
+
+    /// <summary>As <see cref="ParseDType(string)"/>, and "auto" resolves to <see cref="AutoDType(Device, CpuInfo)"/> for <paramref name="device"/> on this CPU.</summary>
+    public static ScalarType ParseDType(string name, Device device) =>
+        name.Trim().Equals(AutoDTypeName, StringComparison.OrdinalIgnoreCase) ? AutoDType(device, CpuInfo.Detect()) : ParseDType(name);
+
+    /// <summary>
+    /// The inference compute dtype of "--dtype auto": bf16 on CUDA (what the official lmms-eval wrapper loads with
+    /// torch_dtype="auto") and on CPUs with native bf16 dot products (avx512_bf16 or AMX), where oneDNN's bf16 GEMM runs
+    /// at ~2x the fp32 GEMM and decode reads half the bytes (docs/performance.md: 7.9-8.8 vs 15.1-18.4 s per small-preset
+    /// image on AMD EPYC family 25 model 17), while bf16 compute stays within bf16 rounding of the official outputs
+    /// (LanguageModelTests: the qwen2_lm_forward fixture's bf16-weight logits; the shipped model's evaluation,
+    /// docs/performance.md); fp32 elsewhere, where libtorch emulates bf16 by widening to fp32 (no speed to gain) and fp32
+    /// is the official README's numerics.
+    /// </summary>
+    public static ScalarType AutoDType(Device device, CpuInfo cpu) =>
+        device.type == DeviceType.CUDA || HasNativeBf16(cpu) ? ScalarType.BFloat16 : ScalarType.Float32;
+
+    /// <summary>Why <see cref="AutoDType"/> picks what it picks, for --help, doctor and load lines: "bfloat16 (CPU has avx512_bf16)".</summary>
+    public static string AutoDTypeReason(Device device, CpuInfo cpu)
+    {
+        var dt = DTypeName(AutoDType(device, cpu));
+        if (device.type == DeviceType.CUDA) return $"{dt} (CUDA)";
+        var native = new[] { "avx512_bf16", "amx_bf16" }.Where(cpu.Has).ToList();
+        return native.Count > 0 ? $"{dt} (CPU has {string.Join(" and ", native)})" : $"{dt} (CPU has no native bf16: neither avx512_bf16 nor amx_bf16)";
+    }
+
+    static bool HasNativeBf16(CpuInfo cpu) => cpu.Has("avx512_bf16") || cpu.Has("amx_bf16");
 
     [DllImport("libc", EntryPoint = "setenv")] static extern int SetEnv(string name, string value, int overwrite);
 

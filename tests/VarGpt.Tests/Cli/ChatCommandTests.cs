@@ -3,6 +3,7 @@ using VarGpt.Cli;
 using VarGpt.Cli.Commands;
 using VarGpt.Model;
 using VarGpt.Text;
+using VarGpt.Torch;
 using VarGpt.Inference;
 using VarGpt.Benchmarks;
 
@@ -34,7 +35,7 @@ public class ChatCommandTests
     [Fact]
     public void One_prompt_streams_the_same_answer_as_the_library_and_says_how_it_decoded()
     {
-        var (code, o, e) = Run(null, "--model", TinyCheckpoint.Dir, "--max-new-tokens", "7", "what is this");
+        var (code, o, e) = Run(null, "--model", TinyCheckpoint.Dir, "--dtype", "float32", "--max-new-tokens", "7", "what is this");
         Assert.Equal(0, code);
         var expected = TinyCheckpoint.Chat.Chat([ChatMessage.User("what is this")], new VargptChatOptions { MaxNewTokens = 7 }, Ct);
         Assert.Equal(expected.Text + "\n", o);
@@ -132,10 +133,15 @@ public class ChatCommandTests
         var help = new StringWriter();
         Assert.Equal(0, CliRunner.Run(Program.BuildRoot(), ["chat", "--help"], help, new StringWriter()));
         Assert.Contains("/image PATH", help.ToString());
-        var (code, o, _) = Run("what is this\n", "--model", TinyCheckpoint.Dir, "--max-new-tokens", "3", "-");
+        var (code, o, e) = Run("what is this\n", "--model", TinyCheckpoint.Dir, "--dtype", "float32", "--max-new-tokens", "3", "-");
         Assert.Equal(0, code);
         var expected = TinyCheckpoint.Chat.Chat([ChatMessage.User("what is this")], new VargptChatOptions { MaxNewTokens = 3 }, Ct);
         Assert.Equal(expected.Text + "\n", o);
+        Assert.Contains("(float32 on cpu)", e);
+        // without --dtype: auto, and the load line says what it resolved to on this CPU
+        (code, _, e) = Run("what is this\n", "--model", TinyCheckpoint.Dir, "--max-new-tokens", "1", "-");
+        Assert.Equal(0, code);
+        Assert.Contains($"(--dtype auto: {TorchRuntime.AutoDTypeReason(TorchSharp.torch.CPU, CpuInfo.Detect())} on cpu)", e);
     }
 }
 

@@ -239,6 +239,7 @@ public class NativeKernelTests(ITestOutputHelper log)
         Assert.False(root.GetProperty("nnpack_enabled").GetBoolean());
         Assert.Equal(KernelSelfCheck.ConvProblems.Count * 4 + 10, root.GetProperty("checks").GetArrayLength());
         Assert.Equal(0, root.GetProperty("failed").GetInt32());
+        Assert.Equal(TorchRuntime.DTypeName(TorchRuntime.AutoDType(CPU, CpuInfo.Detect())), root.GetProperty("auto_dtype").GetString());
     }
 
     [Fact]
