@@ -89,11 +89,15 @@ public sealed record VaeTrainingOptions
 /// <param name="ScorerAccuracyWithFlips">scorer accuracy when a fraction FlipRate of all bits is flipped at random (decoder robustness to generation errors)</param>
 /// <param name="ColorsReadRight">colours (of 7) that every one of their round trips in the colour check reads right: one
 /// large object of each shape in the centre, so 7 means every colour comes back distinct from the others</param>
+/// <param name="Errors">what the scorer read wrong in the failed round trips, most frequent first: "small star: shape read
+/// as circle" → count (<see cref="VaeTraining.ErrorKinds"/>); null in evaluations written before it was recorded</param>
 public sealed record VaeEvaluation(int Images, double Psnr, double ScorerAccuracy, double BitStability, double NoiseSigma,
-    double ScorerAccuracyWithFlips, double FlipRate, double[] BitStabilityPerScale, string DType, int DistinctFinestCodes, int ColorsReadRight)
+    double ScorerAccuracyWithFlips, double FlipRate, double[] BitStabilityPerScale, string DType, int DistinctFinestCodes, int ColorsReadRight,
+    IReadOnlyDictionary<string, int>? Errors = null)
 {
     public override string ToString() => string.Create(CultureInfo.InvariantCulture,
-        $"{Images} held-out renders ({DType}): PSNR {Psnr:F2} dB | scorer {ScorerAccuracy:P1} | colours read right {ColorsReadRight}/{ShapesPalette.Colors.Length} | bits stable under noise σ={NoiseSigma:G3}: {BitStability:P2} (per scale {string.Join(" ", BitStabilityPerScale.Select(x => x.ToString("P1", CultureInfo.InvariantCulture)))}) | scorer with {FlipRate:P0} bits flipped: {ScorerAccuracyWithFlips:P1} | {DistinctFinestCodes} distinct codes at the last scale");
+        $"{Images} held-out renders ({DType}): PSNR {Psnr:F2} dB | scorer {ScorerAccuracy:P1} | colours read right {ColorsReadRight}/{ShapesPalette.Colors.Length} | bits stable under noise σ={NoiseSigma:G3}: {BitStability:P2} (per scale {string.Join(" ", BitStabilityPerScale.Select(x => x.ToString("P1", CultureInfo.InvariantCulture)))}) | scorer with {FlipRate:P0} bits flipped: {ScorerAccuracyWithFlips:P1} | {DistinctFinestCodes} distinct codes at the last scale")
+        + (Errors is { Count: > 0 } e ? " | errors: " + string.Join(", ", e.Take(8).Select(kv => $"{kv.Key} ×{kv.Value}")) + (e.Count > 8 ? $", {e.Count - 8} more kinds" : "") : "");
 }
 
 /// <param name="Shipped">the evaluation with the weights rounded to bf16 (how the model folder stores them) and float32
@@ -253,6 +257,7 @@ public static class VaeTraining
         double psnrSum = 0; int correct = 0, correctFlip = 0;
         var stableBits = new double[schedule.Count]; var totalBits = new double[schedule.Count];
         var codes = new HashSet<long>(); // code usage at the last scale: a collapsed encoder uses a handful
+        var errors = new Dictionary<string, int>(StringComparer.Ordinal);
         for (int start = 0; start < count; start += batch)
         {
             using var scope = NewDisposeScope();
@@ -283,13 +288,33 @@ public static class VaeTraining
                 for (int j = 0; j < rec.Length; j++) { double d = rec[j] - rgb[i][j]; mse += d * d; }
                 mse /= rec.Length;
                 psnrSum += mse == 0 ? 100 : 10 * Math.Log10(255.0 * 255.0 / mse);
-                if (ShapesScorer.Score(part[i].ToSpec(), rec, side, side).Correct) correct++;
+                var score = ShapesScorer.Score(part[i].ToSpec(), rec, side, side);
+                if (score.Correct) correct++;
+                else foreach (var kind in ErrorKinds(score)) errors[kind] = errors.GetValueOrDefault(kind) + 1;
                 if (ShapesScorer.Score(part[i].ToSpec(), u8F[i].data<byte>().ToArray(), side, side).Correct) correctFlip++;
             }
         }
         var perScale = stableBits.Zip(totalBits, (a, b) => a / b).ToArray();
         return new VaeEvaluation(count, psnrSum / count, (double)correct / count, stableBits.Sum() / totalBits.Sum(), noiseSigma,
-            (double)correctFlip / count, flipRate, perScale, label ?? vae.DType.ToString(), codes.Count, ColorsReadRight(vae, schedule, side));
+            (double)correctFlip / count, flipRate, perScale, label ?? vae.DType.ToString(), codes.Count, ColorsReadRight(vae, schedule, side),
+            errors.OrderByDescending(kv => kv.Value).ThenBy(kv => kv.Key, StringComparer.Ordinal).ToDictionary(kv => kv.Key, kv => kv.Value));
+    }
+
+    /// <summary>The attributes a failed round trip got wrong, one entry per wrong attribute of each requested object
+    /// ("small star: shape read as circle", "large red square: not found") and "object count 2 read as 3".</summary>
+    public static IEnumerable<string> ErrorKinds(SceneScore score)
+    {
+        if (!score.Count) yield return $"object count {score.Requested.Objects.Count} read as {score.Analysis.Objects.Count}";
+        foreach (var o in score.Objects.Where(o => !o.Correct))
+        {
+            var r = o.Requested;
+            string what = $"{r.Size?.ToString().ToLowerInvariant()} {r.Shape.ToString().ToLowerInvariant()}".Trim();
+            if (o.Matched is not { } m) { yield return $"{what}: not found"; continue; }
+            if (!o.Shape) yield return $"{what}: shape read as {m.Shape.ToString().ToLowerInvariant()}";
+            if (!o.Color) yield return $"{what}: colour read as {m.Color.ToString().ToLowerInvariant()}";
+            if (o.Size == false) yield return $"{what}: size read as {m.Size.ToString().ToLowerInvariant()}";
+            if (o.Position == false) yield return $"{what}: position read as {m.Position.ToString().ToLowerInvariant()}";
+        }
     }
 
     /// <summary>The colour check: one large object of every shape in the centre, in every colour, through the round trip;

@@ -49,6 +49,25 @@ public class VaeTrainingTests(ITestOutputHelper output)
         StateDict.Load(vae, sd, new StateDictOptions { Prefix = ModelComponents.Vae.Prefix });
         Assert.True(File.Exists(Path.Combine(d1.Path, VaeTraining.EvalFile)));
         Assert.InRange(r1.Fp32.BitStability, 0, 1);
+        // every failed round trip is tallied by what went wrong, and the tally survives the file
+        var shipped = VaeTraining.ReadEvaluation(d1.Path);
+        int failed = (int)Math.Round(shipped.Images * (1 - shipped.ScorerAccuracy));
+        Assert.True(shipped.Errors!.Values.Sum() >= failed, $"{failed} failed scenes, errors {string.Join(", ", shipped.Errors!)}");
+        Assert.Equal(r1.Shipped.Errors, shipped.Errors);
+    }
+
+    [Fact]
+    public void A_failed_round_trip_names_each_attribute_read_wrong()
+    {
+        var star = new ObjectSpec(Shape.Star, ShapeColor.Red, ObjectSize.Small, Position.Left);
+        var square = new ObjectSpec(Shape.Square, ShapeColor.Blue, ObjectSize.Large, Position.Right);
+        DetectedObject Seen(Shape shape, ShapeColor color, ObjectSize size, Position p, float x) => new(shape, color, size, p, 100, x, 0.5f, 0.14f, 0.9f, 1f);
+        var analysis = new SceneAnalysis(64, 64, [Seen(Shape.Circle, ShapeColor.Red, ObjectSize.Small, Position.Left, 0.2f), Seen(Shape.Square, ShapeColor.Purple, ObjectSize.Large, Position.Right, 0.8f)]);
+        var score = ShapesScorer.Score(new SceneSpec([star, square]), analysis);
+        Assert.False(score.Correct);
+        Assert.Equal(["small star: shape read as circle", "large square: colour read as purple"], VaeTraining.ErrorKinds(score).ToArray());
+        var one = ShapesScorer.Score(new SceneSpec([star]), new SceneAnalysis(64, 64, []));
+        Assert.Equal(["object count 1 read as 0", "small star: not found"], VaeTraining.ErrorKinds(one).ToArray());
     }
 
     [Fact]
