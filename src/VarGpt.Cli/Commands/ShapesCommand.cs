@@ -143,6 +143,7 @@ public static class ShapesCommand
         var lr = new Option<double>("--lr") { Description = "Peak learning rate (AdamW β 0.9/0.95, warmup 5%, cosine).", DefaultValueFactory = _ => d.LearningRate };
         var evalN = new Option<int>("--eval-images") { Description = "Held-out renders for the final evaluation.", DefaultValueFactory = _ => d.EvalImages };
         var jitter = new Option<float>("--jitter") { Description = $"Box-centre jitter of the training renders, fraction of the image side, 0 to {ShapesPalette.MaxJitter.ToString(CultureInfo.InvariantCulture)} (the dataset and the evaluation render jitter-free).", DefaultValueFactory = _ => d.PositionJitter };
+        var stars = new Option<double>("--small-star-share") { Description = "Share of training objects redrawn as small stars (the shape the round trip misses most), 0 to 1.", DefaultValueFactory = _ => d.SmallStarShare };
         var resume = new Option<bool>("--resume") { Description = "Continue from the latest checkpoint in --out." };
         var threads = ThreadsOption();
         var cmd = new Command("train-vae",
@@ -153,18 +154,19 @@ public static class ShapesCommand
             accuracy, bit stability under input noise, scorer accuracy with 2% of the bits flipped) for fp32 and bf16
             weights. Deterministic from --seed for a fixed thread count; resumable.
             """)
-        { output, seed, minutes, steps, batch, lr, evalN, jitter, resume, threads };
+        { output, seed, minutes, steps, batch, lr, evalN, jitter, stars, resume, threads };
         cmd.WithExamples("vargpt shapes train-vae --out runs/vae --seed 0", "vargpt shapes train-vae --out runs/vae --resume");
         cmd.SetAction(p =>
         {
             TrainerReproducibility.RequestStrictBlas();
             set_num_threads(Math.Max(1, p.GetValue(threads)));
             if (p.GetValue(steps) < 1 || p.GetValue(batch) < 1) throw new VargptInputException("--steps and --batch must be ≥ 1");
+            if (p.GetValue(stars) is < 0 or > 1) throw new InvalidOptionException(string.Create(CultureInfo.InvariantCulture, $"--small-star-share must be in [0, 1], got {p.GetValue(stars)}"), "--small-star-share");
             if (p.GetValue(jitter) is < 0 or > ShapesPalette.MaxJitter) throw new InvalidOptionException(string.Create(CultureInfo.InvariantCulture, $"--jitter must be in [0, {ShapesPalette.MaxJitter}], got {p.GetValue(jitter)}"), "--jitter");
             var opts = new VaeTrainingOptions
             {
                 OutputDir = Path.GetFullPath(p.GetRequiredValue(output)), Seed = p.GetValue(seed), Minutes = p.GetValue(minutes),
-                Steps = p.GetValue(steps), BatchSize = p.GetValue(batch), LearningRate = p.GetValue(lr), EvalImages = p.GetValue(evalN), PositionJitter = p.GetValue(jitter),
+                Steps = p.GetValue(steps), BatchSize = p.GetValue(batch), LearningRate = p.GetValue(lr), EvalImages = p.GetValue(evalN), PositionJitter = p.GetValue(jitter), SmallStarShare = p.GetValue(stars),
                 Output = p.InvocationConfiguration.Output,
             };
             var r = VaeTraining.Train(new ShapesModelConfig(), opts, p.GetValue(resume));

@@ -57,6 +57,24 @@ public class VaeTrainingTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Small_star_share_redraws_that_share_of_objects_in_place_but_never_into_a_held_out_triple()
+    {
+        var world = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = 3, ImageSize = 64 });
+        List<Scene> Draw(double share) => new ShapesVaeData(world, Options("") with { SmallStarShare = share }, 16).DrawScenes(new ShapesRng(7), 400);
+        var plain = Draw(0);
+        var all = Draw(1);
+        var half = Draw(0.5);
+        Assert.Equal(plain, Draw(0)); // deterministic, and the default draws what it always drew
+        var objects = all.SelectMany(s => s.Objects).ToList();
+        Assert.All(all.Zip(plain), p => Assert.Equal(p.Second.Objects.Select(o => (o.Color, o.Position, o.Dx, o.Dy)), p.First.Objects.Select(o => (o.Color, o.Position, o.Dx, o.Dy))));
+        Assert.DoesNotContain(objects, world.IsHeldOut);
+        // share 1: every object a small star unless that would be a held-out (star, colour, position)
+        Assert.All(objects, o => Assert.True(o is { Shape: Shape.Star, Size: ObjectSize.Small } || world.IsHeldOut(o with { Shape = Shape.Star, Size = ObjectSize.Small })));
+        double starShare = half.SelectMany(s => s.Objects).Count(o => o is { Shape: Shape.Star, Size: ObjectSize.Small }) / (double)half.Sum(s => s.Objects.Count);
+        Assert.InRange(starShare, 0.45, 0.65); // half redrawn, plus the tenth already small stars, minus held-out triples
+    }
+
+    [Fact]
     public void A_failed_round_trip_names_each_attribute_read_wrong()
     {
         var star = new ObjectSpec(Shape.Star, ShapeColor.Red, ObjectSize.Small, Position.Left);
