@@ -44,8 +44,8 @@ public static class TorchRuntime
     /// at ~2x the fp32 GEMM and decode reads half the bytes (docs/performance.md: 7.9-8.8 vs 15.1-18.4 s per small-preset
     /// image on AMD EPYC family 25 model 17), while bf16 compute stays within bf16 rounding of the official outputs
     /// (LanguageModelTests: the qwen2_lm_forward fixture's bf16-weight logits; the shipped model's evaluation,
-    /// docs/performance.md); fp32 elsewhere, where libtorch emulates bf16 by widening to fp32 (no speed to gain) and fp32
-    /// is the official README's numerics.
+    /// docs/performance.md); fp32 elsewhere, where the kernels widen bf16 to fp32 to multiply (not measured against fp32
+    /// on such a CPU) and fp32 is the official README's numerics.
     /// </summary>
     public static ScalarType AutoDType(Device device, CpuInfo cpu) =>
         device.type == DeviceType.CUDA || HasNativeBf16(cpu) ? ScalarType.BFloat16 : ScalarType.Float32;
