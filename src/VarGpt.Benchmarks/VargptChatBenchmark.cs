@@ -32,7 +32,9 @@ public static class VargptChatBenchmark
     public static long DecodeWeightBytes(VargptForConditionalGeneration m)
     {
         long Bytes(Tensor t) => t.numel() * t.element_size();
-        long total = m.model.layers.parameters().Sum(Bytes) + m.model.norm.parameters().Sum(Bytes) + m.lm_head.parameters().Sum(Bytes);
+        // buffers too: an Int8Linear keeps its int8 weight and scales as buffers
+        long Weights(nn.Module p) => p.parameters().Sum(Bytes) + p.buffers().Sum(Bytes);
+        long total = Weights(m.model.layers) + Weights(m.model.norm) + Weights(m.lm_head);
         var emb = m.model.embed_tokens.weight!;
         return total + emb.shape[1] * emb.element_size();
     }

@@ -1,10 +1,9 @@
-using System.Collections;
-using System.Reflection;
 using System.Text.Json;
 using TorchSharp;
 using TorchSharp.Modules;
 using VarGpt.Checkpoint;
 using VarGpt.Model;
+using VarGpt.Torch;
 using static TorchSharp.torch;
 
 namespace VarGpt.Training;
@@ -73,9 +72,7 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
 
 /// <summary>
 /// Applies, merges and exports LoRA adapters on a TorchSharp model by swapping Linear children for
-/// <see cref="LoraLinear"/> (and back). TorchSharp's Linear is sealed, so the swap sets the parent's field (which must be
-/// typed Module&lt;Tensor,Tensor&gt; or wider, not Linear), a ModuleList element, or a Sequential entry, and re-registers the
-/// parent's children in their original order so state_dict key order is unchanged after merging.
+/// <see cref="LoraLinear"/> (and back) with <see cref="ModuleSwap"/>, which keeps state_dict key order unchanged after merging.
 /// </summary>
 public static class Lora
 {
@@ -104,11 +101,11 @@ public static class Lora
         if (options.Rank <= 0) throw new ArgumentException("lora_rank must be > 0");
         var targets = FindTargets(model, options.Targets);
         if (targets.Count == 0) throw new ArgumentException("no Linear layer to apply LoRA to");
-        var modules = model.named_modules().ToDictionary(m => m.name, m => m.module);
+        var modules = ModuleSwap.Modules(model);
         foreach (var name in targets)
         {
             var lin = (Linear)modules[name];
-            Replace(model, modules, name, new LoraLinear(lin, options.Rank, options.Alpha, options.Dropout));
+            ModuleSwap.Replace(model, modules, name, new LoraLinear(lin, options.Rank, options.Alpha, options.Dropout));
         }
         foreach (var (name, p) in model.named_parameters())
         {
@@ -128,13 +125,13 @@ public static class Lora
     /// <summary>Folds every adapter into its base weight and puts the base Linear back: the model's keys become the original ones.</summary>
     public static void Merge(nn.Module model)
     {
-        var modules = model.named_modules().ToDictionary(m => m.name, m => m.module);
+        var modules = ModuleSwap.Modules(model);
         foreach (var (name, layer) in Layers(model))
         {
             using (var merged = layer.MergedWeight())
             using (torch.no_grad())
                 layer.base_layer.weight!.copy_(merged);
-            Replace(model, modules, name, layer.base_layer);
+            ModuleSwap.Replace(model, modules, name, layer.base_layer);
             layer.lora_A.Dispose();
             layer.lora_B.Dispose();
         }
@@ -193,64 +190,5 @@ public static class Lora
             TrainerCheckpoint.WriteAllTextDurable(Path.Combine(tmp, "adapter_config.json"), JsonSerializer.Serialize(config, new JsonSerializerOptions { WriteIndented = true }));
         }, replace: true);
         return model.named_parameters().Where(p => p.parameter.requires_grad && !IsAdapterParam(p.name)).Select(p => p.name).ToList();
-    }
-
-    /// <summary>Swaps the child <paramref name="name"/> for <paramref name="replacement"/> in its parent, keeping child order.</summary>
-    static void Replace(nn.Module root, Dictionary<string, nn.Module> modules, string name, nn.Module<Tensor, Tensor> replacement)
-    {
-        int dot = name.LastIndexOf('.');
-        string parentName = dot < 0 ? "" : name[..dot], key = name[(dot + 1)..];
-        var parent = parentName.Length == 0 ? root : modules[parentName];
-        var old = modules[name];
-
-        if (parent is Sequential seq)
-        {
-            var list = typeof(Sequential).GetField("_modules", BindingFlags.NonPublic | BindingFlags.Instance)?.GetValue(seq) as IList
-                ?? throw new NotSupportedException($"cannot replace '{name}': this TorchSharp version's Sequential has no _modules list");
-            int i = IndexOf(list, old);
-            if (i < 0) throw new InvalidOperationException($"'{name}' not found in its Sequential");
-            list[i] = replacement;
-        }
-        else if (parent.GetType().IsGenericType && parent.GetType().GetGenericTypeDefinition() == typeof(ModuleList<>))
-        {
-            var elem = parent.GetType().GetGenericArguments()[0];
-            if (!elem.IsInstanceOfType(replacement))
-                throw new NotSupportedException($"cannot wrap '{name}': its parent is a ModuleList<{elem.Name}>; declare it as ModuleList<Module<Tensor, Tensor>> so LoRA can swap the layer");
-            var indexer = parent.GetType().GetProperty("Item", [typeof(int)])
-                ?? throw new NotSupportedException($"cannot replace '{name}': ModuleList has no int indexer");
-            indexer.SetValue(parent, replacement, [int.Parse(key)]);
-        }
-        else
-        {
-            var field = FindField(parent, key, old)
-                ?? throw new NotSupportedException($"cannot wrap '{name}': no field '{key}' on {parent.GetType().Name} holds it");
-            if (!field.FieldType.IsInstanceOfType(replacement))
-                throw new NotSupportedException($"cannot wrap '{name}': field {parent.GetType().Name}.{key} is typed {field.FieldType.Name}; TorchSharp's Linear is sealed, so declare LoRA-able layers as Module<Tensor, Tensor>");
-            field.SetValue(parent, replacement);
-        }
-
-        // Re-register this child and every later sibling so named_children()/state_dict() order stays the original.
-        var children = parent.named_children().ToList();
-        int at = children.FindIndex(c => c.name == key);
-        for (int i = at; i < children.Count; i++) parent.register_module(children[i].name, null!);
-        for (int i = at; i < children.Count; i++) parent.register_module(children[i].name, i == at ? replacement : children[i].module);
-        modules[name] = replacement;
-    }
-
-    static int IndexOf(IList list, object item)
-    {
-        for (int i = 0; i < list.Count; i++) if (ReferenceEquals(list[i], item)) return i;
-        return -1;
-    }
-
-    /// <summary>The field named <paramref name="key"/> (TorchSharp registers children under their field names) holding <paramref name="child"/>.</summary>
-    static FieldInfo? FindField(object parent, string key, object child)
-    {
-        for (var t = parent.GetType(); t != null; t = t.BaseType)
-        {
-            var f = t.GetField(key, BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.DeclaredOnly);
-            if (f != null && ReferenceEquals(f.GetValue(parent), child)) return f;
-        }
-        return null;
     }
 }

@@ -24,6 +24,7 @@ public static class BenchChatCommand
         var modelDir = new Option<string?>("--model", "-m") { Description = $"Benchmark this checkpoint folder instead of a fresh random one. With neither --model nor --preset: ${ShippedModel.EnvironmentVariable} if set, else the shipped ShapesWorld model." };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "Tokenizer folder for the random checkpoint (required for small/full, e.g. ../shared/tokenizers/qwen2-vl)." };
         var dtype = new Option<string>("--dtype") { Description = "Compute dtype: float32 or bfloat16 (the random checkpoint is stored in the preset's dtype, bf16 for small/full).", DefaultValueFactory = _ => "float32" };
+        var quantize = new Option<string>("--quantize") { Description = "Quantize the language model's linears at load: none or int8 (as `vargpt chat --quantize`).", DefaultValueFactory = _ => "none" };
         var device = BenchCommand.DeviceOption();
         var workDir = new Option<string?>("--work-dir") { Description = "Where to write the random checkpoint (default: a new folder under the temp directory)." };
         var keep = new Option<bool>("--keep") { Description = "Keep the random checkpoint folder afterwards." };
@@ -34,7 +35,7 @@ public static class BenchChatCommand
         var threads = BenchCommand.ThreadsOption();
         var json = BenchCommand.JsonOption();
         var cmd = new Command("chat", "Chat speed: prefill and decode tokens/s, time to first token, peak RSS, decode vs the memory-bandwidth bound.")
-        { preset, modelDir, tokenizer, dtype, device, workDir, keep, understandingOnly, promptTokens, newTokens, repeats, threads, json };
+        { preset, modelDir, tokenizer, dtype, quantize, device, workDir, keep, understandingOnly, promptTokens, newTokens, repeats, threads, json };
         cmd.WithDetails(
             """
             Runs the generate loop of `vargpt chat` (greedy, batch 1, text prompt) on a checkpoint: one warm-up, then
@@ -49,7 +50,8 @@ public static class BenchChatCommand
             "vargpt bench chat --preset tiny",
             "vargpt bench chat --preset small --tokenizer ../shared/tokenizers/qwen2-vl --json",
             "vargpt bench chat --preset full --tokenizer ../shared/tokenizers/qwen2-vl --dtype bfloat16 --work-dir /tmp/vargpt-full",
-            "vargpt bench chat --model ~/models/VARGPT-v1.1 --dtype bfloat16");
+            "vargpt bench chat --model ~/models/VARGPT-v1.1 --dtype bfloat16",
+            "vargpt bench chat --model ~/models/VARGPT-v1.1 --dtype bfloat16 --quantize int8");
         cmd.SetAction(parse =>
         {
             var o = parse.InvocationConfiguration.Output;
@@ -65,7 +67,9 @@ public static class BenchChatCommand
                 Device = TorchRuntime.ParseDevice(parse.GetValue(device)!),
                 DType = TorchRuntime.ParseDType(parse.GetValue(dtype)!),
                 Parts = parse.GetValue(understandingOnly) ? ModelParts.Understanding : ModelParts.All,
+                Quantize = LanguageModelQuantization.Parse(parse.GetValue(quantize), "--quantize"),
             };
+            pipelineOptions.CheckQuantize();
             var options = new ChatBenchOptions { PromptTokens = parse.GetValue(promptTokens), NewTokens = parse.GetValue(newTokens), Repeats = parse.GetValue(repeats) };
             if (options.PromptTokens < 1 || options.NewTokens < 2 || options.Repeats < 1)
                 throw new VargptInputException("--prompt-tokens must be >= 1, --new-tokens >= 2 and --repeats >= 1");
@@ -92,8 +96,8 @@ public static class BenchChatCommand
                 using var pipeline = VargptModel.Load(dir, pipelineOptions);
                 double load = sw.Elapsed.TotalSeconds;
                 long rssLoaded = ProcessMemory.CurrentRssBytes();
-                record.Set("parts", pipelineOptions.Parts.ToString());
-                record.Add("load", load, "s", "config, tokenizer, build in the compute dtype, copy weights");
+                record.Set("parts", pipelineOptions.Parts.ToString()).Set("quantize", pipelineOptions.Quantize.ToString().ToLowerInvariant());
+                record.Add("load", load, "s", "config, tokenizer, build in the compute dtype, map or copy weights, quantize");
                 VargptChatBenchmark.Run(pipeline, options, record, log);
                 record.Add("rss_after_load", rssLoaded / 1e9, "GB")
                     .Add("peak_rss", mem.PeakBytes / 1e9, "GB", mem.PeakIsPhaseOnly ? "VmHWM from loading to the end" : "process VmHWM (no per-phase reset here)");

@@ -9,7 +9,7 @@ using VarGpt.Cli.Runner;
 
 namespace VarGpt.Cli.Commands;
 
-/// <summary>The options every model-running command shares (--model, --device, --dtype, --no-mmap, --adapter, --no-adapter) and loading with progress lines.</summary>
+/// <summary>The options every model-running command shares (--model, --device, --dtype, --no-mmap, --quantize, --adapter, --no-adapter) and loading with progress lines.</summary>
 public sealed class ModelOptions
 {
     public Option<string?> Model { get; } = new("--model", "-m")
@@ -44,6 +44,11 @@ public sealed class ModelOptions
             DefaultValueFactory = _ => defaultDType,
         };
     }
+    public Option<string> Quantize { get; } = new("--quantize")
+    {
+        Description = "Quantize the language model's linear layers at load: none, or int8 (one fp32 scale per output row; about half the memory and bytes per decode step of bf16; CPU, --dtype float32 or bfloat16; results differ from the checkpoint's by the weight rounding, see docs/performance.md).",
+        DefaultValueFactory = _ => "none",
+    };
     public Option<bool> NoMmap { get; } = new("--no-mmap")
     {
         Description = "Copy the weights into memory instead of memory-mapping the safetensors files (CPU default: weights stored in the compute dtype are mapped; see docs/notes/checkpoint-io.md).",
@@ -55,6 +60,7 @@ public sealed class ModelOptions
         cmd.Options.Add(Device);
         cmd.Options.Add(DType);
         cmd.Options.Add(NoMmap);
+        cmd.Options.Add(Quantize);
         cmd.Options.Add(Adapter);
         cmd.Options.Add(NoAdapter);
     }
@@ -86,13 +92,13 @@ public sealed class ModelOptions
         catch (ShippedModelNotFoundException e) { throw new VargptInputException(e.Message); }
     }
 
-    /// <summary>The load options of --device, --dtype, --no-mmap, --adapter and --no-adapter.</summary>
+    /// <summary>The load options of --device, --dtype, --no-mmap, --quantize, --adapter and --no-adapter.</summary>
     public VargptModelOptions LoadOptions(ParseResult parse, ModelParts parts = ModelParts.All)
     {
         if (parse.GetValue(NoAdapter) && parse.GetValue(Adapter) is not null)
             throw new VargptInputException("--adapter and --no-adapter cannot be combined");
         var device = TorchRuntime.ParseDevice(parse.GetValue(Device)!);
-        return new VargptModelOptions
+        var options = new VargptModelOptions
         {
             Device = device,
             DType = TorchRuntime.ParseDType(parse.GetValue(DType)!, device),
@@ -100,7 +106,10 @@ public sealed class ModelOptions
             MemoryMap = parse.GetValue(NoMmap) ? false : null,
             Adapter = parse.GetValue(Adapter) is { } a ? Path.GetFullPath(a) : null,
             MergeAdapter = !parse.GetValue(NoAdapter),
+            Quantize = LanguageModelQuantization.Parse(parse.GetValue(Quantize), "--quantize"),
         };
+        options.CheckQuantize();
+        return options;
     }
 
     /// <summary>Loads the model, printing plain progress lines to <paramref name="log"/> (stderr in the commands).</summary>
@@ -110,7 +119,8 @@ public sealed class ModelOptions
         var options = LoadOptions(parse, parts);
         var sw = Stopwatch.StartNew();
         bool auto = parse.GetValue(DType)!.Trim().Equals(TorchRuntime.AutoDTypeName, StringComparison.OrdinalIgnoreCase);
-        log.WriteLine($"loading {dir} ({(auto ? $"--dtype auto: {TorchRuntime.AutoDTypeReason(options.Device, CpuInfo.Detect())}" : TorchRuntime.DTypeName(options.DType))} on {options.Device.type.ToString().ToLowerInvariant()})");
+        var quantized = options.Quantize == WeightQuantization.None ? "" : $", language model {options.Quantize.ToString().ToLowerInvariant()}";
+        log.WriteLine($"loading {dir} ({(auto ? $"--dtype auto: {TorchRuntime.AutoDTypeReason(options.Device, CpuInfo.Detect())}" : TorchRuntime.DTypeName(options.DType))} on {options.Device.type.ToString().ToLowerInvariant()}{quantized})");
         int tenths = 0;
         double lastLine = 0;
         var p = VargptModel.Load(dir, options, (stage, fraction) =>

@@ -71,6 +71,7 @@ public sealed class VargptModel : IDisposable
         var dir = folder.Directory;
         if (options.UseMemoryMap && options.Device.type != TorchSharp.DeviceType.CPU)
             throw new InvalidOptionException($"VargptModelOptions.MemoryMap needs the CPU device, not {options.Device}", nameof(options.MemoryMap));
+        options.CheckQuantize();
         using var reader = CheckpointReader.Open(dir);
         if (options.Parts.HasFlag(ModelParts.Generation)) CheckGenerationWeights(reader, dir);
         progress?.Invoke("model", 0);
@@ -84,7 +85,7 @@ public sealed class VargptModel : IDisposable
         LoraAdapterMergeReport? adapter = null;
         try
         {
-            StateDict.Load(model, reader, new StateDictOptions
+            var loaded = StateDict.Load(model, reader, new StateDictOptions
             {
                 AllowUnexpected = notLoaded.Select(p => p + "*").ToList(),
                 MemoryMap = options.UseMemoryMap,
@@ -97,6 +98,13 @@ public sealed class VargptModel : IDisposable
                 // layers of parts that were not loaded (options.Parts) are skipped, not errors
                 adapter = LoraAdapter.Merge(model, adapterDir, name => notLoaded.Any(p => (name + ".").StartsWith(p, StringComparison.Ordinal)));
                 progress?.Invoke("adapter", 1);
+            }
+            if (options.Quantize == WeightQuantization.Int8)
+            {
+                progress?.Invoke("quantize", 0);
+                // a merged layer's weight is a new tensor, no longer a view of the file
+                var mapped = loaded.Mapped.Except(adapter?.Merged.Select(n => n + ".weight") ?? []).ToHashSet(StringComparer.Ordinal);
+                LanguageModelQuantization.QuantizeInt8(model, mapped, progress is null ? null : (done, total) => progress("quantize", (double)done / total));
             }
         }
         catch { model.Dispose(); throw; }

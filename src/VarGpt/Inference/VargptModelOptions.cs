@@ -30,8 +30,26 @@ public sealed record VargptModelOptions
     public string? Adapter { get; init; }
     /// <summary>false = never merge an adapter (the base weights alone, even when the folder has <c>adapter/</c>).</summary>
     public bool MergeAdapter { get; init; } = true;
+    /// <summary>
+    /// Quantize the language model's linear layers at load (after any adapter merge): Int8 keeps them as int8 with one
+    /// fp32 scale per output row (<see cref="Torch.Int8Linear"/>), half the bytes of bf16 for every decode step;
+    /// CPU only, with DType float32 or bfloat16 (activations, norms and attention stay in DType). Opt-in: results
+    /// differ from the checkpoint's by the rounding of the weights (docs/performance.md, "Int8").
+    /// </summary>
+    public WeightQuantization Quantize { get; init; } = WeightQuantization.None;
 
     internal bool UseMemoryMap => MemoryMap ?? Device.type == TorchSharp.DeviceType.CPU;
+
+    /// <summary>Fails naming the option when <see cref="Quantize"/> does not fit the device or dtype (<see cref="VargptModel.Load(string, VargptModelOptions?, Action{string, double}?)"/> checks it too).</summary>
+    public void CheckQuantize()
+    {
+        if (Quantize == WeightQuantization.None) return;
+        if (!Enum.IsDefined(Quantize)) throw new InvalidOptionException($"VargptModelOptions.Quantize: unknown value {(int)Quantize}", nameof(Quantize));
+        if (Device.type != TorchSharp.DeviceType.CPU)
+            throw new InvalidOptionException($"quantize {Quantize.ToString().ToLowerInvariant()} runs on the CPU only, not {Device}", nameof(Quantize));
+        if (DType is not (ScalarType.Float32 or ScalarType.BFloat16))
+            throw new InvalidOptionException($"quantize {Quantize.ToString().ToLowerInvariant()} computes in float32 or bfloat16, not {DType}", nameof(Quantize));
+    }
 
     /// <summary>The adapter folder a load of <paramref name="modelDir"/> merges, or null.</summary>
     public string? ResolveAdapter(string modelDir)

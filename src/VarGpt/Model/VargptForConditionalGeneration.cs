@@ -39,7 +39,8 @@ public sealed class VargptForConditionalGeneration : Module, ICausalLanguageMode
     // Parts not built (see ModelParts) are null and absent from the state dict.
     readonly Qwen2VisionTransformerPretrainedModel? visual;
     public readonly Qwen2VLModel model;
-    public readonly Linear lm_head;
+    // typed Module<Tensor, Tensor> (not the sealed Linear) so int8 quantization can swap in an Int8Linear
+    public readonly Module<Tensor, Tensor> lm_head;
     readonly BsqVae? vae_local;
     readonly Infinity? vargpt_gen;
     readonly GenPatchMerger? image_gen_projector;
@@ -96,9 +97,9 @@ public sealed class VargptForConditionalGeneration : Module, ICausalLanguageMode
     }
 
     /// <summary>Device of the language model's weights.</summary>
-    public Device Device => lm_head.weight.device;
-    /// <summary>Compute dtype of the language model (the dtype of its weights).</summary>
-    public ScalarType DType => lm_head.weight.dtype;
+    public Device Device => model.embed_tokens.weight.device;
+    /// <summary>Compute dtype of the language model (the dtype of its weights; int8-quantized linears compute in it too).</summary>
+    public ScalarType DType => model.embed_tokens.weight.dtype;
 
     /// <summary>Attention kernel of the decoder (default SDPA; Eager mirrors the official eager path line by line).</summary>
     public AttentionImplementation AttentionImplementation

@@ -83,7 +83,7 @@ public class MemoryMapTests
         using var model = Build(d["m"], META);
         var r = StateDict.Load(model, d["m"], new StateDictOptions { MemoryMap = true });
         Assert.Contains("lm_head.weight", r.Mapped);
-        var w = model.lm_head.weight!;
+        var w = ((TorchSharp.Modules.Linear)model.lm_head).weight!;
         using var original = w.clone();
         // a training-style in-place update (optimizer step) on the mapped weight
         using (no_grad()) w.add_(1.0f);

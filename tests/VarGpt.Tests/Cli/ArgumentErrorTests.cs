@@ -38,6 +38,15 @@ public class ArgumentErrorTests
     }
 
     [Fact]
+    public void Bad_quantize_values_name_the_option_before_the_model_loads()
+    {
+        AssertEarlyUserError(Run("chat", "--quantize", "int4", "hi"), "--quantize: unknown value 'int4'; expected none or int8", "chat --quantize int4");
+        AssertEarlyUserError(Run("generate", "x", "--quantize", ""), "--quantize: unknown value ''", "generate --quantize ''");
+        AssertEarlyUserError(Run("chat", "--quantize", "int8", "--dtype", "float16", "hi"), "quantize int8 computes in float32 or bfloat16, not Float16", "chat --quantize int8 --dtype float16");
+        AssertEarlyUserError(Run("bench", "chat", "--quantize", "q4"), "--quantize: unknown value 'q4'", "bench chat --quantize q4");
+    }
+
+    [Fact]
     public void Generate_and_edit_check_every_argument_before_the_model_loads()
     {
         var model = TinyImageModel.Folder();

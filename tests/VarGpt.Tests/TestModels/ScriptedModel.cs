@@ -38,7 +38,7 @@ internal static class ScriptedModel
             if (name.EndsWith("self_attn.o_proj.weight", StringComparison.Ordinal) || name.EndsWith("mlp.down_proj.weight", StringComparison.Ordinal))
                 p.zero_();
         var embed = m.model.embed_tokens.weight!;
-        var head = m.lm_head.weight!;
+        var head = ((TorchSharp.Modules.Linear)m.lm_head).weight!;
         head.zero_();
         for (int k = 0; k + 1 < chain.Count; k++)
         {

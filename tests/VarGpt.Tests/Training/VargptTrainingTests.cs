@@ -266,7 +266,7 @@ public class VargptTrainingTests(ITestOutputHelper output)
         int calls = 0;
         var obj = new CallbackObjective(b =>
         {
-            if (++calls == 3) using (no_grad()) model.lm_head.weight[0, 0] = float.NaN; // a diverged weight
+            if (++calls == 3) using (no_grad()) ((TorchSharp.Modules.Linear)model.lm_head).weight![0, 0] = float.NaN; // a diverged weight
             return inner.Compute(b);
         });
         using var t = new Trainer<VargptBatch>(model, obj, new FixedBatch(collator, items), Options(tmp["out"], 5, 1e-3, saveSteps: 1));
@@ -278,7 +278,7 @@ public class VargptTrainingTests(ITestOutputHelper output)
         using var fresh = new VargptForConditionalGeneration(cfg, CPU, ScalarType.Float32);
         var report = StateDict.Load(fresh, Path.Combine(ex.LastGoodCheckpoint!, TrainerCheckpoint.ModelFile));
         Assert.Empty(report.Missing);
-        Assert.True(fresh.lm_head.weight.isfinite().all().item<bool>());
+        Assert.True(((TorchSharp.Modules.Linear)fresh.lm_head).weight!.isfinite().all().item<bool>());
     }
 
     [Fact]
