@@ -64,7 +64,7 @@ public class VaeTrainingTests(ITestOutputHelper output)
         var plain = Draw(0);
         var all = Draw(1);
         var half = Draw(0.5);
-        Assert.Equal(plain, Draw(0)); // deterministic, and the default draws what it always drew
+        Assert.Equal(plain, Draw(0)); // deterministic; share 0 draws the uniform mix
         var objects = all.SelectMany(s => s.Objects).ToList();
         Assert.All(all.Zip(plain), p => Assert.Equal(p.Second.Objects.Select(o => (o.Color, o.Position, o.Dx, o.Dy)), p.First.Objects.Select(o => (o.Color, o.Position, o.Dx, o.Dy))));
         Assert.DoesNotContain(objects, world.IsHeldOut);
