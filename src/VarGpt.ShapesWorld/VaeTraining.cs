@@ -295,10 +295,11 @@ public static class VaeTraining
                 for (int j = 0; j < rec.Length; j++) { double d = rec[j] - rgb[i][j]; mse += d * d; }
                 mse /= rec.Length;
                 psnrSum += mse == 0 ? 100 : 10 * Math.Log10(255.0 * 255.0 / mse);
-                var score = ShapesScorer.Score(part[i].ToSpec(), rec, side, side);
+                var spec = part[i].ToSpec();
+                var score = ShapesScorer.Score(spec, rec, side, side);
                 if (score.Correct) correct++;
                 else foreach (var kind in ErrorKinds(score)) errors[kind] = errors.GetValueOrDefault(kind) + 1;
-                if (ShapesScorer.Score(part[i].ToSpec(), u8F[i].data<byte>().ToArray(), side, side).Correct) correctFlip++;
+                if (ShapesScorer.Score(spec, u8F[i].data<byte>().ToArray(), side, side).Correct) correctFlip++;
             }
         }
         var perScale = stableBits.Zip(totalBits, (a, b) => a / b).ToArray();

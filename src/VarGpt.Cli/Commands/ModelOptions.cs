@@ -118,7 +118,7 @@ public sealed class ModelOptions
         var dir = ResolveModelDir(parse);
         var options = LoadOptions(parse, parts);
         var sw = Stopwatch.StartNew();
-        bool auto = parse.GetValue(DType)!.Trim().Equals(TorchRuntime.AutoDTypeName, StringComparison.OrdinalIgnoreCase);
+        bool auto = TorchRuntime.IsAutoDType(parse.GetValue(DType)!);
         var quantized = options.Quantize == WeightQuantization.None ? "" : $", language model {options.Quantize.ToString().ToLowerInvariant()}";
         log.WriteLine($"loading {dir} ({(auto ? $"--dtype auto: {TorchRuntime.AutoDTypeReason(options.Device, CpuInfo.Detect())}" : TorchRuntime.DTypeName(options.DType))} on {options.Device.type.ToString().ToLowerInvariant()}{quantized})");
         int tenths = 0;

@@ -33,6 +33,22 @@ public static class ShapesCommand
     static Option<int> SeedOption() => new("--seed") { Description = "Seed: the output depends only on it (and the other options).", DefaultValueFactory = _ => 0 };
     static Option<int> ThreadsOption() => new("--threads") { Description = "libtorch intra-op threads (default: all cores).", DefaultValueFactory = _ => Environment.ProcessorCount };
 
+    /// <summary>--jitter: box-centre jitter of rendered scenes, a fraction of the image side in [0, ShapesPalette.MaxJitter].</summary>
+    static Option<float> JitterOption(string what, float defaultValue) => new("--jitter")
+    {
+        Description = $"{what}, fraction of the image side, 0 to {ShapesPalette.MaxJitter.ToString(CultureInfo.InvariantCulture)}.",
+        DefaultValueFactory = _ => defaultValue,
+    };
+
+    /// <summary>The value of <paramref name="jitter"/>, or a user error naming the option when it is out of range.</summary>
+    static float Jitter(ParseResult p, Option<float> jitter)
+    {
+        float j = p.GetValue(jitter);
+        if (j is < 0 or > ShapesPalette.MaxJitter)
+            throw new InvalidOptionException(string.Create(CultureInfo.InvariantCulture, $"--jitter must be in [0, {ShapesPalette.MaxJitter}], got {j}"), "--jitter");
+        return j;
+    }
+
     static Command DataCommand()
     {
         var output = new Option<string>("--out") { Description = "Dataset folder to write (created if missing).", Required = true };
@@ -40,7 +56,7 @@ public static class ShapesCommand
         var eval = new Option<int>("--eval") { Description = "Number of held-out samples (each shows a held-out shape×colour×position).", DefaultValueFactory = _ => 500 };
         var seed = SeedOption();
         var size = new Option<int>("--image-size") { Description = "Side of the rendered PNGs.", DefaultValueFactory = _ => 128 };
-        var jitter = new Option<float>("--jitter") { Description = $"Uniform box-centre jitter, fraction of the side (0..{ShapesPalette.MaxJitter.ToString(CultureInfo.InvariantCulture)}).", DefaultValueFactory = _ => 0f };
+        var jitter = JitterOption("Uniform box-centre jitter of the rendered scenes", 0f);
         var cmd = new Command("data",
             """
             Write a ShapesWorld dataset in the official LLaMA-Factory sharegpt layout: dataset_info.json,
@@ -56,8 +72,7 @@ public static class ShapesCommand
             var o = p.InvocationConfiguration.Output;
             int nTrain = p.GetValue(train), nEval = p.GetValue(eval);
             if (nTrain < 0 || nEval < 0) throw new VargptInputException("--train and --eval must be ≥ 0");
-            float j = p.GetValue(jitter);
-            if (j < 0 || j > ShapesPalette.MaxJitter) throw new VargptInputException($"--jitter must be in [0, {ShapesPalette.MaxJitter.ToString(CultureInfo.InvariantCulture)}], got {j.ToString(CultureInfo.InvariantCulture)}");
+            float j = Jitter(p, jitter);
             if (p.GetValue(size) < 16) throw new VargptInputException("--image-size must be at least 16");
             var gen = new ShapesWorldGenerator(new ShapesWorldOptions { Seed = p.GetValue(seed), ImageSize = p.GetValue(size), PositionJitter = j });
             var dir = Path.GetFullPath(p.GetRequiredValue(output));
@@ -142,7 +157,7 @@ public static class ShapesCommand
         var batch = new Option<int>("--batch") { Description = "Images per step (rendered on the fly).", DefaultValueFactory = _ => d.BatchSize };
         var lr = new Option<double>("--lr") { Description = "Peak learning rate (AdamW β 0.9/0.95, warmup 5%, cosine).", DefaultValueFactory = _ => d.LearningRate };
         var evalN = new Option<int>("--eval-images") { Description = "Held-out renders for the final evaluation.", DefaultValueFactory = _ => d.EvalImages };
-        var jitter = new Option<float>("--jitter") { Description = $"Box-centre jitter of the training renders, fraction of the image side, 0 to {ShapesPalette.MaxJitter.ToString(CultureInfo.InvariantCulture)} (the dataset and the evaluation render jitter-free).", DefaultValueFactory = _ => d.PositionJitter };
+        var jitter = JitterOption("Box-centre jitter of the training renders (the dataset and the evaluation render jitter-free)", d.PositionJitter);
         var stars = new Option<double>("--small-star-share") { Description = "Share of training objects redrawn as small stars (the shape the round trip misses most), 0 to 1.", DefaultValueFactory = _ => d.SmallStarShare };
         var resume = new Option<bool>("--resume") { Description = "Continue from the latest checkpoint in --out." };
         var threads = ThreadsOption();
@@ -162,11 +177,11 @@ public static class ShapesCommand
             set_num_threads(Math.Max(1, p.GetValue(threads)));
             if (p.GetValue(steps) < 1 || p.GetValue(batch) < 1) throw new VargptInputException("--steps and --batch must be ≥ 1");
             if (p.GetValue(stars) is < 0 or > 1) throw new InvalidOptionException(string.Create(CultureInfo.InvariantCulture, $"--small-star-share must be in [0, 1], got {p.GetValue(stars)}"), "--small-star-share");
-            if (p.GetValue(jitter) is < 0 or > ShapesPalette.MaxJitter) throw new InvalidOptionException(string.Create(CultureInfo.InvariantCulture, $"--jitter must be in [0, {ShapesPalette.MaxJitter}], got {p.GetValue(jitter)}"), "--jitter");
+            float j = Jitter(p, jitter);
             var opts = new VaeTrainingOptions
             {
                 OutputDir = Path.GetFullPath(p.GetRequiredValue(output)), Seed = p.GetValue(seed), Minutes = p.GetValue(minutes),
-                Steps = p.GetValue(steps), BatchSize = p.GetValue(batch), LearningRate = p.GetValue(lr), EvalImages = p.GetValue(evalN), PositionJitter = p.GetValue(jitter), SmallStarShare = p.GetValue(stars),
+                Steps = p.GetValue(steps), BatchSize = p.GetValue(batch), LearningRate = p.GetValue(lr), EvalImages = p.GetValue(evalN), PositionJitter = j, SmallStarShare = p.GetValue(stars),
                 Output = p.InvocationConfiguration.Output,
             };
             var r = VaeTraining.Train(new ShapesModelConfig(), opts, p.GetValue(resume));

@@ -35,16 +35,24 @@ public static class DecodeLinear
     /// True when the fast path computes linear(x, weight, bias): CPU, fp32 or bf16 (x, weight and bias alike), weight
     /// [O, I] contiguous, at most <see cref="MaxRows"/> rows, no autograd graph needed, SIMD available.
     /// </summary>
-    public static bool Applies(Tensor x, Tensor weight, Tensor? bias)
+    public static bool Applies(Tensor x, Tensor weight, Tensor? bias) =>
+        FewRowInput(x, weight, bias) && weight.dtype == x.dtype && !(is_grad_enabled() && weight.requires_grad);
+
+    /// <summary>
+    /// What both GEMVs need of the input: SIMD, the CPU, x fp32 or bf16 [..., I] with at most <see cref="MaxRows"/> rows
+    /// against a contiguous 2-d weight [O, I] (I ≠ 0) that one span can address, bias [O] in x's dtype, and no autograd
+    /// graph through x or bias.
+    /// </summary>
+    static bool FewRowInput(Tensor x, Tensor weight, Tensor? bias)
     {
         if (!Vector.IsHardwareAccelerated || x.device_type != TorchSharp.DeviceType.CPU || weight.device_type != TorchSharp.DeviceType.CPU) return false;
-        var t = weight.dtype;
-        if ((t != ScalarType.Float32 && t != ScalarType.BFloat16) || x.dtype != t || weight.dim() != 2 || x.dim() < 1) return false;
+        var t = x.dtype;
+        if ((t != ScalarType.Float32 && t != ScalarType.BFloat16) || weight.dim() != 2 || x.dim() < 1) return false;
         long inF = weight.shape[1];
         if (x.shape[^1] != inF || inF == 0 || x.numel() > MaxRows * inF || !weight.is_contiguous()) return false;
         if (weight.numel() * weight.element_size() > int.MaxValue) return false; // Tensor.bytes is an int-length span
         if (bias is not null && (bias.dtype != t || bias.dim() != 1 || bias.shape[0] != weight.shape[0] || bias.device_type != TorchSharp.DeviceType.CPU)) return false;
-        return !(is_grad_enabled() && (x.requires_grad || weight.requires_grad || (bias?.requires_grad ?? false)));
+        return !(is_grad_enabled() && (x.requires_grad || (bias?.requires_grad ?? false)));
     }
 
     /// <summary>linear(x, weight, bias) by the fast GEMV; x [..., I], weight [O, I], bias [O] → [..., O]. Check <see cref="Applies"/> first.</summary>
@@ -78,18 +86,9 @@ public static class DecodeLinear
     /// or bf16 (bias alike), q int8 [O, I] contiguous, scale fp32 [O] contiguous, at most <see cref="MaxRows"/> rows, no
     /// autograd graph for x or bias, SIMD available.
     /// </summary>
-    public static bool AppliesInt8(Tensor x, Tensor q, Tensor scale, Tensor? bias)
-    {
-        if (!Vector.IsHardwareAccelerated || x.device_type != TorchSharp.DeviceType.CPU || q.device_type != TorchSharp.DeviceType.CPU) return false;
-        var t = x.dtype;
-        if ((t != ScalarType.Float32 && t != ScalarType.BFloat16) || q.dtype != ScalarType.Int8 || q.dim() != 2 || x.dim() < 1) return false;
-        long inF = q.shape[1];
-        if (x.shape[^1] != inF || inF == 0 || x.numel() > MaxRows * inF || !q.is_contiguous()) return false;
-        if (q.numel() > int.MaxValue) return false; // Tensor.bytes is an int-length span
-        if (scale.dtype != ScalarType.Float32 || scale.dim() != 1 || scale.shape[0] != q.shape[0] || !scale.is_contiguous() || scale.device_type != TorchSharp.DeviceType.CPU) return false;
-        if (bias is not null && (bias.dtype != t || bias.dim() != 1 || bias.shape[0] != q.shape[0] || bias.device_type != TorchSharp.DeviceType.CPU)) return false;
-        return !(is_grad_enabled() && (x.requires_grad || (bias?.requires_grad ?? false)));
-    }
+    public static bool AppliesInt8(Tensor x, Tensor q, Tensor scale, Tensor? bias) =>
+        q.dtype == ScalarType.Int8 && FewRowInput(x, q, bias) &&
+        scale.dtype == ScalarType.Float32 && scale.dim() == 1 && scale.shape[0] == q.shape[0] && scale.is_contiguous() && scale.device_type == TorchSharp.DeviceType.CPU;
 
     /// <summary>
     /// x · (scale ⊙ q)ᵀ + bias for an int8 weight with one fp32 scale per output row: each row's dot product is summed in
@@ -302,18 +301,27 @@ public static class DecodeLinear
             Vector<float> a0 = default, a1 = default, a2 = default, a3 = default;
             for (; k <= n - L; k += L)
             {
-                Vector.Widen(Vector.Load(w + k), out Vector<short> lo, out Vector<short> hi);
-                Vector.Widen(lo, out Vector<int> i0, out Vector<int> i1);
-                Vector.Widen(hi, out Vector<int> i2, out Vector<int> i3);
-                a0 = Vector.FusedMultiplyAdd(Vector.ConvertToSingle(i0), Vector.Load(x + k), a0);
-                a1 = Vector.FusedMultiplyAdd(Vector.ConvertToSingle(i1), Vector.Load(x + k + F), a1);
-                a2 = Vector.FusedMultiplyAdd(Vector.ConvertToSingle(i2), Vector.Load(x + k + 2 * F), a2);
-                a3 = Vector.FusedMultiplyAdd(Vector.ConvertToSingle(i3), Vector.Load(x + k + 3 * F), a3);
+                WidenInt8(w + k, out var f0, out var f1, out var f2, out var f3);
+                a0 = Vector.FusedMultiplyAdd(f0, Vector.Load(x + k), a0);
+                a1 = Vector.FusedMultiplyAdd(f1, Vector.Load(x + k + F), a1);
+                a2 = Vector.FusedMultiplyAdd(f2, Vector.Load(x + k + 2 * F), a2);
+                a3 = Vector.FusedMultiplyAdd(f3, Vector.Load(x + k + 3 * F), a3);
             }
             s = Vector.Sum((a0 + a1) + (a2 + a3));
         }
         for (; k < n; k++) s += w[k] * x[k];
         return s;
+    }
+
+    /// <summary>The four fp32 vectors of one Vector&lt;sbyte&gt; of int8 values (sbyte → short → int → float, exact).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static unsafe void WidenInt8(sbyte* q, out Vector<float> f0, out Vector<float> f1, out Vector<float> f2, out Vector<float> f3)
+    {
+        Vector.Widen(Vector.Load(q), out Vector<short> lo, out Vector<short> hi);
+        Vector.Widen(lo, out Vector<int> i0, out Vector<int> i1);
+        Vector.Widen(hi, out Vector<int> i2, out Vector<int> i3);
+        f0 = Vector.ConvertToSingle(i0); f1 = Vector.ConvertToSingle(i1);
+        f2 = Vector.ConvertToSingle(i2); f3 = Vector.ConvertToSingle(i3);
     }
 
     /// <summary>

@@ -193,11 +193,8 @@ public sealed class Int8Linear : nn.Module<Tensor, Tensor>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static unsafe void Widen(sbyte* q, Vector<float> s, out Vector<float> f0, out Vector<float> f1, out Vector<float> f2, out Vector<float> f3)
     {
-        Vector.Widen(Vector.Load(q), out Vector<short> lo, out Vector<short> hi);
-        Vector.Widen(lo, out Vector<int> i0, out Vector<int> i1);
-        Vector.Widen(hi, out Vector<int> i2, out Vector<int> i3);
-        f0 = Vector.ConvertToSingle(i0) * s; f1 = Vector.ConvertToSingle(i1) * s;
-        f2 = Vector.ConvertToSingle(i2) * s; f3 = Vector.ConvertToSingle(i3) * s;
+        DecodeLinear.WidenInt8(q, out f0, out f1, out f2, out f3);
+        f0 *= s; f1 *= s; f2 *= s; f3 *= s;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -36,7 +36,10 @@ public static class TorchRuntime
 
     /// <summary>As <see cref="ParseDType(string)"/>, and "auto" resolves to <see cref="AutoDType(Device, CpuInfo)"/> for <paramref name="device"/> on this CPU.</summary>
     public static ScalarType ParseDType(string name, Device device) =>
-        name.Trim().Equals(AutoDTypeName, StringComparison.OrdinalIgnoreCase) ? AutoDType(device, CpuInfo.Detect()) : ParseDType(name);
+        IsAutoDType(name) ? AutoDType(device, CpuInfo.Detect()) : ParseDType(name);
+
+    /// <summary>True when <paramref name="name"/> is "auto" (any case, surrounding spaces ignored), the name <see cref="ParseDType(string, Device)"/> resolves by device and CPU.</summary>
+    public static bool IsAutoDType(string name) => name.Trim().Equals(AutoDTypeName, StringComparison.OrdinalIgnoreCase);
 
     /// <summary>
     /// The inference compute dtype of "--dtype auto": bf16 on CUDA (what the official lmms-eval wrapper loads with
@@ -55,11 +58,14 @@ public static class TorchRuntime
     {
         var dt = DTypeName(AutoDType(device, cpu));
         if (device.type == DeviceType.CUDA) return $"{dt} (CUDA)";
-        var native = new[] { "avx512_bf16", "amx_bf16" }.Where(cpu.Has).ToList();
+        var native = NativeBf16Flags.Where(cpu.Has).ToList();
         return native.Count > 0 ? $"{dt} (CPU has {string.Join(" and ", native)})" : $"{dt} (CPU has no native bf16: neither avx512_bf16 nor amx_bf16)";
     }
 
-    static bool HasNativeBf16(CpuInfo cpu) => cpu.Has("avx512_bf16") || cpu.Has("amx_bf16");
+    /// <summary>CPU flags (Linux /proc/cpuinfo names) of native bf16 dot products.</summary>
+    static readonly string[] NativeBf16Flags = ["avx512_bf16", "amx_bf16"];
+
+    static bool HasNativeBf16(CpuInfo cpu) => NativeBf16Flags.Any(cpu.Has);
 
     [DllImport("libc", EntryPoint = "setenv")] static extern int SetEnv(string name, string value, int overwrite);
 
