@@ -42,6 +42,9 @@ public class ShapesCliTests
         (code, _, e) = Run("shapes", "train-vae", "--out", "/tmp/never-written", "--jitter", "0.5");
         Assert.Equal(2, code);
         Assert.Contains("--jitter must be in [0, 0.02], got 0.5", e);
+        (code, _, e) = Run("shapes", "train-vae", "--out", "/tmp/never-written", "--small-star-share", "1.5");
+        Assert.Equal(2, code);
+        Assert.Contains("--small-star-share must be in [0, 1], got 1.5", e);
         Assert.False(Directory.Exists("/tmp/never-written"));
         (code, _, e) = Run("shapes", "train", "--out", "/tmp/never-written", "--sft-steps", "0");
         Assert.Equal(2, code);
