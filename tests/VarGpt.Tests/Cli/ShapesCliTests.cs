@@ -46,6 +46,9 @@ public class ShapesCliTests
         Assert.Equal(2, code);
         Assert.Contains("--small-star-share must be in [0, 1], got 1.5", e);
         Assert.False(Directory.Exists("/tmp/never-written"));
+        (code, _, e) = Run("shapes", "probe-text", "--count", "1");
+        Assert.Equal(2, code);
+        Assert.Contains("--count must be at least 2", e);
         (code, _, e) = Run("shapes", "train", "--out", "/tmp/never-written", "--sft-steps", "0");
         Assert.Equal(2, code);
         Assert.Contains("--sft-steps must be ≥ 1", e);
