@@ -58,16 +58,19 @@ public static class ShapesCommand
         var seed = SeedOption();
         var size = new Option<int>("--image-size") { Description = "Side of the rendered PNGs.", DefaultValueFactory = _ => 128 };
         var jitter = JitterOption("Uniform box-centre jitter of the rendered scenes", 0f);
+        var task = new Option<string?>("--task") { Description = "Only samples of one task: understanding, description, text-to-image or edit (default: the task mix)." };
+        task.AcceptOnlyFromAmong(TaskNames.Keys.ToArray());
         var cmd = new Command("data",
             """
             Write a ShapesWorld dataset in the official LLaMA-Factory sharegpt layout: dataset_info.json,
             shapesworld_train.json / shapesworld_eval.json (messages with <image> / <image_gen> placeholders,
             image paths relative to the folder), PNGs under images/, and *_truth.json (scenes, requested spec,
             edit, exact answer) for scoring. Task mix: 30% understanding, 10% description, 35% text-to-image,
-            25% editing.
+            25% editing, or one task with --task.
             """)
-        { output, train, eval, seed, size, jitter };
-        cmd.WithExamples("vargpt shapes data --out data/shapes --train 20000 --eval 500 --seed 0");
+        { output, train, eval, seed, size, jitter, task };
+        cmd.WithExamples("vargpt shapes data --out data/shapes --train 20000 --eval 500 --seed 0",
+            "vargpt shapes data --out data/t2i --task text-to-image --image-size 64 --train 20000 --eval 200");
         cmd.SetAction(p =>
         {
             var o = p.InvocationConfiguration.Output;
@@ -79,7 +82,7 @@ public static class ShapesCommand
             var dir = Path.GetFullPath(p.GetRequiredValue(output));
             AtomicFile.CheckWritableFolder(dir, "--out");
             var sw = System.Diagnostics.Stopwatch.StartNew();
-            ShapesDataset.Write(dir, gen, nTrain, nEval);
+            ShapesDataset.Write(dir, gen, nTrain, nEval, p.GetValue(task) is { } t ? TaskNames[t] : null);
             foreach (var (name, n) in new[] { (ShapesDataset.TrainName, nTrain), (ShapesDataset.EvalName, nEval) })
             {
                 var truth = ShapesDataset.ReadTruth(dir, name);
@@ -91,6 +94,12 @@ public static class ShapesCommand
         });
         return cmd;
     }
+
+    static readonly Dictionary<string, ShapesTaskKind> TaskNames = new()
+    {
+        ["understanding"] = ShapesTaskKind.Understanding, ["description"] = ShapesTaskKind.Description,
+        ["text-to-image"] = ShapesTaskKind.TextToImage, ["edit"] = ShapesTaskKind.Edit,
+    };
 
     static Command TrainCommand()
     {

@@ -31,6 +31,19 @@ public class ShapesCliTests
     }
 
     [Fact]
+    public void Data_with_a_task_writes_only_samples_of_that_task()
+    {
+        using var d = TestPaths.Temp();
+        var (code, o, e) = Run("shapes", "data", "--out", d.Path, "--train", "8", "--eval", "3", "--task", "text-to-image", "--image-size", "64");
+        Assert.True(code == 0, e);
+        Assert.Contains("shapesworld_train: 8 samples (TextToImage 8)", o);
+        Assert.All(ShapesDataset.ReadTruth(d.Path, ShapesDataset.EvalName), s => Assert.Equal(ShapesTaskKind.TextToImage, s.Kind));
+        (code, _, e) = Run("shapes", "data", "--out", d.Path, "--task", "drawing");
+        Assert.Equal(2, code);
+        Assert.Contains("'drawing' not recognized", e);
+    }
+
+    [Fact]
     public void Bad_arguments_are_user_errors()
     {
         var (code, _, e) = Run("shapes", "data", "--out", "/tmp/x", "--jitter", "0.5");
