@@ -42,6 +42,15 @@ public sealed record ShapesTrainingOptions
     /// </summary>
     public bool FreezeVisionTower { get; init; } = true;
     public int AlignSteps { get; init; } = 400;
+    /// <summary>
+    /// Text-to-image samples of the generation stage (between alignment and SFT), drawn after every other training set.
+    /// The generator had seen ~8,000 image targets by the end of SFT and drew the average scene whatever the prompt
+    /// (r1; `shapes probe-text` on r4L: 80% of the last scale's bits right with teacher forcing, own prompt or not).
+    /// </summary>
+    public int GenerationSamples { get; init; } = 24000;
+    public int GenerationSteps { get; init; } = 1500;
+    /// <summary>Batch of the generation stage: every sample has a 121-token target, so a larger batch costs less than in proportion.</summary>
+    public int GenerationBatchSize { get; init; } = 16;
     public int SftSteps { get; init; } = 1300;
     /// <summary>
     /// vargpt_gen_text_loss of the SFT stage. "labels": the text CE covers the answers only. The official
@@ -66,7 +75,8 @@ public sealed record ShapesTrainingOptions
     public int LoraRank { get; init; } = 16;
     /// <summary>Gates (issue 16): each is measured on held-out data after its stage, printed and written to OUT/gates.json.
     /// VAE: scorer on round trips, every colour distinct; vision: the token probe per attribute; understanding: held-out
-    /// questions; text-to-image before DPO: at least the bottom of the band where DPO finds pairs.</summary>
+    /// questions; text-to-image after the generation stage and again after SFT, before DPO: at least the bottom of the band
+    /// where DPO finds pairs.</summary>
     public double VaeGate { get; init; } = 0.99;
     public double VisionGate { get; init; } = 0.99;
     public double UnderstandingGate { get; init; } = 0.95;
@@ -92,8 +102,8 @@ public sealed record ShapesTrainingOptions
 /// </summary>
 public static class ShapesTraining
 {
-    public const string DataDir = "data", BaseDir = "base", VaeDir = "vae", VisionDir = "vision", UnderstandingDir = "understanding", AlignDir = "align", SftDir = "sft", DpoDataDir = "dpo_data", DpoDir = "dpo", ModelDir = "model";
-    public const string AlignName = "shapesworld_align", UnderstandingName = "shapesworld_understanding";
+    public const string DataDir = "data", BaseDir = "base", VaeDir = "vae", VisionDir = "vision", UnderstandingDir = "understanding", AlignDir = "align", GenerationDir = "generation", SftDir = "sft", DpoDataDir = "dpo_data", DpoDir = "dpo", ModelDir = "model";
+    public const string AlignName = "shapesworld_align", UnderstandingName = "shapesworld_understanding", GenerationName = "shapesworld_generation";
     public const string WorldFile = "shapesworld.json";
     /// <summary>The mining stage's <see cref="ShapesDpoStats"/> in OUT/dpo_data (its Pairs sizes the DPO stage).</summary>
     public const string MiningFile = "mining.json";
@@ -122,6 +132,7 @@ public static class ShapesTraining
             var understanding = world.Samples(ShapesSplit.Train, questions, ShapesTaskKind.Understanding, start: uStart)
                 .Concat(world.Samples(ShapesSplit.Train, o.UnderstandingSamples - questions, ShapesTaskKind.Description, start: uStart + questions));
             ShapesDataset.WriteDataset(data, UnderstandingName, understanding, sizes.ImageSize);
+            WriteGenerationData(root, o, world, sizes);
             var tokenizer = BpeTrainer.TrainShapesWorld(world);
             var baseDir = Path.Combine(root, BaseDir);
             Directory.CreateDirectory(baseDir);
@@ -164,14 +175,26 @@ public static class ShapesTraining
         // ---- D. alignment: caption pairs in both directions (descriptions, text-to-image), everything but the VAE (and the tower)
         Stage(root, AlignDir, log, () => RunYaml(root, AlignDir, StageYaml(o, sizes, TrainingStage.Sft, UnderstandingDir, [AlignName], AlignDir, o.AlignSteps, o.BatchSize, o.LearningRate, lmStage), log, cancellationToken));
 
-        // ---- E. SFT on all tasks
-        var sftStage = new Dictionary<string, string>(lmStage ?? []) { ["vargpt_gen_text_loss"] = TrainingConfig.YamlName(o.SftGenTextLoss) };
-        Stage(root, SftDir, log, () => RunYaml(root, SftDir, StageYaml(o, sizes, TrainingStage.Sft, AlignDir, [ShapesDataset.TrainName], SftDir, o.SftSteps, o.BatchSize, o.LearningRate, sftStage), log, cancellationToken));
+        // ---- E. generation: text-to-image pairs only, so the generator sees several times the image targets of the mixed stages
+        var genStage = new Dictionary<string, string>(lmStage ?? []) { ["vargpt_gen_text_loss"] = TrainingConfig.YamlName(o.SftGenTextLoss) };
+        Stage(root, GenerationDir, log, () =>
+        {
+            // runs whose data stage predates this stage get its dataset here (the same samples the data stage writes)
+            WriteGenerationData(root, o, world, sizes);
+            RunYaml(root, GenerationDir, StageYaml(o, sizes, TrainingStage.Sft, AlignDir, [GenerationName], GenerationDir, o.GenerationSteps, o.GenerationBatchSize, o.LearningRate, genStage), log, cancellationToken);
+        });
+
+        Gate(root, o, "generation", () => ShapesGates.Task("generation",
+            GateEvaluation(root, GenerationDir, o, ShapesEvaluationOptions.PerTask(0) with { TextToImage = o.GateSamples }, cancellationToken).Generation,
+            o.TextToImageGate, "held-out images with every requested attribute right, after the generation stage"));
+
+        // ---- F. SFT on all tasks
+        Stage(root, SftDir, log, () => RunYaml(root, SftDir, StageYaml(o, sizes, TrainingStage.Sft, GenerationDir, [ShapesDataset.TrainName], SftDir, o.SftSteps, o.BatchSize, o.LearningRate, genStage), log, cancellationToken));
         Gate(root, o, "text_to_image", () => ShapesGates.Task("text_to_image",
             GateEvaluation(root, SftDir, o, ShapesEvaluationOptions.PerTask(0) with { TextToImage = o.GateSamples }, cancellationToken).Generation,
             o.TextToImageGate, "held-out images with every requested attribute right, before DPO"));
 
-        // ---- F. DPO on text-to-image pairs sampled from the SFT model (chosen = scorer-correct, rejected = wrong),
+        // ---- G. DPO on text-to-image pairs sampled from the SFT model (chosen = scorer-correct, rejected = wrong),
         // trained as a LoRA adapter on the language model with everything else frozen, so the adapter holds all of it
         string? adapter = null;
         Stage(root, DpoDataDir, log, () =>
@@ -245,7 +268,7 @@ public static class ShapesTraining
             }
             var training = Path.Combine(tmp, "training");
             Directory.CreateDirectory(training);
-            foreach (var (stage, name) in new[] { (VaeDir, "vae"), (VisionDir, "vision"), (UnderstandingDir, "understanding"), (AlignDir, "align"), (SftDir, "sft"), (DpoDir, "dpo") })
+            foreach (var (stage, name) in new[] { (VaeDir, "vae"), (VisionDir, "vision"), (UnderstandingDir, "understanding"), (AlignDir, "align"), (GenerationDir, "generation"), (SftDir, "sft"), (DpoDir, "dpo") })
             {
                 var jsonl = Path.Combine(root, stage, TrainerLog.JsonlFile);
                 if (File.Exists(jsonl)) File.Copy(jsonl, Path.Combine(training, name + ".jsonl"));
@@ -253,6 +276,17 @@ public static class ShapesTraining
             var vaeEval = Path.Combine(root, VaeDir, VaeTraining.EvalFile);
             if (File.Exists(vaeEval)) File.Copy(vaeEval, Path.Combine(training, VaeTraining.EvalFile));
         }, replace: true);
+    }
+
+    /// <summary>data/shapesworld_generation: <see cref="ShapesTrainingOptions.GenerationSamples"/> text-to-image samples of the
+    /// Train split, indexed after the mixed, alignment and understanding sets; written unless dataset_info.json lists it.</summary>
+    static void WriteGenerationData(string root, ShapesTrainingOptions o, ShapesWorldGenerator world, ShapesModelConfig sizes)
+    {
+        var data = Path.Combine(root, DataDir);
+        var info = Path.Combine(data, "dataset_info.json");
+        if (File.Exists(info) && JsonNode.Parse(File.ReadAllText(info)) is JsonObject entries && entries.ContainsKey(GenerationName)) return;
+        long start = (long)o.TrainSamples + o.AlignSamples + o.UnderstandingSamples;
+        ShapesDataset.WriteDataset(data, GenerationName, world.Samples(ShapesSplit.Train, o.GenerationSamples, ShapesTaskKind.TextToImage, start: start), sizes.ImageSize);
     }
 
     public static ShapesWorldOptions WorldOptions(int seed, ShapesModelConfig sizes) => new() { Seed = seed, ImageSize = sizes.ImageSize };

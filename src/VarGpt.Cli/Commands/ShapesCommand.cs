@@ -104,7 +104,7 @@ public static class ShapesCommand
     static Command TrainCommand()
     {
         var d = new ShapesTrainingOptions { OutputDir = "" };
-        var output = new Option<string>("--out") { Description = "Run folder (data/, base/, vae/, vision/, understanding/, align/, sft/, dpo_data/, dpo/, model/ and one yaml per stage). Rerunning the same command resumes.", Required = true };
+        var output = new Option<string>("--out") { Description = "Run folder (data/, base/, vae/, vision/, understanding/, align/, generation/, sft/, dpo_data/, dpo/, model/ and one yaml per stage). Rerunning the same command resumes.", Required = true };
         var seed = SeedOption();
         var threads = ThreadsOption();
         var train = new Option<int>("--train-samples") { Description = "Mixed-task training samples.", DefaultValueFactory = _ => d.TrainSamples };
@@ -112,6 +112,7 @@ public static class ShapesCommand
         var vision = new Option<int>("--vision-steps") { Description = "Vision-tower pretraining steps (per-token probe).", DefaultValueFactory = _ => d.VisionSteps };
         var und = new Option<int>("--understanding-steps") { Description = "Understanding-stage steps (questions and descriptions).", DefaultValueFactory = _ => d.UnderstandingSteps };
         var align = new Option<int>("--align-steps") { Description = "Alignment-stage steps (caption pairs).", DefaultValueFactory = _ => d.AlignSteps };
+        var gen = new Option<int>("--generation-steps") { Description = $"Generation-stage steps (text-to-image pairs, {d.GenerationBatchSize} per step).", DefaultValueFactory = _ => d.GenerationSteps };
         var sft = new Option<int>("--sft-steps") { Description = "SFT steps (all tasks).", DefaultValueFactory = _ => d.SftSteps };
         var dpo = new Option<int>("--dpo-steps") { Description = $"DPO steps at most: fewer when {d.DpoMaxEpochs:0.#} passes over the mined pairs take fewer.", DefaultValueFactory = _ => d.DpoSteps };
         var batch = new Option<int>("--batch") { Description = "Samples per alignment/SFT step.", DefaultValueFactory = _ => d.BatchSize };
@@ -120,24 +121,24 @@ public static class ShapesCommand
             """
             Train the ShapesWorld VARGPT from scratch, end to end: data + BPE tokenizer, the BSQ-VAE, the vision
             tower's pretraining, then the LLaMA-Factory style stages (understanding on questions and descriptions,
-            alignment on caption pairs, SFT on all tasks, DPO on sampled text-to-image pairs as a LoRA adapter), each from a yaml written into the run folder (rerun one with
+            alignment on caption pairs, generation on text-to-image pairs, SFT on all tasks, DPO on sampled text-to-image pairs as a LoRA adapter), each from a yaml written into the run folder (rerun one with
             `vargpt train sft|dpo FILE`). Finished stages are skipped and an interrupted one resumes from its last
             checkpoint when the command is run again. The result is OUT/model, a model folder every command takes
             with --model. After the VAE, vision, understanding and SFT stages a gate measures the stage on held-out
             data (VAE round trips read right by the scorer, the vision tower's token probe, held-out questions,
             text-to-image before DPO), prints it and writes it to OUT/gates.json; the run stops at a failed gate.
             """)
-        { output, seed, threads, train, vae, vision, und, align, sft, dpo, batch, ignoreGates };
-        cmd.WithExamples("vargpt shapes train --out runs/shapes --seed 0", "vargpt shapes train --out runs/quick --vae-steps 20 --vision-steps 10 --understanding-steps 10 --align-steps 10 --sft-steps 20 --dpo-steps 5 --ignore-gates");
+        { output, seed, threads, train, vae, vision, und, align, gen, sft, dpo, batch, ignoreGates };
+        cmd.WithExamples("vargpt shapes train --out runs/shapes --seed 0", "vargpt shapes train --out runs/quick --vae-steps 20 --vision-steps 10 --understanding-steps 10 --align-steps 10 --generation-steps 10 --sft-steps 20 --dpo-steps 5 --ignore-gates");
         cmd.SetAction(p =>
         {
             set_num_threads(Math.Max(1, p.GetValue(threads)));
-            foreach (var (name, v) in new[] { ("--train-samples", p.GetValue(train)), ("--vae-steps", p.GetValue(vae)), ("--vision-steps", p.GetValue(vision)), ("--understanding-steps", p.GetValue(und)), ("--align-steps", p.GetValue(align)), ("--sft-steps", p.GetValue(sft)), ("--dpo-steps", p.GetValue(dpo)), ("--batch", p.GetValue(batch)) })
+            foreach (var (name, v) in new[] { ("--train-samples", p.GetValue(train)), ("--vae-steps", p.GetValue(vae)), ("--vision-steps", p.GetValue(vision)), ("--understanding-steps", p.GetValue(und)), ("--align-steps", p.GetValue(align)), ("--generation-steps", p.GetValue(gen)), ("--sft-steps", p.GetValue(sft)), ("--dpo-steps", p.GetValue(dpo)), ("--batch", p.GetValue(batch)) })
                 if (v < 1) throw new VargptInputException($"{name} must be ≥ 1, got {v}");
             var o = new ShapesTrainingOptions
             {
                 OutputDir = p.GetRequiredValue(output), Seed = p.GetValue(seed), TrainSamples = p.GetValue(train), VaeSteps = p.GetValue(vae),
-                VisionSteps = p.GetValue(vision), UnderstandingSteps = p.GetValue(und), AlignSteps = p.GetValue(align), SftSteps = p.GetValue(sft), DpoSteps = p.GetValue(dpo), BatchSize = p.GetValue(batch),
+                VisionSteps = p.GetValue(vision), UnderstandingSteps = p.GetValue(und), AlignSteps = p.GetValue(align), GenerationSteps = p.GetValue(gen), SftSteps = p.GetValue(sft), DpoSteps = p.GetValue(dpo), BatchSize = p.GetValue(batch),
                 StopAtFailedGate = !p.GetValue(ignoreGates), Output = p.InvocationConfiguration.Output,
             };
             using var stop = new GracefulStop(p.InvocationConfiguration.Output);

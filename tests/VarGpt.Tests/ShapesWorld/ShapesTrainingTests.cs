@@ -49,7 +49,7 @@ public class ShapesTrainingTests(ITestOutputHelper output)
         {
             OutputDir = dir.Path, Seed = 5, TrainSamples = 48, AlignSamples = 32, EvalSamples = 8, VaeSteps = 6, VaeEvalImages = 4,
             VisionSteps = 8, UnderstandingSamples = 32, UnderstandingSteps = 6, UnderstandingBatchSize = 4,
-            AlignSteps = 6, SftSteps = 8, BatchSize = 4, LoggingSteps = 1, Output = log,
+            AlignSteps = 6, GenerationSamples = 16, GenerationSteps = 6, GenerationBatchSize = 4, SftSteps = 8, BatchSize = 4, LoggingSteps = 1, Output = log,
             // a few prompts: an 8-step model may already start images, and 300 × 4 of them take minutes
             DpoPrompts = 4, DpoSamplesPerPrompt = 2, DpoSteps = 4, DpoBatchSize = 2,
             // a few steps per stage cannot pass the gates: measure and record them, and go on
@@ -58,7 +58,7 @@ public class ShapesTrainingTests(ITestOutputHelper output)
         var model = ShapesTraining.Run(o, cancellationToken: TestContext.Current.CancellationToken);
         output.WriteLine(log.ToString());
 
-        foreach (var stage in new[] { ShapesTraining.VaeDir, ShapesTraining.VisionDir, ShapesTraining.UnderstandingDir, ShapesTraining.AlignDir, ShapesTraining.SftDir })
+        foreach (var stage in new[] { ShapesTraining.VaeDir, ShapesTraining.VisionDir, ShapesTraining.UnderstandingDir, ShapesTraining.AlignDir, ShapesTraining.GenerationDir, ShapesTraining.SftDir })
         {
             var losses = File.ReadAllLines(Path.Combine(dir.Path, stage, TrainerLog.JsonlFile))
                 .Select(l => JsonDocument.Parse(l).RootElement.GetProperty("loss").GetDouble()).ToArray();
@@ -69,13 +69,21 @@ public class ShapesTrainingTests(ITestOutputHelper output)
         }
         Assert.True(File.Exists(Path.Combine(dir.Path, "sft.yaml")), "each stage leaves its yaml");
         // every gate measured, in recipe order, and printed
-        Assert.Equal(["vae", "vision", "understanding", "text_to_image"], ShapesGates.Read(dir.Path).Select(g => g.Name));
+        Assert.Equal(["vae", "vision", "understanding", "generation", "text_to_image"], ShapesGates.Read(dir.Path).Select(g => g.Name));
         Assert.Contains("[gate understanding]", log.ToString());
         // stage yamls name their files by absolute path: the run does not depend on the working directory
         var sftYaml = TrainingConfig.Load(Path.Combine(dir.Path, "sft.yaml"));
         Assert.True(Path.IsPathRooted(sftYaml.ModelNameOrPath) && Path.IsPathRooted(sftYaml.DatasetDir) && Path.IsPathRooted(sftYaml.OutputDir));
         Assert.Equal(GenTextLoss.Labels, TrainingConfig.Load(Path.Combine(dir.Path, "sft.yaml")).GenTextLoss);
         Assert.Equal(GenTextLoss.Official, TrainingConfig.Load(Path.Combine(dir.Path, "align.yaml")).GenTextLoss);
+        // the generation stage trains on text-to-image pairs only, from the aligned model, and SFT starts from it
+        var genYaml = TrainingConfig.Load(Path.Combine(dir.Path, "generation.yaml"));
+        Assert.Equal([ShapesTraining.GenerationName], genYaml.Dataset);
+        Assert.Equal(Path.Combine(dir.Path, ShapesTraining.AlignDir), genYaml.ModelNameOrPath);
+        Assert.Equal(Path.Combine(dir.Path, ShapesTraining.GenerationDir), sftYaml.ModelNameOrPath);
+        var genData = ShapesDataset.ReadTruth(Path.Combine(dir.Path, ShapesTraining.DataDir), ShapesTraining.GenerationName);
+        Assert.Equal(16, genData.Count);
+        Assert.All(genData, s => Assert.Equal(ShapesTaskKind.TextToImage, s.Kind));
 
         // between two stages' model.safetensors: the same tensor names, and exactly the expected ones of `keys` changed
         void AssertChanged(string fromStage, string toStage, string[] keys, Func<string, bool> changes)
