@@ -255,6 +255,7 @@ public static class ShapesCommand
         var seed = new Option<long>("--seed") { Description = "Image sampler seed base: sample i uses seed + i (the same with and without the adapter).", DefaultValueFactory = _ => 0 };
         var examples = new Option<int>("--examples") { Description = "Samples per task shown in the report.", DefaultValueFactory = _ => 16 };
         var force = new Option<bool>("--force-image-start") { Description = "Begin every image reply with <|image_gen_start|> instead of waiting for the model to emit it (diagnostic; not the product path)." };
+        var cfgScale = new Option<double?>("--cfg") { Description = $"Classifier-free guidance of text-to-image and editing (default: the official {new ImageOptions().Cfg}; 1 = no unconditional branch)." };
         var threads = ThreadsOption();
         var cmd = new Command("eval",
             $"""
@@ -265,10 +266,11 @@ public static class ShapesCommand
             LoRA adapter), text-to-image is measured again without it on the same prompts and seeds: dpo_gain =
             generation_acc - generation_acc_before_dpo. Deterministic for a given folder, count and seed.
             """)
-        { json, report, fast, count, seed, examples, force, threads };
+        { json, report, fast, count, seed, examples, force, cfgScale, threads };
         model.AddTo(cmd);
         cmd.WithExamples(
             "vargpt shapes eval                                   # the shipped model, 200 samples per task",
+            "vargpt shapes eval --fast --cfg 1                    # drawing without classifier-free guidance",
             "vargpt shapes eval --fast --json",
             "vargpt shapes eval --model runs/shapes/model --report report.html");
         cmd.SetAction(p =>
@@ -279,6 +281,7 @@ public static class ShapesCommand
             int n = p.GetValue(count) ?? (p.GetValue(fast) ? ShapesEvaluationOptions.FastCount : ShapesEvaluationOptions.DefaultCount);
             if (n < 1) throw new VargptInputException($"--count must be at least 1, got {n}");
             if (p.GetValue(examples) < 0) throw new VargptInputException("--examples must be ≥ 0");
+            if (p.GetValue(cfgScale) is < 1) throw new VargptInputException($"--cfg must be ≥ 1, got {p.GetValue(cfgScale)}");
             var dir = model.ResolveModelDir(p);
             // the report's path is checked before the evaluation (minutes), not after it
             if (p.GetValue(report) is { } rp) AtomicFile.CheckWritable(rp, "--report");
@@ -286,7 +289,7 @@ public static class ShapesCommand
             {
                 ImageSeed = p.GetValue(seed),
                 Examples = p.GetValue(report) is null ? 0 : p.GetValue(examples),
-                Image = new ShapesEvaluationOptions().Image with { ForceImageStart = p.GetValue(force) },
+                Image = new ShapesEvaluationOptions().Image with { ForceImageStart = p.GetValue(force), Cfg = p.GetValue(cfgScale) ?? new ImageOptions().Cfg },
                 Load = model.LoadOptions(p),
             };
             set_num_threads(Math.Max(1, p.GetValue(threads)));

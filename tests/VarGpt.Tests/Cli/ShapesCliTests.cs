@@ -59,6 +59,9 @@ public class ShapesCliTests
         Assert.Equal(2, code);
         Assert.Contains("--small-star-share must be in [0, 1], got 1.5", e);
         Assert.False(Directory.Exists("/tmp/never-written"));
+        (code, _, e) = Run("shapes", "eval", "--fast", "--cfg", "0.5");
+        Assert.Equal(2, code);
+        Assert.Contains("--cfg must be ≥ 1, got 0.5", e);
         (code, _, e) = Run("shapes", "probe-text", "--count", "1");
         Assert.Equal(2, code);
         Assert.Contains("--count must be at least 2", e);
