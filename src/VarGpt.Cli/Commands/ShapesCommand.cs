@@ -255,6 +255,8 @@ public static class ShapesCommand
         var seed = new Option<long>("--seed") { Description = "Image sampler seed base: sample i uses seed + i (the same with and without the adapter).", DefaultValueFactory = _ => 0 };
         var examples = new Option<int>("--examples") { Description = "Samples per task shown in the report.", DefaultValueFactory = _ => 16 };
         var force = new Option<bool>("--force-image-start") { Description = "Begin every image reply with <|image_gen_start|> instead of waiting for the model to emit it (diagnostic; not the product path)." };
+        var onlyTask = new Option<string?>("--task") { Description = "Evaluate one task only: understanding, description, text-to-image or edit (default: all four)." };
+        onlyTask.AcceptOnlyFromAmong(TaskNames.Keys.ToArray());
         var cfgScale = new Option<double?>("--cfg") { Description = $"Classifier-free guidance of text-to-image and editing (default: the official {new ImageOptions().Cfg}; 1 = no unconditional branch)." };
         var threads = ThreadsOption();
         var cmd = new Command("eval",
@@ -266,11 +268,12 @@ public static class ShapesCommand
             LoRA adapter), text-to-image is measured again without it on the same prompts and seeds: dpo_gain =
             generation_acc - generation_acc_before_dpo. Deterministic for a given folder, count and seed.
             """)
-        { json, report, fast, count, seed, examples, force, cfgScale, threads };
+        { json, report, fast, count, seed, examples, force, onlyTask, cfgScale, threads };
         model.AddTo(cmd);
         cmd.WithExamples(
             "vargpt shapes eval                                   # the shipped model, 200 samples per task",
             "vargpt shapes eval --fast --cfg 1                    # drawing without classifier-free guidance",
+            "vargpt shapes eval --task text-to-image --count 100  # one task only",
             "vargpt shapes eval --fast --json",
             "vargpt shapes eval --model runs/shapes/model --report report.html");
         cmd.SetAction(p =>
@@ -285,7 +288,16 @@ public static class ShapesCommand
             var dir = model.ResolveModelDir(p);
             // the report's path is checked before the evaluation (minutes), not after it
             if (p.GetValue(report) is { } rp) AtomicFile.CheckWritable(rp, "--report");
-            var options = ShapesEvaluationOptions.PerTask(n) with
+            var perTask = p.GetValue(onlyTask) is { } t
+                ? TaskNames[t] switch
+                {
+                    ShapesTaskKind.Understanding => ShapesEvaluationOptions.PerTask(0) with { Understanding = n },
+                    ShapesTaskKind.Description => ShapesEvaluationOptions.PerTask(0) with { Description = n },
+                    ShapesTaskKind.TextToImage => ShapesEvaluationOptions.PerTask(0) with { TextToImage = n },
+                    _ => ShapesEvaluationOptions.PerTask(0) with { Edit = n },
+                }
+                : ShapesEvaluationOptions.PerTask(n);
+            var options = perTask with
             {
                 ImageSeed = p.GetValue(seed),
                 Examples = p.GetValue(report) is null ? 0 : p.GetValue(examples),

@@ -44,6 +44,17 @@ public class ShapesCliTests
     }
 
     [Fact]
+    public void Eval_with_a_task_evaluates_that_task_only()
+    {
+        var (code, o, e) = Run("shapes", "eval", "--task", "text-to-image", "--count", "2", "--json");
+        Assert.True(code == 0, e);
+        var counts = JsonNode.Parse(o)!["counts"]!;
+        Assert.Equal(2, (int)counts["generation"]!["total"]!);
+        Assert.Equal(0, (int)counts["understanding"]!["total"]!);
+        Assert.Equal(0, (int)counts["editing"]!["total"]!);
+    }
+
+    [Fact]
     public void Bad_arguments_are_user_errors()
     {
         var (code, _, e) = Run("shapes", "data", "--out", "/tmp/x", "--jitter", "0.5");
