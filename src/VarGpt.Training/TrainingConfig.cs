@@ -28,6 +28,18 @@ public enum GenTextLoss
     Labels,
 }
 
+/// <summary>`vargpt_bit_loss` (this port's key): how the image bit CE of a batch is averaged.</summary>
+public enum BitLoss
+{
+    /// <summary>get_gen_loss_1_1: the plain mean over every bit of every token (its per-scale re-weighting acts on an
+    /// already-reduced scalar, so it is a no-op).</summary>
+    Official,
+    /// <summary>What Infinity's reweight_loss_by_scale intends: each token's mean bit CE weighted by
+    /// sqrt(last area / its scale's area), weights normalised to sum 1, so the coarse scales (few tokens, where the
+    /// layout and colours a prompt asks for are decided) weigh more than their token count.</summary>
+    ScaleWeighted,
+}
+
 /// <summary>`vargpt_train_positions` (this port's key): the position ids of the training forward.</summary>
 public enum TrainPositions
 {
@@ -75,6 +87,8 @@ public sealed record TrainingConfig
     /// <summary>vargpt_gen_text_loss (VarGpt.NET key; see <see cref="Training.GenTextLoss"/>). Not an official option: a small
     /// model trained with "official" learns to continue user turns after the assistant's first token (docs/shapesworld-notes.md).</summary>
     [YamlMember(Alias = "vargpt_gen_text_loss")] public GenTextLoss GenTextLoss { get; init; } = GenTextLoss.Official;
+    /// <summary>vargpt_bit_loss (VarGpt.NET key; see <see cref="Training.BitLoss"/>). Not an official option.</summary>
+    [YamlMember(Alias = "vargpt_bit_loss")] public BitLoss BitLoss { get; init; } = BitLoss.Official;
     /// <summary>vargpt_train_positions (VarGpt.NET key; see <see cref="Training.TrainPositions"/>). Not an official option: a model
     /// trained from scratch with 1-D positions meets M-RoPE positions for the first time at inference (docs/shapesworld-notes.md).</summary>
     [YamlMember(Alias = "vargpt_train_positions")] public TrainPositions TrainPositions { get; init; } = TrainPositions.Official;

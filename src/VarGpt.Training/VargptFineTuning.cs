@@ -115,7 +115,7 @@ public static class VargptFineTuning
                 }
                 objective = d;
             }
-            else objective = new VargptSftObjective(model, fwd, cfg.GenTextLoss == GenTextLoss.Labels);
+            else objective = new VargptSftObjective(model, fwd, cfg.GenTextLoss == GenTextLoss.Labels, cfg.BitLoss);
 
             var trainerOptions = TrainerOptions.FromConfig(cfg) with
             {

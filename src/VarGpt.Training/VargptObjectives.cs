@@ -9,7 +9,9 @@ namespace VarGpt.Training;
 /// The forward's randomness (bit-flip noise, cond dropout) is seeded by the batch, so a resumed run replays it.
 /// </summary>
 /// <param name="genTextOnLabels">vargpt_gen_text_loss: labels (see <see cref="VargptTrainingLoss.Sft"/>).</param>
-public sealed class VargptSftObjective(VargptForConditionalGeneration model, VargptTrainingOptions? forwardOptions = null, bool genTextOnLabels = false) : ITrainingObjective<VargptBatch>
+/// <param name="bitLoss">vargpt_bit_loss (see <see cref="VargptTrainingLoss.Sft"/>).</param>
+public sealed class VargptSftObjective(VargptForConditionalGeneration model, VargptTrainingOptions? forwardOptions = null, bool genTextOnLabels = false,
+    BitLoss bitLoss = BitLoss.Official) : ITrainingObjective<VargptBatch>
 {
     readonly VargptTrainingOptions _o = forwardOptions ?? new VargptTrainingOptions();
 
@@ -19,7 +21,7 @@ public sealed class VargptSftObjective(VargptForConditionalGeneration model, Var
     public ObjectiveOutput Compute(VargptBatch batch)
     {
         var output = VargptTraining.Forward(model, batch.Inputs, _o with { Seed = batch.Seed ^ _o.Seed });
-        var loss = VargptTrainingLoss.Sft(output, batch.InputIds, batch.Labels, model.Config.ImageGen.PadId, genTextOnLabels);
+        var loss = VargptTrainingLoss.Sft(output, batch.InputIds, batch.Labels, model.Config.ImageGen.PadId, genTextOnLabels, bitLoss);
         if (!loss.Loss.requires_grad && is_grad_enabled())
             throw new InvalidOperationException($"the loss of this batch ({string.Join(", ", batch.Records.Select(r => r.Where))}) depends on no trainable parameter: " +
                 (output.GenLogits is null ? "it has no generation target and the language model, lm_head and vision tower are frozen" : "everything it depends on is frozen"));

@@ -32,7 +32,8 @@ public static class VargptTrainingLoss
     /// plain Qwen2-VL branch). <paramref name="genTextOnLabels"/> (not official, vargpt_gen_text_loss: labels): the
     /// text CE uses <paramref name="labels"/> (image_gen_pad positions ignored) in batches with generation targets too.
     /// </summary>
-    public static SftLoss Sft(VargptTrainingOutput output, Tensor inputIds, Tensor labels, int imageGenPadId, bool genTextOnLabels = false)
+    /// <param name="bitLoss">vargpt_bit_loss: Official = <see cref="ImageBitLoss"/>, ScaleWeighted = <see cref="ScaleWeightedBitLoss"/>.</param>
+    public static SftLoss Sft(VargptTrainingOutput output, Tensor inputIds, Tensor labels, int imageGenPadId, bool genTextOnLabels = false, BitLoss bitLoss = BitLoss.Official)
     {
         using var scope = NewDisposeScope();
         if (output.GenLogits is null)
@@ -41,7 +42,9 @@ public static class VargptTrainingLoss
             return new SftLoss(t.MoveToOuterDisposeScope(), t.alias().MoveToOuterDisposeScope(), null);
         }
         var text = TextCrossEntropy(output.Logits, OtherLabels(genTextOnLabels ? labels : inputIds, imageGenPadId));
-        var image = ImageBitLoss(output.GenLogits, output.ImageGenLabels!, output.Schedule!);
+        var image = bitLoss == BitLoss.ScaleWeighted
+            ? ScaleWeightedBitLoss(output.GenLogits, output.ImageGenLabels!, output.Schedule!)
+            : ImageBitLoss(output.GenLogits, output.ImageGenLabels!, output.Schedule!);
         var loss = text + LambdaImage * image;
         return new SftLoss(loss.MoveToOuterDisposeScope(), text.MoveToOuterDisposeScope(), image.MoveToOuterDisposeScope());
     }
@@ -94,6 +97,22 @@ public static class VargptTrainingLoss
         using var scope = NewDisposeScope();
         var ce = BitCrossEntropyMean(genLogits, labels);
         var lw = ScaleWeights(schedule, genLogits.device);
+        return ce.mean([-1]).mul(lw).sum([-1]).mean().MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// vargpt_bit_loss: scale_weighted, the weighting get_gen_loss_1_1 means to apply (Infinity's reweight_loss_by_scale):
+    /// per-bit CE unreduced [G, L, d] → mean over bits [G, L] → × <see cref="ScaleWeights"/> → sum over tokens → mean
+    /// over images.
+    /// </summary>
+    public static Tensor ScaleWeightedBitLoss(Tensor genLogits, Tensor labels, ScaleSchedule schedule)
+    {
+        using var scope = NewDisposeScope();
+        var (g, l) = (genLogits.shape[0], genLogits.shape[1]);
+        var x = genLogits.to(ScalarType.Float32).reshape(g, l, -1, 2).permute(0, 3, 1, 2);
+        var ce = nn.functional.cross_entropy(x, labels.to(ScalarType.Int64, genLogits.device), reduction: nn.Reduction.None); // [G, L, d]
+        var lw = ScaleWeights(schedule, genLogits.device);
+        if (lw.shape[1] != l) throw new ArgumentException($"bit logits have {l} tokens, the schedule '{schedule.Pn}' {lw.shape[1]}");
         return ce.mean([-1]).mul(lw).sum([-1]).mean().MoveToOuterDisposeScope();
     }
 

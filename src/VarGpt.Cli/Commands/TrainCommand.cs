@@ -56,7 +56,9 @@ public static class TrainCommand
             vargpt_freeze_modules (parameter-name substrings), vargpt_gen_augment (false: no 1.125x resize + crop of
             generation targets), vargpt_gen_text_loss ({TrainingConfig.Names<GenTextLoss>()}; official: in a batch with
             generation targets the text CE covers every token but the image-gen pads, prompts included, as
-            get_gen_loss_1_1; labels: the answers only), vargpt_train_positions ({TrainingConfig.Names<TrainPositions>()};
+            get_gen_loss_1_1; labels: the answers only), vargpt_bit_loss ({TrainingConfig.Names<BitLoss>()}; official: the
+            plain mean over all bits, as get_gen_loss_1_1 computes it; scale_weighted: the per-scale weighting it intends,
+            sqrt(last area / scale area) per token), vargpt_train_positions ({TrainingConfig.Names<TrainPositions>()};
             official: 1-D position ids, as the official training forward; mrope: the positions inference uses,
             get_rope_index over the prompt and the cache index for image-generation rows). Defaults of the yaml keys: lr_scheduler_type
             {TrainingConfig.YamlName(TrainingConfig.Defaults.LrSchedulerType)} ({TrainingConfig.Names<LrScheduler>()}), learning_rate

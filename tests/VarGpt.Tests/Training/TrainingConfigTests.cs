@@ -78,6 +78,7 @@ public class TrainingConfigTests
             vargpt_freeze: vision_tower,projectors
             vargpt_freeze_modules: [lm_head, sos_embedding]
             vargpt_gen_text_loss: labels
+            vargpt_bit_loss: scale_weighted
             vargpt_train_positions: mrope
             """);
         Assert.Equal(["p1", "p2"], cfg.Dataset);
@@ -91,6 +92,8 @@ public class TrainingConfigTests
         Assert.Equal(["lm_head", "sos_embedding"], cfg.FreezeModules);
         Assert.Equal(GenTextLoss.Labels, cfg.GenTextLoss);
         Assert.Equal(GenTextLoss.Official, TrainingConfig.Parse("model_name_or_path: m\ndataset: d\noutput_dir: o").GenTextLoss);
+        Assert.Equal(BitLoss.ScaleWeighted, cfg.BitLoss);
+        Assert.Equal(BitLoss.Official, TrainingConfig.Parse("model_name_or_path: m\ndataset: d\noutput_dir: o").BitLoss);
         Assert.Equal(TrainPositions.Mrope, cfg.TrainPositions);
         Assert.Equal(TrainPositions.Official, TrainingConfig.Parse("model_name_or_path: m\ndataset: d\noutput_dir: o").TrainPositions);
         Assert.Equal(FinetuningType.Lora, TrainingConfig.Parse("model_name_or_path: m\ndataset: d\noutput_dir: o").FinetuningType); // LLaMA-Factory default
@@ -106,6 +109,7 @@ public class TrainingConfigTests
     [InlineData("stage: dpo\npref_loss: hinge\ndpo_label_smoothing: 0.2", "dpo_label_smoothing is only valid")]
     [InlineData("vargpt_freeze: eyes", "unknown component 'eyes'")]
     [InlineData("vargpt_gen_text_loss: answers", "'vargpt_gen_text_loss' must be one of official, labels")]
+    [InlineData("vargpt_bit_loss: weighted", "'vargpt_bit_loss' must be one of official, scale_weighted")]
     [InlineData("vargpt_train_positions: 2d", "'vargpt_train_positions' must be one of official, mrope")]
     public void Bad_values_are_rejected_naming_the_key(string extra, string expected)
     {
