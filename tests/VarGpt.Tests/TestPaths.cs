@@ -62,6 +62,14 @@ public sealed class TempDir : IDisposable
 public static class TorchTestSetup
 {
     static int _done;
+
+#pragma warning disable CA2255 // on purpose: before any test binds a TorchSharp import
+    // As the CLI's Main touches VarGpt first: TorchSharp's imports bind through the Scalar guard even in tests that
+    // use TorchSharp before any VarGpt type (VarGpt.Torch.ScalarGuard).
+    [System.Runtime.CompilerServices.ModuleInitializer]
+    internal static void RegisterScalarGuard() => VarGpt.Torch.ScalarGuard.Register();
+#pragma warning restore CA2255
+
     public static void Init()
     {
         if (Interlocked.Exchange(ref _done, 1) == 1) return;

@@ -85,10 +85,11 @@ public static class DoctorCommand
         o.WriteLine($"libtorch     CPU capability {env.CpuCapability ?? "?"}; {env.Threads} intra-op thread{(env.Threads == 1 ? "" : "s")}; oneDNN (mkldnn) {OnOff(env.MkldnnEnabled)}; NNPACK {OnOff(env.NnpackEnabled)}{(env.NnpackEnabled == false ? " (VarGpt turns it off: never used by its convolutions, and its probe floods stderr on CPUs it does not know)" : "")}");
         o.WriteLine($"oneMKL       kernels {env.MklKernels}");
         o.WriteLine($"malloc       freed memory {MallocTuning.State}");
+        o.WriteLine($"Scalars      {ScalarGuard.Describe()}");
         o.WriteLine($"dtype        --dtype {TorchRuntime.AutoDTypeName} (the default of chat, generate, edit, serve) = {TorchRuntime.AutoDTypeReason(TorchSharp.torch.CPU, cpu)} on the CPU");
         foreach (var line in oneDnnInfo.Where(l => l.StartsWith("cpu,", StringComparison.Ordinal)))
             o.WriteLine($"oneDNN       {line[4..]}");
-        foreach (var v in new[] { "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", MklDispatch.Variable, MallocTuning.Variable, "GLIBC_TUNABLES", ConvRouterOptions.RouteVariable, ConvRouterOptions.FaultVariable })
+        foreach (var v in new[] { "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", MklDispatch.Variable, MallocTuning.Variable, ScalarGuard.Variable, "GLIBC_TUNABLES", ConvRouterOptions.RouteVariable, ConvRouterOptions.FaultVariable })
             if (Environment.GetEnvironmentVariable(v) is { } val) o.WriteLine($"environment  {v}={val}");
         if (options.FaultyRoutes.Count > 0) o.WriteLine($"injected     wrong results from the convolution route(s) {string.Join(", ", options.FaultyRoutes.Select(ConvRoutes.Name))}");
         o.WriteLine();
@@ -114,7 +115,7 @@ public static class DoctorCommand
         var doc = new
         {
             cpu = new { cpu.Vendor, cpu.Brand, cpu.Family, cpu.Model, cpu.Stepping, cpu.Hypervisor, cpu.LogicalProcessors, cpu.Flags, caches = cpu.Caches },
-            torchsharp = env.TorchSharpVersion, libtorch = env.LibTorchVersion, onednn = env.OneDnnVersion, cpu_capability = env.CpuCapability, mkl_kernels = env.MklKernels, malloc = MallocTuning.State,
+            torchsharp = env.TorchSharpVersion, libtorch = env.LibTorchVersion, onednn = env.OneDnnVersion, cpu_capability = env.CpuCapability, mkl_kernels = env.MklKernels, malloc = MallocTuning.State, scalar_guard = ScalarGuard.Describe(),
             auto_dtype = TorchRuntime.DTypeName(TorchRuntime.AutoDType(TorchSharp.torch.CPU, cpu)),
             onednn_info = oneDnnInfo, threads = env.Threads, mkldnn_enabled = env.MkldnnEnabled, nnpack_enabled = env.NnpackEnabled,
             injected_faults = options.FaultyRoutes.Select(ConvRoutes.Name).ToArray(), repeat,
