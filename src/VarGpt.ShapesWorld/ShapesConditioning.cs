@@ -12,6 +12,12 @@ namespace VarGpt.ShapesWorld;
 /// </summary>
 public static class ShapesConditioning
 {
+    /// <summary>The collator the recipe's stages use for a folder of this world: side² images, no target augmentation.</summary>
+    public static VargptCollator Collator(ModelFolder folder, int side) => new(folder.Tokenizer, folder.Config, new VargptCollatorOptions
+    {
+        CutoffLen = 512, ImageResolution = side * side, ImageGenResolution = side, Processor = folder.Preprocessor, TargetAugment = false,
+    });
+
     public static (ConditioningProbeResult HeldOut, ConditioningProbeResult Train) Run(string modelDir, int count, VargptModelOptions load, TextWriter log)
     {
         if (count < 2) throw new VargptInputException($"--count must be at least 2 (targets are paired with each other's prompts), got {count}");
@@ -20,10 +26,7 @@ public static class ShapesConditioning
         var folder = ModelFolder.Read(modelDir);
         using var model = VargptModel.Load(folder, load with { Parts = ModelParts.All });
         int side = world.Options.ImageSize;
-        var collator = new VargptCollator(folder.Tokenizer, folder.Config, new VargptCollatorOptions
-        {
-            CutoffLen = 512, ImageResolution = side * side, ImageGenResolution = side, Processor = folder.Preprocessor, TargetAugment = false,
-        });
+        var collator = Collator(folder, side);
         var tmp = Path.Combine(Path.GetTempPath(), "vargpt-probe-" + Guid.NewGuid().ToString("N"));
         try
         {

@@ -17,10 +17,7 @@ public class ConditioningProbeTests(ITestOutputHelper output)
         var folder = ModelFolder.Read(dir);
         var model = VargptModel.Load(folder, new VargptModelOptions { DType = TorchSharp.torch.ScalarType.Float32, Parts = ModelParts.All });
         int side = world.Options.ImageSize;
-        var collator = new VargptCollator(folder.Tokenizer, folder.Config, new VargptCollatorOptions
-        {
-            CutoffLen = 512, ImageResolution = side * side, ImageGenResolution = side, Processor = folder.Preprocessor, TargetAugment = false,
-        });
+        var collator = ShapesConditioning.Collator(folder, side);
         var tmp = Directory.CreateTempSubdirectory("probe-test").FullName;
         ShapesDataset.WriteDataset(tmp, "t2i", world.Samples(ShapesSplit.Eval, count, ShapesTaskKind.TextToImage), side);
         return (model, collator, DatasetLoader.Load(["t2i"], new DatasetLoadOptions { DatasetDir = tmp }).ToList(), tmp);
