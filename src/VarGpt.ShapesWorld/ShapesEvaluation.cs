@@ -43,6 +43,16 @@ public sealed record ShapesEvaluationOptions
     /// <summary>n samples of every task.</summary>
     public static ShapesEvaluationOptions PerTask(int n) => new() { Understanding = n, Description = n, TextToImage = n, Edit = n };
 
+    /// <summary>n samples of <paramref name="task"/>, none of the others (the gates; `shapes eval --task`).</summary>
+    public static ShapesEvaluationOptions Only(ShapesTaskKind task, int n) => task switch
+    {
+        ShapesTaskKind.Understanding => PerTask(0) with { Understanding = n },
+        ShapesTaskKind.Description => PerTask(0) with { Description = n },
+        ShapesTaskKind.TextToImage => PerTask(0) with { TextToImage = n },
+        ShapesTaskKind.Edit => PerTask(0) with { Edit = n },
+        _ => throw new ArgumentOutOfRangeException(nameof(task), task, null),
+    };
+
     public void Validate()
     {
         foreach (var (name, n) in new[] { ("Understanding", Understanding), ("Description", Description), ("TextToImage", TextToImage), ("Edit", Edit) })

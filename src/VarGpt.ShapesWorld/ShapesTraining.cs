@@ -169,7 +169,7 @@ public static class ShapesTraining
         Stage(root, UnderstandingDir, log, () => RunYaml(root, UnderstandingDir, StageYaml(o, sizes, TrainingStage.Sft, VisionDir, [UnderstandingName], UnderstandingDir,
             o.UnderstandingSteps, o.UnderstandingBatchSize, o.LearningRate, lmStage), log, cancellationToken));
         Gate(root, o, "understanding", () => ShapesGates.Task("understanding",
-            GateEvaluation(root, UnderstandingDir, o, ShapesEvaluationOptions.PerTask(0) with { Understanding = o.GateSamples }, cancellationToken).Understanding,
+            GateEvaluation(root, UnderstandingDir, o, ShapesEvaluationOptions.Only(ShapesTaskKind.Understanding, o.GateSamples), cancellationToken).Understanding,
             o.UnderstandingGate, "exact answers to held-out questions"));
 
         // ---- D. alignment: caption pairs in both directions (descriptions, text-to-image), everything but the VAE (and the tower)
@@ -184,15 +184,15 @@ public static class ShapesTraining
             RunYaml(root, GenerationDir, StageYaml(o, sizes, TrainingStage.Sft, AlignDir, [GenerationName], GenerationDir, o.GenerationSteps, o.GenerationBatchSize, o.LearningRate, genStage), log, cancellationToken);
         });
 
-        Gate(root, o, "generation", () => ShapesGates.Task("generation",
-            GateEvaluation(root, GenerationDir, o, ShapesEvaluationOptions.PerTask(0) with { TextToImage = o.GateSamples }, cancellationToken).Generation,
-            o.TextToImageGate, "held-out images with every requested attribute right, after the generation stage"));
+        // the text-to-image gate, after the stage that teaches drawing and again after SFT
+        void TextToImageGate(string name, string stageDir, string when) => Gate(root, o, name, () => ShapesGates.Task(name,
+            GateEvaluation(root, stageDir, o, ShapesEvaluationOptions.Only(ShapesTaskKind.TextToImage, o.GateSamples), cancellationToken).Generation,
+            o.TextToImageGate, $"held-out images with every requested attribute right, {when}"));
+        TextToImageGate("generation", GenerationDir, "after the generation stage");
 
         // ---- F. SFT on all tasks
         Stage(root, SftDir, log, () => RunYaml(root, SftDir, StageYaml(o, sizes, TrainingStage.Sft, GenerationDir, [ShapesDataset.TrainName], SftDir, o.SftSteps, o.BatchSize, o.LearningRate, genStage), log, cancellationToken));
-        Gate(root, o, "text_to_image", () => ShapesGates.Task("text_to_image",
-            GateEvaluation(root, SftDir, o, ShapesEvaluationOptions.PerTask(0) with { TextToImage = o.GateSamples }, cancellationToken).Generation,
-            o.TextToImageGate, "held-out images with every requested attribute right, before DPO"));
+        TextToImageGate("text_to_image", SftDir, "before DPO");
 
         // ---- G. DPO on text-to-image pairs sampled from the SFT model (chosen = scorer-correct, rejected = wrong),
         // trained as a LoRA adapter on the language model with everything else frozen, so the adapter holds all of it

@@ -87,9 +87,8 @@ public static class ConditioningProbe
             tallies ??= schedule.Scales.Select(s => new Tally(s.Tokens)).ToList();
             var (g, l) = (output.GenLogits!.shape[0], output.GenLogits.shape[1]);
             var labels = output.ImageGenLabels!.to(ScalarType.Int64);                                       // [G, L, d]
-            var logp = output.GenLogits.to(ScalarType.Float32).reshape(g, l, labels.shape[^1], 2).log_softmax(-1); // [G, L, d, 2]
-            var picked = logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1);                                  // [G, L, d]
-            var right = logp.argmax(-1).eq(labels);
+            var picked = VargptTrainingLoss.BitLogProbs(output.GenLogits, labels);                            // [G, L, d]
+            var right = output.GenLogits.to(ScalarType.Float32).reshape(g, l, labels.shape[^1], 2).argmax(-1).eq(labels);
             int offset = 0;
             foreach (var t in tallies)
             {

@@ -108,11 +108,9 @@ public static class VargptTrainingLoss
     public static Tensor ScaleWeightedBitLoss(Tensor genLogits, Tensor labels, ScaleSchedule schedule)
     {
         using var scope = NewDisposeScope();
-        var (g, l) = (genLogits.shape[0], genLogits.shape[1]);
-        var x = genLogits.to(ScalarType.Float32).reshape(g, l, -1, 2).permute(0, 3, 1, 2);
-        var ce = nn.functional.cross_entropy(x, labels.to(ScalarType.Int64, genLogits.device), reduction: nn.Reduction.None); // [G, L, d]
+        var ce = BitLogProbs(genLogits, labels).neg(); // [G, L, d]
         var lw = ScaleWeights(schedule, genLogits.device);
-        if (lw.shape[1] != l) throw new ArgumentException($"bit logits have {l} tokens, the schedule '{schedule.Pn}' {lw.shape[1]}");
+        if (lw.shape[1] != ce.shape[1]) throw new ArgumentException($"bit logits have {ce.shape[1]} tokens, the schedule '{schedule.Pn}' {lw.shape[1]}");
         return ce.mean([-1]).mul(lw).sum([-1]).mean().MoveToOuterDisposeScope();
     }
 
@@ -132,10 +130,16 @@ public static class VargptTrainingLoss
     public static Tensor ImageLogProbs(Tensor genLogits, Tensor labels)
     {
         using var scope = NewDisposeScope();
+        return BitLogProbs(genLogits, labels).sum([-1]).sum([-1]).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>log_softmax(bit pair)[label] of every bit, float32 [G, L, d] (logits [G, L, 2d], labels [G, L, d]).</summary>
+    public static Tensor BitLogProbs(Tensor genLogits, Tensor labels)
+    {
+        using var scope = NewDisposeScope();
         var (g, l) = (genLogits.shape[0], genLogits.shape[1]);
         long bits = labels.shape[^1];
         var logp = genLogits.to(ScalarType.Float32).reshape(g, l, bits, 2).permute(0, 3, 1, 2).log_softmax(1);
-        var picked = logp.gather(1, labels.to(ScalarType.Int64, genLogits.device).unsqueeze(1)).squeeze(1); // [G, L, d]
-        return picked.sum([-1]).sum([-1]).MoveToOuterDisposeScope();
+        return logp.gather(1, labels.to(ScalarType.Int64, genLogits.device).unsqueeze(1)).squeeze(1).MoveToOuterDisposeScope();
     }
 }

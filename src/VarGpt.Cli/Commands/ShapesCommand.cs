@@ -288,15 +288,7 @@ public static class ShapesCommand
             var dir = model.ResolveModelDir(p);
             // the report's path is checked before the evaluation (minutes), not after it
             if (p.GetValue(report) is { } rp) AtomicFile.CheckWritable(rp, "--report");
-            var perTask = p.GetValue(onlyTask) is { } t
-                ? TaskNames[t] switch
-                {
-                    ShapesTaskKind.Understanding => ShapesEvaluationOptions.PerTask(0) with { Understanding = n },
-                    ShapesTaskKind.Description => ShapesEvaluationOptions.PerTask(0) with { Description = n },
-                    ShapesTaskKind.TextToImage => ShapesEvaluationOptions.PerTask(0) with { TextToImage = n },
-                    _ => ShapesEvaluationOptions.PerTask(0) with { Edit = n },
-                }
-                : ShapesEvaluationOptions.PerTask(n);
+            var perTask = p.GetValue(onlyTask) is { } t ? ShapesEvaluationOptions.Only(TaskNames[t], n) : ShapesEvaluationOptions.PerTask(n);
             var options = perTask with
             {
                 ImageSeed = p.GetValue(seed),
