@@ -73,6 +73,12 @@ public class ShapesCliTests
         (code, _, e) = Run("shapes", "eval", "--fast", "--cfg", "0.5");
         Assert.Equal(2, code);
         Assert.Contains("--cfg must be ≥ 1, got 0.5", e);
+        (code, _, e) = Run("shapes", "eval", "--task", "drawing");
+        Assert.Equal(2, code);
+        Assert.Contains("'drawing' not recognized", e);
+        (code, _, e) = Run("shapes", "train", "--out", "/tmp/never-written", "--generation-steps", "0");
+        Assert.Equal(2, code);
+        Assert.Contains("--generation-steps must be ≥ 1", e);
         (code, _, e) = Run("shapes", "probe-text", "--count", "1");
         Assert.Equal(2, code);
         Assert.Contains("--count must be at least 2", e);
